@@ -1,0 +1,730 @@
+//! The configuration: one TOML file, overridden by `SWITCHBOARD_…` environment variables, with
+//! secrets as `env:`/`file:` references. This module owns the types, their defaults, loading and
+//! the cross-checks between sections ([`Config::validate`]). Platform-, app- and target-specific
+//! keys are carried as a table ([`SourceConfig::settings`], [`TargetConfig::settings`]) and
+//! checked by the role crate that understands them; this module never interprets them.
+use crate::secret::Secret;
+use crate::units::{self, Rate};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration of one Switchboard process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The RabbitMQ broker that carries events and jobs between roles.
+    pub broker: BrokerConfig,
+    /// The Redis server that holds idempotency keys, conversations, rate limits and tokens.
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub ingress: IngressConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Dify apps the worker may call.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// Who may send us events (`/hooks/{id}`).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Where answers may go.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// AMQP URL; may carry a password, so it is a secret.
+    pub url: Secret,
+    /// Every exchange and queue name starts with this.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How long a publisher waits for the broker's confirm before giving up (ingress answers 503).
+    #[serde(default = "d_5s", with = "units::duration")]
+    pub publish_timeout: Duration,
+    /// Confirm-mode channels shared by all publishers of the process.
+    #[serde(default = "default_channel_pool")]
+    pub channel_pool: usize,
+    /// Deliveries of one message after which the broker gives up on it as poison.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// Dead letters older than this are dropped by the broker (stream retention).
+    #[serde(default = "d_30d", with = "units::duration")]
+    pub dead_letter_max_age: Duration,
+    /// The dead-letter stream keeps at most this many bytes.
+    #[serde(default = "default_dead_letter_bytes", with = "units::bytes")]
+    pub dead_letter_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis URL; may carry a password, so it is a secret.
+    pub url: Secret,
+    /// Every key starts with this.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    /// Requests with a larger body get 413.
+    #[serde(with = "units::bytes")]
+    pub body_limit: u64,
+    /// A request not answered by then gets 503 (platforms retry; we never 200 what we did not keep).
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more wait in the accept queue.
+    pub max_concurrency: usize,
+    /// How long a platform's retry of an enqueued event is recognised at the door.
+    #[serde(with = "units::duration")]
+    pub dedup_ttl: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            body_limit: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            max_concurrency: 4096,
+            dedup_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// `/metrics`, `/healthz` and `/readyz` when the worker runs on its own.
+    pub admin_listen: SocketAddr,
+    /// Events handled at once by one process (also the broker prefetch).
+    pub concurrency: usize,
+    /// Delay before each attempt: the first is the initial attempt (normally `0s`).
+    #[serde(with = "units::durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Fraction of each delay taken off at random so that retries spread out.
+    pub jitter: f64,
+    /// How long a worker's claim on an event lasts without renewal.
+    #[serde(with = "units::duration")]
+    pub lease: Duration,
+    /// How long an event's recorded answer is kept for redeliveries and retries.
+    #[serde(with = "units::duration")]
+    pub answer_ttl: Duration,
+    /// A conversation idle for longer starts a new Dify conversation.
+    #[serde(with = "units::duration")]
+    pub conversation_ttl: Duration,
+    /// In-flight calls get this long to finish after SIGTERM before their events are returned.
+    #[serde(with = "units::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            concurrency: 512,
+            retry_schedule: ["0s", "2s", "10s", "1m", "5m", "15m"]
+                .iter()
+                .filter_map(|s| units::parse_duration(s).ok())
+                .collect(),
+            jitter: 0.2,
+            lease: Duration::from_secs(30),
+            answer_ttl: Duration::from_secs(24 * 3600),
+            conversation_ttl: Duration::from_secs(7 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    pub admin_listen: SocketAddr,
+    /// Jobs delivered at once by one process (also the broker prefetch).
+    pub concurrency: usize,
+    /// Delay before each attempt; the Standard Webhooks schedule by default.
+    #[serde(with = "units::durations")]
+    pub retry_schedule: Vec<Duration>,
+    pub jitter: f64,
+    /// A receiver's answer must arrive within this.
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+    /// Private, loopback or link-local networks that targets may nevertheless call.
+    pub allow_private: Vec<ipnet::IpNet>,
+    /// How long a delivered job is remembered so that a redelivery is not posted again.
+    #[serde(with = "units::duration")]
+    pub delivered_ttl: Duration,
+    #[serde(with = "units::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            concurrency: 256,
+            retry_schedule: [
+                "0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h",
+            ]
+            .iter()
+            .filter_map(|s| units::parse_duration(s).ok())
+            .collect(),
+            jitter: 0.2,
+            request_timeout: Duration::from_secs(15),
+            allow_private: Vec::new(),
+            delivered_ttl: Duration::from_secs(7 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `human` or `json`. `RUST_LOG` sets the level.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Chatbot, chatflow and agent apps: `POST /chat-messages`.
+    Chat,
+    /// `POST /workflows/run`.
+    Workflow,
+    /// Text generators: `POST /completion-messages`.
+    Completion,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseMode {
+    Streaming,
+    Blocking,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Streaming => "streaming",
+            Self::Blocking => "blocking",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub base_url: String,
+    pub api_key: Secret,
+    pub kind: AppKind,
+    #[serde(default = "default_mode")]
+    pub response_mode: ResponseMode,
+    /// A call (or a whole stream) that takes longer is abandoned and retried.
+    #[serde(default = "d_120s", with = "units::duration")]
+    pub timeout: Duration,
+    /// Calls in flight to this app from one worker process.
+    #[serde(default = "default_app_concurrency")]
+    pub concurrency: usize,
+    /// Dify input name -> event field (`text`, `source`, `chat_id`, `sender_id`, `sender_name`,
+    /// `chat_type`, `platform`, `event_id`, or `payload.<json.path>`).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// For workflow apps: which output holds the answer text (default: `answer`, else `text`,
+    /// else the only string output).
+    #[serde(default)]
+    pub answer_output: Option<String>,
+}
+
+/// How group chats map to Dify conversations.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupConversation {
+    /// Everyone in the group shares one conversation.
+    Shared,
+    /// Each sender in a group keeps a conversation of their own.
+    #[default]
+    PerSender,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SourceConfig {
+    pub id: String,
+    /// wecom | dingtalk | feishu | lark | slack | telegram | github | standard | hmac | bearer
+    pub platform: String,
+    /// The Dify app that answers this source's events.
+    pub app: String,
+    /// Answer back into the conversation the event came from.
+    #[serde(default)]
+    pub reply: bool,
+    /// Also send every answer to these targets.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Signed timestamps older or newer than this are refused; 0 disables the window.
+    #[serde(default = "default_skew")]
+    pub max_skew_secs: u64,
+    #[serde(default)]
+    pub group_conversation: GroupConversation,
+    /// The platform's own keys (token, secrets, ids), checked by the ingress platform module.
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+/// A platform's or target kind's own keys. `Debug` lists the key names only: values may be
+/// literal secrets.
+#[derive(Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Settings(pub toml::Table);
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl std::ops::Deref for Settings {
+    type Target = toml::Table;
+    fn deref(&self) -> &toml::Table {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetConfig {
+    pub id: String,
+    /// wecom_robot | dingtalk_robot | feishu_bot | lark_bot | slack | rocketchat | telegram | webhook
+    pub kind: String,
+    /// Overrides the kind's platform limit.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Overrides the dispatcher's schedule for this target.
+    #[serde(default, with = "opt_durations")]
+    pub retry_schedule: Option<Vec<Duration>>,
+    /// The kind's own keys (url, secret, …), checked by the dispatcher target module.
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+mod opt_durations {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<Duration>>, D::Error> {
+        Ok(Some(units::durations::deserialize(d)?))
+    }
+}
+
+fn default_prefix() -> String {
+    "switchboard".into()
+}
+fn default_channel_pool() -> usize {
+    8
+}
+fn default_delivery_limit() -> u32 {
+    20
+}
+fn default_dead_letter_bytes() -> u64 {
+    10 << 30
+}
+fn default_redis_pool() -> usize {
+    64
+}
+fn default_skew() -> u64 {
+    300
+}
+fn default_mode() -> ResponseMode {
+    ResponseMode::Streaming
+}
+fn default_app_concurrency() -> usize {
+    512
+}
+fn d_5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_120s() -> Duration {
+    Duration::from_secs(120)
+}
+fn d_30d() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+/// One problem in a config, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The key, written as a path: `sources.wecom-support.app`.
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Every problem found in a config; loading fails if there is any.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for issue in &self.0 {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn one(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self(vec![ConfigIssue {
+            key: key.into(),
+            problem: problem.into(),
+        }])
+    }
+}
+
+/// The environment variable that names the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "SWITCHBOARD_CONFIG";
+
+impl Config {
+    /// Loads a config file, applies `SWITCHBOARD_SECTION__KEY` overrides and validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::one(
+                "--config",
+                format!("no config file at {}", path.display()),
+            ));
+        }
+        Self::from_figment(Figment::from(Toml::file(path)))
+    }
+
+    /// Parses a config from TOML text (tests, `config check -`), with the same overrides.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let figment = figment.merge(
+            Env::prefixed("SWITCHBOARD_")
+                .ignore(&["CONFIG"])
+                .split("__")
+                .lowercase(true),
+        );
+        let config: Config = figment.extract().map_err(|errors| {
+            ConfigError(
+                errors
+                    .into_iter()
+                    .map(|e| ConfigIssue {
+                        key: if e.path.is_empty() {
+                            "(top level)".into()
+                        } else {
+                            e.path.join(".")
+                        },
+                        problem: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-checks between sections that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut issues = Vec::new();
+        let mut push = |key: String, problem: String| issues.push(ConfigIssue { key, problem });
+        for (key, prefix) in [
+            ("broker.prefix", &self.broker.prefix),
+            ("redis.prefix", &self.redis.prefix),
+        ] {
+            if prefix.is_empty()
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                push(
+                    key.into(),
+                    format!("`{prefix}` must be non-empty letters, digits, `-`, `_` or `.`"),
+                );
+            }
+        }
+        if !self.broker.url.expose().starts_with("amqp://")
+            && !self.broker.url.expose().starts_with("amqps://")
+        {
+            push(
+                "broker.url".into(),
+                "must start with amqp:// or amqps://".into(),
+            );
+        }
+        if !self.redis.url.expose().starts_with("redis://")
+            && !self.redis.url.expose().starts_with("rediss://")
+        {
+            push(
+                "redis.url".into(),
+                "must start with redis:// or rediss://".into(),
+            );
+        }
+        check_schedule(
+            &mut push,
+            "worker.retry_schedule",
+            &self.worker.retry_schedule,
+        );
+        check_schedule(
+            &mut push,
+            "dispatcher.retry_schedule",
+            &self.dispatcher.retry_schedule,
+        );
+        for (key, j) in [
+            ("worker.jitter", self.worker.jitter),
+            ("dispatcher.jitter", self.dispatcher.jitter),
+        ] {
+            if !(0.0..1.0).contains(&j) {
+                push(key.into(), format!("{j} must be at least 0 and below 1"));
+            }
+        }
+        if self.worker.concurrency == 0 {
+            push("worker.concurrency".into(), "must be at least 1".into());
+        }
+        if self.dispatcher.concurrency == 0 {
+            push("dispatcher.concurrency".into(), "must be at least 1".into());
+        }
+        if self.ingress.max_concurrency == 0 {
+            push(
+                "ingress.max_concurrency".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        let ids_ok = |id: &str| {
+            !id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        };
+        let mut app_ids = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = format!("apps[{i}]");
+            if !ids_ok(&app.id) {
+                push(
+                    format!("{key}.id"),
+                    format!("`{}` must be letters, digits, `-` or `_`", app.id),
+                );
+            } else if !app_ids.insert(app.id.as_str()) {
+                push(
+                    format!("apps.{}.id", app.id),
+                    "is used by more than one app".into(),
+                );
+            }
+            if !(app.base_url.starts_with("http://") || app.base_url.starts_with("https://")) {
+                push(
+                    format!("apps.{}.base_url", app.id),
+                    "must be an http:// or https:// URL".into(),
+                );
+            }
+            if app.concurrency == 0 {
+                push(
+                    format!("apps.{}.concurrency", app.id),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        let target_ids: HashSet<&str> = self.targets.iter().map(|t| t.id.as_str()).collect();
+        let mut seen_targets = HashSet::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            if !ids_ok(&target.id) {
+                push(
+                    format!("targets[{i}].id"),
+                    format!("`{}` must be letters, digits, `-` or `_`", target.id),
+                );
+            } else if !seen_targets.insert(target.id.as_str()) {
+                push(
+                    format!("targets.{}.id", target.id),
+                    "is used by more than one target".into(),
+                );
+            }
+            if let Some(s) = &target.retry_schedule {
+                check_schedule(
+                    &mut push,
+                    &format!("targets.{}.retry_schedule", target.id),
+                    s,
+                );
+            }
+        }
+        let mut seen_sources = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if !ids_ok(&source.id) {
+                push(
+                    format!("sources[{i}].id"),
+                    format!("`{}` must be letters, digits, `-` or `_`", source.id),
+                );
+                continue;
+            }
+            if !seen_sources.insert(source.id.as_str()) {
+                push(
+                    format!("sources.{}.id", source.id),
+                    "is used by more than one source".into(),
+                );
+            }
+            if !app_ids.contains(source.app.as_str()) {
+                push(
+                    format!("sources.{}.app", source.id),
+                    format!("no [[apps]] has id `{}`", source.app),
+                );
+            }
+            for t in &source.targets {
+                if !target_ids.contains(t.as_str()) {
+                    push(
+                        format!("sources.{}.targets", source.id),
+                        format!("no [[targets]] has id `{t}`"),
+                    );
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(issues))
+        }
+    }
+
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    pub fn source(&self, id: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+
+    pub fn target(&self, id: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.id == id)
+    }
+}
+
+fn check_schedule(push: &mut impl FnMut(String, String), key: &str, schedule: &[Duration]) {
+    if schedule.is_empty() {
+        push(
+            key.into(),
+            "needs at least one entry (the first attempt, usually \"0s\")".into(),
+        );
+    } else if schedule.len() > 50 {
+        push(key.into(), "has more than 50 attempts".into());
+    }
+}
+
+/// Reads a key from a platform or target settings table as a string, naming the key on error.
+pub fn setting_str(
+    table: &toml::Table,
+    owner: &str,
+    key: &str,
+) -> Result<Option<String>, ConfigIssue> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ConfigIssue {
+            key: format!("{owner}.{key}"),
+            problem: format!("must be a string, not {}", other.type_str()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [broker]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        [[apps]]
+        id = "support"
+        base_url = "http://127.0.0.1:5001/v1"
+        api_key = "app-123"
+        kind = "chat"
+        [[sources]]
+        id = "crm"
+        platform = "bearer"
+        token = "t"
+        app = "support"
+        targets = ["hook"]
+        [[targets]]
+        id = "hook"
+        kind = "webhook"
+        url = "http://127.0.0.1:9/x"
+        rate = "20/min"
+    "#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.broker.prefix, "switchboard");
+        assert_eq!(c.dispatcher.retry_schedule.len(), 10);
+        assert_eq!(c.worker.concurrency, 512);
+        assert_eq!(
+            c.sources[0].settings.get("token").and_then(|v| v.as_str()),
+            Some("t")
+        );
+        assert_eq!(c.targets[0].rate.unwrap().count, 20);
+    }
+
+    #[test]
+    fn unknown_references_name_the_exact_key() {
+        let text = MINIMAL
+            .replace("app = \"support\"", "app = \"nope\"")
+            .replace("targets = [\"hook\"]", "targets = [\"gone\"]");
+        let e = Config::from_toml(&text).unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["sources.crm.app", "sources.crm.targets"], "{e}");
+    }
+
+    #[test]
+    fn type_errors_and_typos_name_the_key() {
+        let e =
+            Config::from_toml(&MINIMAL.replace("[redis]", "[redis]\npool_sise = 3")).unwrap_err();
+        assert!(e.to_string().contains("pool_sise"), "{e}");
+        let e = Config::from_toml(&MINIMAL.replace("rate = \"20/min\"", "rate = \"lots\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("rate"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_does_not_show_secrets() {
+        let c = Config::from_toml(
+            &MINIMAL
+                .replace("app-123", "app-very-secret")
+                .replace("token = \"t\"", "token = \"tok-very-secret\""),
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("app-very-secret"));
+        assert!(!dbg.contains("guest:guest"));
+        assert!(!dbg.contains("tok-very-secret"));
+        assert!(dbg.contains("\"token\""), "keys stay visible: {dbg}");
+    }
+}

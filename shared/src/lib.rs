@@ -1,0 +1,22 @@
+//! What every Switchboard role shares: the configuration and its validation, the envelopes that
+//! travel between roles, the broker connection and topology, the Redis store, the retry policy,
+//! telemetry and shutdown. Nothing here knows about a particular platform, Dify or a target
+//! kind; those live in the role crates.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod retry;
+pub mod secret;
+pub mod services;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+pub mod units;
+
+pub use config::Config;
+pub use envelope::{Attempt, DeadLetter, DispatchJob, InboundEvent};
+pub use secret::Secret;
+pub use services::Services;

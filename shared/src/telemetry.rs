@@ -1,0 +1,77 @@
+//! Logs and metrics. Tracing goes to stderr as human text or JSON lines, filtered by `RUST_LOG`
+//! (default `info`); every log line about an event carries its `event_id` through the span the
+//! roles open per message. Metrics are Prometheus text on `/metrics`: the ingress serves it on
+//! its own listener, worker and dispatcher on a small admin listener ([`admin_router`]).
+use crate::config::LogFormat;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global tracing subscriber; a second call (tests) does nothing.
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics() -> PrometheusHandle {
+    METRICS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Only one global recorder per process; in-process tests share it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// What `/readyz` asks.
+pub trait Readiness: Send + Sync + 'static {
+    fn ready(&self) -> bool;
+}
+
+impl Readiness for crate::broker::Broker {
+    fn ready(&self) -> bool {
+        self.is_connected()
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz` for roles without an HTTP listener of their own.
+pub fn admin_router<R: Readiness + Clone>(readiness: R) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(r): State<R>| async move {
+                if r.ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
+                }
+            }),
+        )
+        .with_state(readiness)
+}
+
+/// The Prometheus text exposition.
+pub async fn render_metrics() -> String {
+    metrics().render()
+}

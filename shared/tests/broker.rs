@@ -1,0 +1,84 @@
+//! The broker contract the roles rely on, against the real RabbitMQ: the topology declares (and
+//! declares again) cleanly, a publish is confirmed, and a message in a delay queue comes back to
+//! its stage after its wait.
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use shared::broker::Publish;
+use shared::topology::Stage;
+use shared::{Config, Services};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn config(prefix: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+        [broker]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        prefix = "{prefix}"
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        prefix = "{prefix}"
+        [worker]
+        retry_schedule = ["0s", "300ms"]
+        "#
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn publish_confirms_and_delay_queues_return_messages_to_their_stage() {
+    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
+    let cfg = config(&prefix);
+    let shutdown = CancellationToken::new();
+    let services = Services::start(&cfg, "test", shutdown.clone()).unwrap();
+    let broker = services.broker.clone();
+    let topo = broker.topology().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "broker never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delay = topo.delay(Stage::Work, Duration::from_millis(200)).unwrap();
+    let started = Instant::now();
+    broker
+        .publish(
+            &delay.queue,
+            b"{\"x\":1}",
+            Publish {
+                expiration: Some(delay.expiration),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ch = broker.consumer_channel(&shutdown).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            topo.stage_queue(Stage::Work).as_str().into(),
+            "t".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.data, b"{\"x\":1}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "came back too early: {:?}",
+        started.elapsed()
+    );
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    // Unroutable publishes are errors, not silence.
+    assert!(broker
+        .publish(&format!("{prefix}.nope"), b"{}", Publish::default())
+        .await
+        .is_err());
+    topo.delete(&ch).await.unwrap();
+    shutdown.cancel();
+}
