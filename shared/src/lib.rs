@@ -11,6 +11,7 @@ pub mod retry;
 pub mod secret;
 pub mod services;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -1,0 +1,258 @@
+//! Target kinds: one module each, behind the [`Target`] trait. A kind owns its config keys, its
+//! rendering, its platform limits and a pure classifier of the receiver's answer (HTTP status
+//! *and* the platform's errcode in the body) into a [`Verdict`]. The delivery loop
+//! (`crate::deliver`) owns everything around a kind: rate limits, retries, dead letters, the
+//! delivered marker. A kind never retries or sleeps by itself.
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use shared::config::{ConfigIssue, TargetConfig};
+use shared::envelope::{Attempt, DispatchJob};
+use shared::store::Store;
+use shared::units::Rate;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod webhook;
+
+/// What a receiver's answer means for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Taken: the job is done.
+    Delivered,
+    /// Failed this time; try again on the schedule (honouring `retry_after` within bounds).
+    Retry { retry_after: Option<Duration> },
+    /// The platform asked us to slow down or paused the target (a rate-limit errcode, a muted
+    /// robot): come back after `wait` without counting a failed attempt.
+    Wait { wait: Duration },
+    /// The access token was refused: refresh it and try once more at once.
+    TokenInvalid,
+    /// Refused for good: dead letter.
+    Permanent,
+}
+
+/// A receiver's answer, as the classifiers see it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The result of one delivery attempt: the verdict and the attempt to record on the job.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub attempt: Attempt,
+}
+
+/// What a kind may use while delivering.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The outbound client: no redirects, timeouts, SSRF-guarded resolver.
+    pub http: reqwest::Client,
+    pub store: Store,
+}
+
+/// One configured target (or a source's reply channel), ready to deliver.
+#[async_trait]
+pub trait Target: Send + Sync + std::fmt::Debug {
+    /// The kind word (`webhook`, `wecom_robot`, …).
+    fn kind(&self) -> &'static str;
+    /// The platform's own limit, used when the target sets no `rate`.
+    fn default_rate(&self) -> Option<Rate>;
+    /// Renders and sends the job once; classifies the answer.
+    async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;
+}
+
+/// Every kind word a target may use.
+pub const KINDS: &[&str] = &["webhook"];
+
+/// Builds a target from its config, checking the kind's own keys.
+pub fn build(target: &TargetConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {
+    match target.kind.as_str() {
+        "webhook" => Ok(Arc::new(webhook::Webhook::from_config(target)?)),
+        other => Err(vec![ConfigIssue {
+            key: format!("targets.{}.kind", target.id),
+            problem: format!("unknown kind `{other}` (one of: {})", KINDS.join(", ")),
+        }]),
+    }
+}
+
+/// Sends one request and turns what happened into an [`Outcome`] with `classify`. Transport
+/// failures (timeouts, refused connections, a guarded address) are retried, never permanent.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    classify: impl FnOnce(&Answer) -> Verdict,
+) -> (Outcome, Option<Answer>) {
+    let started = Instant::now();
+    let at = chrono::Utc::now();
+    match request.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            // Read at most what we keep: a receiver must not fill our memory.
+            let body = read_capped(resp, 64 * 1024).await;
+            let answer = Answer { status, headers, body };
+            let verdict = classify(&answer);
+            let attempt = Attempt {
+                at,
+                outcome: verdict_word(&verdict).into(),
+                status: Some(status),
+                code: errcode(&answer.body),
+                error: None,
+                excerpt: Some(excerpt(&answer.body)),
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            (Outcome { verdict, attempt }, Some(answer))
+        }
+        Err(e) => {
+            let error = describe_transport_error(&e);
+            let attempt = Attempt {
+                at,
+                outcome: "retry".into(),
+                status: None,
+                code: None,
+                error: Some(error),
+                excerpt: None,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            (Outcome { verdict: Verdict::Retry { retry_after: None }, attempt }, None)
+        }
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Bytes {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = cap.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= cap {
+            break;
+        }
+    }
+    Bytes::from(buf)
+}
+
+/// A transport error in words, without the URL (it may carry a key).
+pub fn describe_transport_error(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    };
+    // The source chain says why (refused, reset, guarded address) without the URL.
+    let mut cause = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    if cause.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {cause}")
+    }
+}
+
+pub fn verdict_word(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Delivered => "ok",
+        Verdict::Retry { .. } => "retry",
+        Verdict::Wait { .. } => "wait",
+        Verdict::TokenInvalid => "token_invalid",
+        Verdict::Permanent => "permanent",
+    }
+}
+
+/// The first 256 characters of an answer, for the audit.
+pub fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(256).collect()
+}
+
+/// A platform errcode in a JSON body (`errcode`, `code`, `ok: false` + `error`).
+pub fn errcode(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for key in ["errcode", "code", "error_code"] {
+        match v.get(key) {
+            Some(serde_json::Value::Number(n)) => return Some(n.to_string()),
+            Some(serde_json::Value::String(s)) => return Some(s.clone()),
+            _ => {}
+        }
+    }
+    match (v.get("ok"), v.get("error")) {
+        (Some(serde_json::Value::Bool(false)), Some(serde_json::Value::String(e))) => Some(e.clone()),
+        _ => None,
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64;
+    Some(Duration::from_secs(secs))
+}
+
+/// The classification every plain HTTP receiver gets: 2xx delivered; 408, 429 and 5xx retried
+/// (honouring `Retry-After`); 3xx retried (we follow no redirect, so it is a failed attempt that
+/// an operator may fix); any other 4xx permanent.
+pub fn classify_http(answer: &Answer) -> Verdict {
+    match answer.status {
+        200..=299 => Verdict::Delivered,
+        408 | 429 | 500..=599 => Verdict::Retry { retry_after: retry_after(&answer.headers) },
+        300..=399 => Verdict::Retry { retry_after: None },
+        _ => Verdict::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, retry: Option<&str>) -> Answer {
+        let mut headers = HeaderMap::new();
+        if let Some(r) = retry {
+            headers.insert(reqwest::header::RETRY_AFTER, r.parse().unwrap());
+        }
+        Answer { status, headers, body: Bytes::new() }
+    }
+
+    #[test]
+    fn http_classification_table() {
+        let s = Duration::from_secs;
+        let cases = [
+            (200, None, Verdict::Delivered),
+            (204, None, Verdict::Delivered),
+            (301, None, Verdict::Retry { retry_after: None }),
+            (400, None, Verdict::Permanent),
+            (401, None, Verdict::Permanent),
+            (404, None, Verdict::Permanent),
+            (408, None, Verdict::Retry { retry_after: None }),
+            (410, None, Verdict::Permanent),
+            (429, Some("7"), Verdict::Retry { retry_after: Some(s(7)) }),
+            (500, None, Verdict::Retry { retry_after: None }),
+            (503, Some("120"), Verdict::Retry { retry_after: Some(s(120)) }),
+        ];
+        for (status, ra, want) in cases {
+            assert_eq!(classify_http(&answer(status, ra)), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn errcodes_are_found_in_platform_bodies() {
+        assert_eq!(errcode(br#"{"errcode":45009,"errmsg":"x"}"#).as_deref(), Some("45009"));
+        assert_eq!(errcode(br#"{"code":11232}"#).as_deref(), Some("11232"));
+        assert_eq!(errcode(br#"{"ok":false,"error":"ratelimited"}"#).as_deref(), Some("ratelimited"));
+        assert_eq!(errcode(b"plain"), None);
+    }
+}

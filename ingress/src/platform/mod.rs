@@ -1,0 +1,173 @@
+//! The platforms a source can be: one module each, behind the [`Platform`] trait. A platform owns
+//! its config keys, its handshake, its verification over the raw body, its normalisation into a
+//! [`NewEvent`] and the answer the platform expects. It is pure: no I/O, the clock comes in the
+//! request, so every scheme is tested with official vectors and no network. The HTTP server
+//! (`crate::server`) does the I/O around it: broker, door dedup, metrics.
+use axum::http::{HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use shared::config::{ConfigIssue, SourceConfig};
+use shared::envelope::{Conversation, ReplyHandle};
+
+pub mod bearer;
+pub mod standard;
+pub mod verify;
+
+/// One HTTP request to `/hooks/{source}`, as received.
+#[derive(Debug, Clone)]
+pub struct HookRequest {
+    pub method: Method,
+    /// The raw query string, without `?`.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    /// The raw body bytes: signatures are verified over these, before any parsing.
+    pub body: Bytes,
+    pub now: DateTime<Utc>,
+}
+
+impl HookRequest {
+    /// A header as UTF-8 text, if present and valid.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A query parameter, URL-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.query.as_deref()?;
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// The answer a platform expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookReply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl HookReply {
+    /// 200 with an empty body (WeCom, DingTalk, Telegram, Slack events…).
+    pub fn ok_empty() -> Self {
+        Self { status: StatusCode::OK, content_type: "text/plain", body: Bytes::new() }
+    }
+
+    /// 202 with `{"status":"accepted"}` (generic senders).
+    pub fn accepted() -> Self {
+        Self::json(StatusCode::ACCEPTED, &serde_json::json!({"status": "accepted"}))
+    }
+
+    pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    pub fn text(status: StatusCode, text: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain", body: Bytes::from(text.into()) }
+    }
+}
+
+/// A verified user message, everything the platform knows of it. The server adds our id, the
+/// source and the time of receipt to make the `InboundEvent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The platform's own id for the event (MsgId, event_id, update_id, delivery id…).
+    pub dedup_key: String,
+    /// `message`, or the platform's event name (GitHub `X-GitHub-Event`).
+    pub kind: String,
+    pub conversation: Conversation,
+    pub text: String,
+    pub reply: Option<ReplyHandle>,
+    /// The platform's payload, decrypted.
+    pub payload: serde_json::Value,
+}
+
+/// What a platform made of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// Answer this and enqueue nothing: a handshake or a challenge.
+    Reply(HookReply),
+    /// Acknowledge and drop by rule: not a user message (joins, reactions, edits, read
+    /// receipts, the bot's own echoes). `reason` is a metric label.
+    Ignore { reason: &'static str, reply: HookReply },
+    /// Enqueue this, then answer `reply` once the broker confirmed it.
+    Event { event: NewEvent, reply: HookReply },
+}
+
+/// Why a request was refused. The reason string is machine-readable, goes in the body and the
+/// metrics, and never carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("missing_signature")]
+    MissingSignature,
+    #[error("bad_signature")]
+    BadSignature,
+    #[error("stale_timestamp")]
+    StaleTimestamp,
+    #[error("bad_token")]
+    BadToken,
+    #[error("undecryptable")]
+    Undecryptable,
+    #[error("wrong_receiver")]
+    WrongReceiver,
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("method_not_allowed")]
+    MethodNotAllowed,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
+            Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The metric label and body `error` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::BadToken => "bad_token",
+            Rejection::Undecryptable => "undecryptable",
+            Rejection::WrongReceiver => "wrong_receiver",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Rejection::Malformed(detail.into())
+    }
+}
+
+/// A source's platform: verification and normalisation, no I/O.
+pub trait Platform: Send + Sync + std::fmt::Debug {
+    /// The platform word from the config (`wecom`, `slack`, …).
+    fn name(&self) -> &'static str;
+    /// Verifies and reads one request.
+    fn receive(&self, req: &HookRequest) -> Result<Intake, Rejection>;
+}
+
+/// Every platform word a source may use.
+pub const PLATFORMS: &[&str] = &["standard", "bearer"];
+
+/// Builds the platform of a source from its config, checking the platform's own keys.
+pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue>> {
+    match source.platform.as_str() {
+        "standard" => Ok(Box::new(standard::Standard::from_config(source)?)),
+        "bearer" => Ok(Box::new(bearer::Bearer::from_config(source)?)),
+        other => Err(vec![ConfigIssue {
+            key: format!("sources.{}.platform", source.id),
+            problem: format!("unknown platform `{other}` (one of: {})", PLATFORMS.join(", ")),
+        }]),
+    }
+}
