@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod consumer;
 pub mod envelope;
 pub mod retry;
 pub mod secret;
