@@ -58,11 +58,15 @@ impl Platform for Bearer {
             })
             .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&req.body))));
         let event = generic_event(&dedup, payload)?;
-        Ok(Intake::Event { event, reply: HookReply::accepted() })
+        Ok(Intake::Event {
+            event,
+            reply: HookReply::accepted(),
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use bytes::Bytes;
@@ -83,18 +87,36 @@ mod tests {
 
     #[test]
     fn receive_table() {
-        let p = Bearer { token: Secret::new("s3cret") };
+        let p = Bearer {
+            token: Secret::new("s3cret"),
+        };
         let body = r#"{"id":"lead-9","text":"call me"}"#;
-        let Intake::Event { event, .. } = p.receive(&req(Some("Bearer s3cret"), body)).unwrap() else {
+        let Intake::Event { event, .. } = p.receive(&req(Some("Bearer s3cret"), body)).unwrap()
+        else {
             panic!()
         };
         assert_eq!(event.dedup_key, "lead-9");
-        assert_eq!(p.receive(&req(Some("Bearer s3creT"), body)).unwrap_err(), Rejection::BadToken);
-        assert_eq!(p.receive(&req(None, body)).unwrap_err(), Rejection::MissingSignature);
-        assert_eq!(p.receive(&req(Some("Bearer s3cret"), "{not json")).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            p.receive(&req(Some("Bearer s3creT"), body)).unwrap_err(),
+            Rejection::BadToken
+        );
+        assert_eq!(
+            p.receive(&req(None, body)).unwrap_err(),
+            Rejection::MissingSignature
+        );
+        assert_eq!(
+            p.receive(&req(Some("Bearer s3cret"), "{not json"))
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
         // Without an id the same body is the same event.
-        let a = p.receive(&req(Some("Bearer s3cret"), r#"{"text":"x"}"#)).unwrap();
-        let b = p.receive(&req(Some("Bearer s3cret"), r#"{"text":"x"}"#)).unwrap();
+        let a = p
+            .receive(&req(Some("Bearer s3cret"), r#"{"text":"x"}"#))
+            .unwrap();
+        let b = p
+            .receive(&req(Some("Bearer s3cret"), r#"{"text":"x"}"#))
+            .unwrap();
         assert_eq!(a, b);
     }
 }

@@ -6,9 +6,9 @@
 use super::verify::{check_window, json_body, only_keys, required_secret};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::Method;
-pub use shared::signing::SigningKey;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation};
+pub use shared::signing::SigningKey;
 
 #[derive(Debug)]
 pub struct Standard {
@@ -20,12 +20,17 @@ impl Standard {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = only_keys(source, &["secret"]);
         let key = match required_secret(source, "secret") {
-            Ok(s) => SigningKey::parse(s.expose())
-                .map_err(|problem| ConfigIssue { key: format!("sources.{}.secret", source.id), problem }),
+            Ok(s) => SigningKey::parse(s.expose()).map_err(|problem| ConfigIssue {
+                key: format!("sources.{}.secret", source.id),
+                problem,
+            }),
             Err(e) => Err(e),
         };
         match key {
-            Ok(key) if issues.is_empty() => Ok(Self { key, max_skew_secs: source.max_skew_secs }),
+            Ok(key) if issues.is_empty() => Ok(Self {
+                key,
+                max_skew_secs: source.max_skew_secs,
+            }),
             Ok(_) => Err(issues),
             Err(e) => {
                 issues.push(e);
@@ -44,9 +49,15 @@ impl Platform for Standard {
         if req.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
-        let id = req.header("webhook-id").ok_or(Rejection::MissingSignature)?;
-        let ts = req.header("webhook-timestamp").ok_or(Rejection::MissingSignature)?;
-        let sig = req.header("webhook-signature").ok_or(Rejection::MissingSignature)?;
+        let id = req
+            .header("webhook-id")
+            .ok_or(Rejection::MissingSignature)?;
+        let ts = req
+            .header("webhook-timestamp")
+            .ok_or(Rejection::MissingSignature)?;
+        let sig = req
+            .header("webhook-signature")
+            .ok_or(Rejection::MissingSignature)?;
         let ts: i64 = ts.trim().parse().map_err(|_| Rejection::BadSignature)?;
         if !self.key.verify(id, ts, &req.body, sig) {
             return Err(Rejection::BadSignature);
@@ -54,7 +65,10 @@ impl Platform for Standard {
         check_window(ts, req.now, self.max_skew_secs)?;
         let payload = json_body(&req.body)?;
         let event = generic_event(id, payload)?;
-        Ok(Intake::Event { event, reply: HookReply::accepted() })
+        Ok(Intake::Event {
+            event,
+            reply: HookReply::accepted(),
+        })
     }
 }
 
@@ -94,6 +108,7 @@ pub fn generic_event(dedup_key: &str, payload: serde_json::Value) -> Result<NewE
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use bytes::Bytes;
@@ -116,25 +131,40 @@ mod tests {
     #[test]
     fn receive_table() {
         let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let p = Standard { key: key.clone(), max_skew_secs: 300 };
+        let p = Standard {
+            key: key.clone(),
+            max_skew_secs: 300,
+        };
         let body = r#"{"text":"hello","sender_id":"u1"}"#;
         let now = 1_700_000_000;
         let good = key.sign("evt-1", now, body.as_bytes());
         match p.receive(&request(body, &good, now, now + 10)).unwrap() {
             Intake::Event { event, reply } => {
-                assert_eq!((event.text.as_str(), event.dedup_key.as_str()), ("hello", "evt-1"));
+                assert_eq!(
+                    (event.text.as_str(), event.dedup_key.as_str()),
+                    ("hello", "evt-1")
+                );
                 assert_eq!(event.conversation.sender_id, "u1");
                 assert_eq!(reply.status, 202);
             }
             other => panic!("{other:?}"),
         }
-        let stale = p.receive(&request(body, &good, now, now + 301)).unwrap_err();
+        let stale = p
+            .receive(&request(body, &good, now, now + 301))
+            .unwrap_err();
         assert_eq!(stale, Rejection::StaleTimestamp);
-        let bad = p.receive(&request(&body.replace("hello", "hellp"), &good, now, now)).unwrap_err();
+        let bad = p
+            .receive(&request(&body.replace("hello", "hellp"), &good, now, now))
+            .unwrap_err();
         assert_eq!(bad, Rejection::BadSignature);
         let no_text = r#"{"nothing":1}"#;
         let sig = key.sign("evt-1", now, no_text.as_bytes());
-        assert_eq!(p.receive(&request(no_text, &sig, now, now)).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            p.receive(&request(no_text, &sig, now, now))
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
         let mut get = request(body, &good, now, now);
         get.method = Method::GET;
         assert_eq!(p.receive(&get).unwrap_err(), Rejection::MethodNotAllowed);

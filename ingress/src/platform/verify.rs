@@ -18,10 +18,12 @@ pub fn optional_secret(source: &SourceConfig, key: &str) -> Result<Option<Secret
     let owner = format!("sources.{}", source.id);
     match shared::config::setting_str(&source.settings, &owner, key)? {
         None => Ok(None),
-        Some(reference) => Secret::resolve(&reference).map(Some).map_err(|e| ConfigIssue {
-            key: format!("{owner}.{key}"),
-            problem: e.to_string(),
-        }),
+        Some(reference) => Secret::resolve(&reference)
+            .map(Some)
+            .map_err(|e| ConfigIssue {
+                key: format!("{owner}.{key}"),
+                problem: e.to_string(),
+            }),
     }
 }
 
@@ -41,7 +43,11 @@ pub fn only_keys(source: &SourceConfig, known: &[&str]) -> Vec<ConfigIssue> {
             problem: format!(
                 "is not a key of platform `{}` (known: {})",
                 source.platform,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         })
         .collect()
@@ -69,4 +75,160 @@ pub fn check_window(ts_secs: i64, now: DateTime<Utc>, max_skew_secs: u64) -> Res
 /// Parses a body as JSON, or says it is malformed.
 pub fn json_body(body: &[u8]) -> Result<serde_json::Value, Rejection> {
     serde_json::from_slice(body).map_err(|e| Rejection::malformed(format!("body is not JSON: {e}")))
+}
+
+/// Collects one source's platform keys and every problem with them, so that a config check
+/// reports all of a source's mistakes at once, each naming its key (`sources.<id>.<key>`).
+pub struct SourceKeys<'a> {
+    source: &'a SourceConfig,
+    issues: Vec<ConfigIssue>,
+}
+
+impl<'a> SourceKeys<'a> {
+    /// Starts with the unknown-key check: `known` lists every key the platform accepts.
+    pub fn new(source: &'a SourceConfig, known: &[&str]) -> Self {
+        Self {
+            source,
+            issues: only_keys(source, known),
+        }
+    }
+
+    /// The full name of a key, as config errors print it.
+    pub fn key(&self, key: &str) -> String {
+        format!("sources.{}.{key}", self.source.id)
+    }
+
+    pub fn source(&self) -> &SourceConfig {
+        self.source
+    }
+
+    /// Records a problem with a key.
+    pub fn problem(&mut self, key: &str, problem: impl Into<String>) {
+        let key = self.key(key);
+        self.issues.push(ConfigIssue {
+            key,
+            problem: problem.into(),
+        });
+    }
+
+    /// A required secret; `None` once the problem is recorded.
+    pub fn secret(&mut self, key: &str) -> Option<Secret> {
+        required_secret(self.source, key)
+            .map_err(|e| self.issues.push(e))
+            .ok()
+    }
+
+    /// An optional secret.
+    pub fn optional_secret(&mut self, key: &str) -> Option<Secret> {
+        optional_secret(self.source, key)
+            .map_err(|e| self.issues.push(e))
+            .ok()
+            .flatten()
+    }
+
+    /// An optional plain string (not a secret; may be empty).
+    pub fn optional_str(&mut self, key: &str) -> Option<String> {
+        optional_str(self.source, key)
+            .map_err(|e| self.issues.push(e))
+            .ok()
+            .flatten()
+    }
+
+    /// A required plain string, which may be empty (WeCom's AI-bot `receive_id`).
+    pub fn required_str(&mut self, key: &str) -> Option<String> {
+        let value = self.optional_str(key);
+        if value.is_none() && !self.issues.iter().any(|i| i.key == self.key(key)) {
+            let platform = self.source.platform.clone();
+            self.problem(key, format!("is required for platform `{platform}`"));
+        }
+        value
+    }
+
+    /// An optional string or integer setting as text (ids such as WeCom's `agent_id`).
+    pub fn optional_id(&mut self, key: &str) -> Option<String> {
+        let value = self.source.settings.get(key)?;
+        if let Some(s) = value.as_str() {
+            return Some(s.to_owned());
+        }
+        if let Some(i) = value.as_integer() {
+            return Some(i.to_string());
+        }
+        let problem = format!("must be a string or an integer, not {}", value.type_str());
+        self.problem(key, problem);
+        None
+    }
+
+    /// The platform, or every problem found. `value` is `None` only when a problem was recorded.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, Vec<ConfigIssue>> {
+        match value {
+            Some(v) if self.issues.is_empty() => Ok(v),
+            _ if !self.issues.is_empty() => Err(self.issues),
+            _ => Err(vec![ConfigIssue {
+                key: format!("sources.{}", self.source.id),
+                problem: "is incomplete".into(),
+            }]),
+        }
+    }
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length, so `new_from_slice` cannot fail; the fallback is unreachable.
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return [0; 32];
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Standard base64 that also takes non-zero trailing bits, as the platforms' own SDKs (Python,
+/// PHP, Java) do when they decode keys and ciphertexts.
+pub const B64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Checks a signed timestamp in milliseconds against a window in seconds (0 disables).
+pub fn check_window_ms(
+    ts_ms: i64,
+    now: DateTime<Utc>,
+    max_skew_secs: u64,
+) -> Result<(), Rejection> {
+    if max_skew_secs == 0 {
+        return Ok(());
+    }
+    let skew_ms = (now.timestamp_millis() as i128 - ts_ms as i128).unsigned_abs();
+    if skew_ms > u128::from(max_skew_secs) * 1000 {
+        Err(Rejection::StaleTimestamp)
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether a body looks like a JSON object (first non-blank byte is `{`).
+pub fn looks_like_json(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// A JSON field as text: strings as they are, numbers written out; anything else is absent.
+pub fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
+    match value.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A field at a `/`-separated JSON pointer, as text (see [`json_str`]).
+pub fn json_at(value: &serde_json::Value, pointer: &str) -> Option<String> {
+    match value.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
