@@ -10,6 +10,7 @@ use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{Conversation, ReplyHandle};
 
 pub mod bearer;
+pub mod dingtalk;
 pub mod sender;
 pub mod standard;
 #[cfg(test)]
@@ -180,7 +181,7 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 }
 
 /// Every platform word a source may use.
-pub const PLATFORMS: &[&str] = &["standard", "bearer", "wecom"];
+pub const PLATFORMS: &[&str] = &["standard", "bearer", "wecom", "dingtalk"];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
 pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue>> {
@@ -188,6 +189,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "standard" => Ok(Box::new(standard::Standard::from_config(source)?)),
         "bearer" => Ok(Box::new(bearer::Bearer::from_config(source)?)),
         "wecom" => Ok(Box::new(wecom::Wecom::from_config(source)?)),
+        "dingtalk" => Ok(Box::new(dingtalk::Dingtalk::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(

@@ -1,0 +1,370 @@
+//! DingTalk enterprise robots in HTTP mode (`platform = "dingtalk"`). This module owns the key
+//! `app_secret`; the `timestamp` (ms) / `sign` headers, `sign = base64(hmac_sha256(app_secret,
+//! timestamp + "\n" + app_secret))`, with DingTalk's one-hour window; and the message body
+//! (`msgId`, `conversationId`, `conversationType` 1 single / 2 group, `senderStaffId`,
+//! `text.content`, `sessionWebhook` and its expiry), answered with 200 and an empty body. The
+//! session webhook and its expiry go into the reply handle; the dispatcher falls back to the robot
+//! API with `app_key`/`robot_code`/`api_base`/`oapi_base`, keys this module accepts and ignores.
+//! Note that DingTalk signs the timestamp, not the body. It must not do I/O.
+use super::sender::SignedRequest;
+use super::verify::{
+    check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
+};
+use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use axum::http::Method;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::Value;
+use shared::config::{ConfigIssue, SourceConfig};
+use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::Secret;
+
+const KEYS: &[&str] = &[
+    "app_secret",
+    "app_key",
+    "robot_code",
+    "api_base",
+    "oapi_base",
+];
+
+/// DingTalk's own rule: a callback more than an hour off is refused.
+const PLATFORM_WINDOW_SECS: u64 = 3600;
+
+#[derive(Debug)]
+pub struct Dingtalk {
+    app_secret: Secret,
+    robot_code: Option<String>,
+    /// 0 disables; otherwise never narrower than DingTalk's hour.
+    window_secs: u64,
+}
+
+impl Dingtalk {
+    pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
+        let mut keys = SourceKeys::new(source, KEYS);
+        let app_secret = keys.secret("app_secret");
+        let robot_code = keys.optional_str("robot_code");
+        // DingTalk signs with a one-hour tolerance; a narrower window would refuse its own retries.
+        let window_secs = match source.max_skew_secs {
+            0 => 0,
+            skew => skew.max(PLATFORM_WINDOW_SECS),
+        };
+        let value = app_secret.map(|app_secret| Self {
+            app_secret,
+            robot_code,
+            window_secs,
+        });
+        keys.finish(value)
+    }
+}
+
+/// `sign` for a timestamp in milliseconds (also the custom robot's outbound `sign`, before URL-encoding).
+pub fn sign(secret: &str, timestamp_ms: i64) -> String {
+    let msg = format!("{timestamp_ms}\n{secret}");
+    B64.encode(hmac_sha256(secret.as_bytes(), &[msg.as_bytes()]))
+}
+
+impl Platform for Dingtalk {
+    fn name(&self) -> &'static str {
+        "dingtalk"
+    }
+
+    fn receive(&self, req: &HookRequest) -> Result<Intake, Rejection> {
+        if req.method != Method::POST {
+            return Err(Rejection::MethodNotAllowed);
+        }
+        let ts = req.header("timestamp").ok_or(Rejection::MissingSignature)?;
+        let presented = req.header("sign").ok_or(Rejection::MissingSignature)?;
+        let ts_ms: i64 = ts.trim().parse().map_err(|_| Rejection::BadSignature)?;
+        let secret = self.app_secret.expose();
+        let msg = format!("{ts_ms}\n{secret}");
+        let expected = hmac_sha256(secret.as_bytes(), &[msg.as_bytes()]);
+        // Compare the MACs, not their text: base64 may arrive with or without padding.
+        let presented = B64_LENIENT
+            .decode(presented.trim())
+            .map_err(|_| Rejection::BadSignature)?;
+        if !ct_eq(&presented, &expected) {
+            return Err(Rejection::BadSignature);
+        }
+        check_window_ms(ts_ms, req.now, self.window_secs)?;
+        let payload = json_body(&req.body)?;
+        match self.normalise(&payload)? {
+            Ok(mut event) => {
+                event.payload = payload;
+                Ok(Intake::Event {
+                    event,
+                    reply: HookReply::ok_empty(),
+                })
+            }
+            Err(reason) => Ok(Intake::Ignore {
+                reason,
+                reply: HookReply::ok_empty(),
+            }),
+        }
+    }
+}
+
+impl Dingtalk {
+    /// The event of a robot message, or why it is dropped.
+    fn normalise(&self, body: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+        let msg_id = json_str(body, "msgId").ok_or_else(|| Rejection::malformed("no msgId"))?;
+        let conversation_id = json_str(body, "conversationId")
+            .ok_or_else(|| Rejection::malformed("no conversationId"))?;
+        let msg_type = json_str(body, "msgtype").unwrap_or_else(|| "text".into());
+        if msg_type != "text" {
+            return Ok(Err("not_text"));
+        }
+        // DingTalk removes the @robot mention but leaves the blank before the text.
+        let text = json_at(body, "/text/content")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if text.is_empty() {
+            return Ok(Err("empty"));
+        }
+        let staff_id = json_str(body, "senderStaffId").filter(|s| !s.is_empty());
+        let sender_id = staff_id
+            .clone()
+            .or_else(|| json_str(body, "senderId"))
+            .ok_or_else(|| Rejection::malformed("no senderStaffId or senderId"))?;
+        // conversationType is "1" (single) or "2" (group), as a string or a number.
+        let chat_type = match json_str(body, "conversationType").as_deref() {
+            Some("2") => ChatType::Group,
+            _ => ChatType::Single,
+        };
+        let robot_code = json_str(body, "robotCode").or_else(|| self.robot_code.clone());
+        Ok(Ok(NewEvent {
+            dedup_key: msg_id,
+            kind: "message".into(),
+            conversation: Conversation {
+                chat_id: conversation_id.clone(),
+                chat_type,
+                sender_id,
+                sender_name: json_str(body, "senderNick"),
+                thread_id: None,
+            },
+            text,
+            reply: Some(ReplyHandle::Dingtalk {
+                session_webhook: json_str(body, "sessionWebhook"),
+                session_webhook_expires_at: body
+                    .get("sessionWebhookExpiredTime")
+                    .and_then(Value::as_i64),
+                conversation_id,
+                robot_code,
+                sender_staff_id: staff_id,
+            }),
+            payload: Value::Null,
+        }))
+    }
+}
+
+/// A callback as DingTalk sends it: `body` (JSON) with the signed `timestamp`/`sign` headers.
+pub fn request(app_secret: &str, timestamp_ms: i64, body: &str) -> SignedRequest {
+    SignedRequest::new(Method::POST, body.to_owned())
+        .with_header("content-type", "application/json")
+        .with_header("timestamp", timestamp_ms.to_string())
+        .with_header("sign", sign(app_secret, timestamp_ms))
+}
+
+/// A text message body as a robot receives it. `group` picks conversationType 2.
+pub fn text_message(
+    msg_id: &str,
+    conversation_id: &str,
+    group: bool,
+    sender_staff_id: &str,
+    text: &str,
+    session_webhook: &str,
+    expires_at_ms: i64,
+) -> String {
+    serde_json::json!({
+        "msgId": msg_id,
+        "msgtype": "text",
+        "conversationId": conversation_id,
+        "conversationType": if group { "2" } else { "1" },
+        "senderStaffId": sender_staff_id,
+        "senderId": format!("$:LWCP_v1:${sender_staff_id}"),
+        "senderNick": sender_staff_id,
+        "robotCode": "dingrobot",
+        "text": { "content": format!(" {text}") },
+        "sessionWebhook": session_webhook,
+        "sessionWebhookExpiredTime": expires_at_ms,
+        "createAt": expires_at_ms - 5_400_000,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+    use serde_json::json;
+
+    #[test]
+    fn official_vector() {
+        assert_eq!(
+            sign("secret", 1_700_000_000_000),
+            "OuzzJR5+xZ4/EYwqtNt6sMYZQMTa/HEGvc9miJe7XzY="
+        );
+    }
+
+    fn platform(max_skew_secs: u64) -> Dingtalk {
+        Dingtalk::from_config(&source(
+            "dingtalk",
+            max_skew_secs,
+            json!({"app_secret": "s3cret"}),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn receive_table() {
+        let now_ms = 1_700_000_000_000;
+        let body = text_message(
+            "msg-1",
+            "cid-1",
+            true,
+            "staff-7",
+            "hello",
+            "https://oapi/session",
+            now_ms + 5_400_000,
+        );
+        let good = request("s3cret", now_ms, &body).to_hook_request(at(now_ms / 1000));
+        let with = |f: &dyn Fn(&mut HookRequest)| {
+            let mut r = good.clone();
+            f(&mut r);
+            r
+        };
+        let other_body = |b: Value| with(&|r| r.body = b.to_string().into());
+        let base: Value = serde_json::from_str(&body).unwrap();
+        let mut picture = base.clone();
+        picture["msgtype"] = json!("picture");
+        let mut blank = base.clone();
+        blank["text"]["content"] = json!("  ");
+        let mut no_id = base.clone();
+        no_id.as_object_mut().unwrap().remove("msgId");
+        let cases: Vec<(&str, HookRequest, &str)> = vec![
+            ("good", good.clone(), "event"),
+            (
+                "within the hour",
+                with(&|r| r.now = at(now_ms / 1000 + 3600)),
+                "event",
+            ),
+            (
+                "past the hour",
+                with(&|r| r.now = at(now_ms / 1000 + 3601)),
+                "stale_timestamp",
+            ),
+            (
+                "before the hour",
+                with(&|r| r.now = at(now_ms / 1000 - 3601)),
+                "stale_timestamp",
+            ),
+            (
+                "wrong secret",
+                request("other", now_ms, &body).to_hook_request(at(now_ms / 1000)),
+                "bad_signature",
+            ),
+            (
+                "tampered sign",
+                with(&|r| {
+                    r.headers.insert(
+                        "sign",
+                        "OuzzJR5+xZ4/EYwqtNt6sMYZQMTa/HEGvc9miJe7XzY="
+                            .parse()
+                            .unwrap(),
+                    );
+                }),
+                "bad_signature",
+            ),
+            (
+                "sign not base64",
+                with(&|r| {
+                    r.headers.insert("sign", "%%%".parse().unwrap());
+                }),
+                "bad_signature",
+            ),
+            (
+                "other timestamp",
+                with(&|r| {
+                    r.headers
+                        .insert("timestamp", (now_ms + 1).to_string().parse().unwrap());
+                }),
+                "bad_signature",
+            ),
+            (
+                "no sign",
+                with(&|r| {
+                    r.headers.remove("sign");
+                }),
+                "missing_signature",
+            ),
+            (
+                "no timestamp",
+                with(&|r| {
+                    r.headers.remove("timestamp");
+                }),
+                "missing_signature",
+            ),
+            ("not json", with(&|r| r.body = "{".into()), "malformed"),
+            ("no msgId", other_body(no_id), "malformed"),
+            ("picture", other_body(picture), "ignore:not_text"),
+            ("blank", other_body(blank), "ignore:empty"),
+            (
+                "GET",
+                with(&|r| r.method = Method::GET),
+                "method_not_allowed",
+            ),
+        ];
+        let p = platform(300);
+        for (name, req, want) in cases {
+            assert_eq!(outcome(&p.receive(&req)), want, "{name}");
+        }
+        let e = event(p.receive(&good));
+        assert_eq!((e.dedup_key.as_str(), e.text.as_str()), ("msg-1", "hello"));
+        assert_eq!(
+            (e.conversation.chat_id.as_str(), e.conversation.chat_type),
+            ("cid-1", ChatType::Group)
+        );
+        assert_eq!(e.conversation.sender_id, "staff-7");
+        assert_eq!(
+            e.reply,
+            Some(ReplyHandle::Dingtalk {
+                session_webhook: Some("https://oapi/session".into()),
+                session_webhook_expires_at: Some(now_ms + 5_400_000),
+                conversation_id: "cid-1".into(),
+                robot_code: Some("dingrobot".into()),
+                sender_staff_id: Some("staff-7".into()),
+            })
+        );
+        assert_eq!(e.payload, base);
+        let single = text_message("m2", "cid-2", false, "s", "hi", "u", 0);
+        let e = event(
+            p.receive(&request("s3cret", now_ms, &single).to_hook_request(at(now_ms / 1000))),
+        );
+        assert_eq!(e.conversation.chat_type, ChatType::Single);
+        // 0 disables the window, for old recorded callbacks.
+        assert_eq!(
+            outcome(&platform(0).receive(&with(&|r| r.now = at(0)))),
+            "event"
+        );
+    }
+
+    #[test]
+    fn config_table() {
+        let ok = json!({"app_secret": "x", "app_key": "k", "robot_code": "r", "api_base": "a", "oapi_base": "o"});
+        assert!(Dingtalk::from_config(&source("dingtalk", 300, ok)).is_ok());
+        for (settings, key) in [
+            (json!({}), "sources.src.app_secret"),
+            (
+                json!({"app_secret": "x", "appsecret": "y"}),
+                "sources.src.appsecret",
+            ),
+            (json!({"app_secret": 5}), "sources.src.app_secret"),
+        ] {
+            assert_eq!(
+                issue_keys(&Dingtalk::from_config(&source("dingtalk", 300, settings)).unwrap_err()),
+                [key]
+            );
+        }
+    }
+}
