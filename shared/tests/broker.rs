@@ -1,6 +1,7 @@
 //! The broker contract the roles rely on, against the real RabbitMQ: the topology declares (and
 //! declares again) cleanly, a publish is confirmed, and a message in a delay queue comes back to
 //! its stage after its wait.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;

@@ -1,0 +1,283 @@
+//! The once-per-event record in Redis. One hash per event (source + the platform's dedup key)
+//! holds a lease (owner, fencing token, expiry) while a worker calls Dify, the Dify ids as soon as
+//! a stream reveals them (so a worker taking over can recover the run instead of repeating it),
+//! and finally the answer, kept for `answer_ttl` so a redelivered or replayed event is answered
+//! from the record. Every transition is one Lua script, so two workers racing for one event
+//! cannot both win, and a worker whose lease was taken over cannot overwrite the new owner.
+use deadpool_redis::redis::{self, Script};
+use serde::{Deserialize, Serialize};
+use shared::envelope::Answer;
+use shared::store::{Store, StoreError};
+use std::time::Duration;
+
+/// Dify's ids for a run, recorded as they become known (mirrors the Dify client's ids).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunIds {
+    pub task_id: Option<String>,
+    pub message_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub workflow_run_id: Option<String>,
+    /// The Dify `user` the run was made for (needed to look it up).
+    pub user: Option<String>,
+    /// When the run started, ms since the epoch (resume gives up after the app's timeout).
+    pub started_ms: Option<i64>,
+}
+
+impl RunIds {
+    /// Whether anything identifies a run that Dify could be asked about.
+    pub fn identifies_run(&self) -> bool {
+        self.message_id.is_some() || self.workflow_run_id.is_some()
+    }
+}
+
+/// What a worker may do with an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The answer is recorded: dispatch it, don't call Dify.
+    Done(Box<Answer>),
+    /// Another live worker holds the lease; come back after this long.
+    Held(Duration),
+    /// This worker holds the lease with `token`. `previous` holds the ids a previous owner
+    /// recorded before its lease lapsed (it died mid-call): recover before calling again.
+    Acquired {
+        token: i64,
+        previous: Option<RunIds>,
+    },
+}
+
+/// The idempotency records of one worker process.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    store: Store,
+    owner: String,
+    lease: Duration,
+    ttl: Duration,
+}
+
+// KEYS[1] record. ARGV: owner, lease_ms, ttl_ms.
+// Uses Redis's clock so that workers with skewed clocks agree on lease expiry.
+const ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' then
+  return {'done', redis.call('HGET', KEYS[1], 'answer')}
+end
+local previous = ''
+if state == 'leased' then
+  local until_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if until_ms > now and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+    return {'held', tostring(until_ms - now)}
+  end
+  previous = redis.call('HGET', KEYS[1], 'ids') or ''
+end
+local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
+redis.call('HSET', KEYS[1], 'state', 'leased', 'owner', ARGV[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
+redis.call('HDEL', KEYS[1], 'ids')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {'acquired', tostring(token), previous}
+"#;
+
+// KEYS[1]. ARGV: token, lease_ms. Extends the lease if we still hold it.
+const RENEW: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
+return 1
+"#;
+
+// KEYS[1]. ARGV: token, ids json. Records Dify's ids under our lease.
+const RECORD_IDS: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'ids', ARGV[2])
+return 1
+"#;
+
+// KEYS[1]. ARGV: token, answer json, ttl_ms. Records the answer if we still hold the lease.
+const COMPLETE: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'done', 'answer', ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'ids')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+// KEYS[1]. ARGV: token. Gives the event up (a failed call) so the next attempt may claim it.
+const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'free')
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'ids')
+return 1
+"#;
+
+impl Idempotency {
+    /// `owner` names this process (unique per process start).
+    pub fn new(store: Store, owner: String, lease: Duration, ttl: Duration) -> Self {
+        Self {
+            store,
+            owner,
+            lease,
+            ttl,
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The record's key for an event of `source` with the platform's `dedup_key`.
+    pub fn key(&self, source: &str, dedup_key: &str) -> String {
+        self.store.key(&["idem", source, dedup_key])
+    }
+
+    pub async fn claim(&self, key: &str) -> Result<Claim, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let reply: Vec<String> = Script::new(ACQUIRE)
+            .key(key)
+            .arg(&self.owner)
+            .arg(self.lease.as_millis() as u64)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(parse_claim(&reply))
+    }
+
+    /// Extends our lease; false if it was lost (taken over after it lapsed).
+    pub async fn renew(&self, key: &str, token: i64) -> Result<bool, StoreError> {
+        self.fenced(
+            RENEW,
+            key,
+            token,
+            &[&(self.lease.as_millis() as u64).to_string()],
+        )
+        .await
+    }
+
+    pub async fn record_ids(
+        &self,
+        key: &str,
+        token: i64,
+        ids: &RunIds,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(ids).unwrap_or_default();
+        self.fenced(RECORD_IDS, key, token, &[&json]).await
+    }
+
+    /// Records the answer; false if the lease was lost (the new owner will dispatch).
+    pub async fn complete(
+        &self,
+        key: &str,
+        token: i64,
+        answer: &Answer,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(answer).unwrap_or_default();
+        self.fenced(
+            COMPLETE,
+            key,
+            token,
+            &[&json, &(self.ttl.as_millis() as u64).to_string()],
+        )
+        .await
+    }
+
+    pub async fn release(&self, key: &str, token: i64) -> Result<bool, StoreError> {
+        self.fenced(RELEASE, key, token, &[]).await
+    }
+
+    async fn fenced(
+        &self,
+        script: &str,
+        key: &str,
+        token: i64,
+        args: &[&str],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let script = Script::new(script);
+        let mut inv = script.prepare_invoke();
+        inv.key(key).arg(token);
+        for a in args {
+            inv.arg(*a);
+        }
+        let ok: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(ok == 1)
+    }
+}
+
+/// Reads the acquire script's reply (pure).
+fn parse_claim(reply: &[String]) -> Claim {
+    match reply.first().map(String::as_str) {
+        Some("done") => {
+            let answer = reply
+                .get(1)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default();
+            Claim::Done(Box::new(answer))
+        }
+        Some("held") => {
+            let ms = reply.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
+            Claim::Held(Duration::from_millis(ms))
+        }
+        _ => {
+            let token = reply.get(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+            let previous = reply
+                .get(2)
+                .filter(|s| !s.is_empty())
+                .and_then(|s| serde_json::from_str::<RunIds>(s).ok());
+            Claim::Acquired { token, previous }
+        }
+    }
+}
+
+/// Keeps `redis` in the public API names used by tests.
+pub type RedisError = redis::RedisError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_replies_parse() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_claim(&s(&["held", "1500"])),
+            Claim::Held(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_claim(&s(&["acquired", "3", ""])),
+            Claim::Acquired {
+                token: 3,
+                previous: None
+            }
+        );
+        let ids = RunIds {
+            message_id: Some("m".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&ids).unwrap();
+        assert_eq!(
+            parse_claim(&s(&["acquired", "4", &json])),
+            Claim::Acquired {
+                token: 4,
+                previous: Some(ids)
+            }
+        );
+        let answer = Answer {
+            text: "hi".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            parse_claim(&s(&["done", &json])),
+            Claim::Done(Box::new(answer))
+        );
+    }
+}

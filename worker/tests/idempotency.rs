@@ -1,0 +1,147 @@
+//! The once-per-event record against the real Redis: racing claims, lease takeover with the
+//! recorded Dify ids, fencing, and the recorded answer served to later claims.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use shared::config::RedisConfig;
+use shared::envelope::Answer;
+use shared::store::Store;
+use shared::Secret;
+use std::time::Duration;
+use worker::idempotency::{Claim, Idempotency, RunIds};
+
+fn store(prefix: &str) -> Store {
+    Store::new(&RedisConfig {
+        url: Secret::new("redis://127.0.0.1:6379"),
+        prefix: prefix.into(),
+        pool_size: 8,
+    })
+    .unwrap()
+}
+
+async fn cleanup(store: &Store, key: &str) {
+    let mut c = store.conn().await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn of_many_racing_claims_exactly_one_wins() {
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            Idempotency::new(
+                s.clone(),
+                format!("w{i}"),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    let key = workers[0].key("src", "evt-race");
+    let claims = futures_util::future::join_all(workers.iter().map(|w| w.claim(&key))).await;
+    let won = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Acquired { .. })))
+        .count();
+    let held = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Held(_))))
+        .count();
+    assert_eq!((won, held), (1, 15));
+    cleanup(&s, &key).await;
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is_fenced() {
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let a = Idempotency::new(
+        s.clone(),
+        "a".into(),
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    );
+    let b = Idempotency::new(
+        s.clone(),
+        "b".into(),
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-takeover");
+    let Claim::Acquired {
+        token: ta,
+        previous: None,
+    } = a.claim(&key).await.unwrap()
+    else {
+        panic!()
+    };
+    let ids = RunIds {
+        message_id: Some("m-1".into()),
+        conversation_id: Some("c-1".into()),
+        ..Default::default()
+    };
+    assert!(a.record_ids(&key, ta, &ids).await.unwrap());
+    assert!(
+        matches!(b.claim(&key).await.unwrap(), Claim::Held(_)),
+        "a live lease holds"
+    );
+    // a dies: its lease lapses.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (tb, previous) = loop {
+        match b.claim(&key).await.unwrap() {
+            Claim::Acquired { token, previous } => break (token, previous),
+            _ => assert!(std::time::Instant::now() < deadline),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        previous,
+        Some(ids),
+        "the new owner sees what the old one recorded"
+    );
+    assert!(tb > ta);
+    let answer = Answer {
+        text: "late".into(),
+        ..Default::default()
+    };
+    assert!(
+        !a.complete(&key, ta, &answer).await.unwrap(),
+        "the old owner is fenced out"
+    );
+    let answer = Answer {
+        text: "recovered".into(),
+        ..Default::default()
+    };
+    assert!(b.complete(&key, tb, &answer).await.unwrap());
+    assert_eq!(
+        a.claim(&key).await.unwrap(),
+        Claim::Done(Box::new(answer)),
+        "later claims get the recorded answer"
+    );
+    cleanup(&s, &key).await;
+}
+
+#[tokio::test]
+async fn a_released_event_can_be_claimed_again() {
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let a = Idempotency::new(
+        s.clone(),
+        "a".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-release");
+    let Claim::Acquired { token, .. } = a.claim(&key).await.unwrap() else {
+        panic!()
+    };
+    assert!(a.release(&key, token).await.unwrap());
+    assert!(matches!(
+        a.claim(&key).await.unwrap(),
+        Claim::Acquired { previous: None, .. }
+    ));
+    cleanup(&s, &key).await;
+}
