@@ -11,6 +11,7 @@ use shared::envelope::{Conversation, ReplyHandle};
 
 pub mod bearer;
 pub mod dingtalk;
+pub mod feishu;
 pub mod sender;
 pub mod standard;
 #[cfg(test)]
@@ -181,7 +182,7 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 }
 
 /// Every platform word a source may use.
-pub const PLATFORMS: &[&str] = &["standard", "bearer", "wecom", "dingtalk"];
+pub const PLATFORMS: &[&str] = &["standard", "bearer", "wecom", "dingtalk", "feishu", "lark"];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
 pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue>> {
@@ -190,6 +191,8 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "bearer" => Ok(Box::new(bearer::Bearer::from_config(source)?)),
         "wecom" => Ok(Box::new(wecom::Wecom::from_config(source)?)),
         "dingtalk" => Ok(Box::new(dingtalk::Dingtalk::from_config(source)?)),
+        "feishu" => Ok(Box::new(feishu::Feishu::from_config(source, false)?)),
+        "lark" => Ok(Box::new(feishu::Feishu::from_config(source, true)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(
