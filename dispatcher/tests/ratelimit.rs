@@ -1,0 +1,295 @@
+//! The shared rate limiter against the real Redis: pacing, the wait it announces, several limits
+//! at once, keys that expire, and two independent limiters (separate pools, as two dispatcher
+//! processes would have) hammering one target while a local receiver records arrivals: no
+//! window of the limit's length ever holds more than the limit, at admission or at arrival.
+use axum::routing::post;
+use axum::Router;
+use deadpool_redis::redis;
+use dispatcher::ratelimit::{Admission, RateLimiter};
+use shared::config::RedisConfig;
+use shared::store::Store;
+use shared::units::Rate;
+use shared::Secret;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn store(prefix: &str) -> Store {
+    Store::new(&RedisConfig {
+        url: Secret::new("redis://127.0.0.1:6379"),
+        prefix: prefix.to_owned(),
+        pool_size: 8,
+    })
+    .unwrap()
+}
+
+fn prefix() -> String {
+    format!("t-{}", uuid::Uuid::now_v7().simple())
+}
+
+fn rate(s: &str) -> Rate {
+    Rate::parse(s).unwrap()
+}
+
+async fn keys(store: &Store) -> Vec<String> {
+    let mut c = store.conn().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(format!("{}:*", store.prefix()))
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn cleanup(store: &Store) {
+    let found = keys(store).await;
+    if !found.is_empty() {
+        let mut c = store.conn().await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(found)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+/// The most events that any closed window of `len` starting at an event holds.
+fn busiest_window(times: &[Instant], len: Duration) -> usize {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    (0..t.len())
+        .map(|i| t[i..].iter().take_while(|x| **x <= t[i] + len).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A receiver that records when each delivery arrived.
+async fn receiver() -> (String, Arc<Mutex<Vec<Instant>>>) {
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let app = Router::new().route(
+        "/",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, arrivals)
+}
+
+/// `tasks` workers per limiter, each taking slots for `run` and delivering on every `Go`;
+/// returns the admission times with the index of the limiter that admitted.
+async fn hammer(
+    limiters: &[RateLimiter],
+    target: &str,
+    limits: &[Rate],
+    tasks: usize,
+    run: Duration,
+    deliver_to: Option<&str>,
+) -> Vec<(Instant, usize)> {
+    let until = Instant::now() + run;
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    let http = reqwest::Client::new();
+    let mut joins = Vec::new();
+    for (which, limiter) in limiters.iter().enumerate() {
+        for _ in 0..tasks {
+            let (limiter, admitted, http) = (limiter.clone(), admitted.clone(), http.clone());
+            let (target, limits) = (target.to_owned(), limits.to_vec());
+            let url = deliver_to.map(str::to_owned);
+            joins.push(tokio::spawn(async move {
+                while Instant::now() < until {
+                    match limiter.acquire(&target, &limits).await.unwrap() {
+                        Admission::Go => {
+                            admitted.lock().unwrap().push((Instant::now(), which));
+                            if let Some(url) = &url {
+                                http.post(url).send().await.unwrap();
+                            }
+                        }
+                        Admission::Wait(d) => tokio::time::sleep(d).await,
+                    }
+                }
+            }));
+        }
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let out = admitted.lock().unwrap().clone();
+    out
+}
+
+#[tokio::test]
+async fn two_processes_never_exceed_the_limit_in_any_window() {
+    let prefix = prefix();
+    // Two pools, as two dispatcher processes would have; nothing shared but Redis.
+    let (a, b) = (store(&prefix), store(&prefix));
+    let limiters = [RateLimiter::new(a.clone()), RateLimiter::new(b)];
+    let (url, arrivals) = receiver().await;
+    let limit = rate("5/1s");
+    let run = Duration::from_secs(4);
+    let got = hammer(&limiters, "robot", &[limit], 4, run, Some(&url)).await;
+
+    let admissions: Vec<Instant> = got.iter().map(|(t, _)| *t).collect();
+    let arrivals = arrivals.lock().unwrap().clone();
+    let from_b = got.iter().filter(|(_, w)| *w == 1).count();
+    let (at_admission, at_arrival) = (
+        busiest_window(&admissions, limit.per),
+        busiest_window(&arrivals, limit.per),
+    );
+    eprintln!(
+        "5/1s over {run:?}, 2 limiters x 4 tasks: {} admitted ({} by the second), busiest 1 s \
+         window: {at_admission} at admission, {at_arrival} at the receiver",
+        admissions.len(),
+        from_b
+    );
+    assert_eq!(arrivals.len(), admissions.len());
+    assert!(at_admission <= 5, "{at_admission} admissions in one window");
+    assert!(at_arrival <= 5, "{at_arrival} arrivals in one window");
+    // Paced at (1 s + 50 ms) / 5 = 210 ms: about 4 s / 210 ms + 1 = 20 slots.
+    assert!(
+        (17..=20).contains(&admissions.len()),
+        "{}",
+        admissions.len()
+    );
+    assert!(
+        from_b > 0 && from_b < admissions.len(),
+        "both processes were admitted"
+    );
+    cleanup(&a).await;
+}
+
+#[tokio::test]
+async fn a_single_process_is_paced_evenly() {
+    let prefix = prefix();
+    let store = store(&prefix);
+    let limiter = RateLimiter::new(store.clone());
+    let got = hammer(
+        &[limiter],
+        "slack",
+        &[rate("5/1s")],
+        1,
+        Duration::from_millis(2_000),
+        None,
+    )
+    .await;
+    let gaps: Vec<u128> = got
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_millis())
+        .collect();
+    eprintln!("5/1s, one task for 2 s: gaps {gaps:?} ms");
+    assert!((9..=10).contains(&got.len()), "{}", got.len());
+    // 210 ms apart, less what the round trips to Redis may shift.
+    assert!(gaps.iter().all(|g| *g >= 200), "{gaps:?}");
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn the_wait_says_when_the_next_slot_opens() {
+    let prefix = prefix();
+    let store = store(&prefix);
+    let limiter = RateLimiter::new(store.clone());
+    let limits = [rate("2/1s")]; // (1 s + 50 ms) / 2 = 525 ms apart
+    assert_eq!(limiter.acquire("t", &limits).await.unwrap(), Admission::Go);
+    let Admission::Wait(wait) = limiter.acquire("t", &limits).await.unwrap() else {
+        panic!("a second slot within 525 ms");
+    };
+    assert!(
+        wait > Duration::from_millis(475) && wait <= Duration::from_millis(525),
+        "{wait:?}"
+    );
+    // Refusals take nothing: asking again says the same, less the time that passed.
+    let Admission::Wait(again) = limiter.acquire("t", &limits).await.unwrap() else {
+        panic!("still too early");
+    };
+    assert!(again <= wait, "{again:?} after {wait:?}");
+    tokio::time::sleep(again).await;
+    assert_eq!(limiter.acquire("t", &limits).await.unwrap(), Admission::Go);
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn several_limits_are_decided_together() {
+    let prefix = prefix();
+    let store = store(&prefix);
+    let limiter = RateLimiter::new(store.clone());
+    let (fast, slow) = (rate("1/100ms"), rate("1/1s"));
+    assert_eq!(
+        limiter.acquire("t", &[fast, slow]).await.unwrap(),
+        Admission::Go
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The fast limit conforms, the slow one does not: the wait is the slow one's ...
+    let Admission::Wait(wait) = limiter.acquire("t", &[fast, slow]).await.unwrap() else {
+        panic!("the 1/1s limit must refuse");
+    };
+    assert!(
+        wait > Duration::from_millis(750) && wait <= Duration::from_millis(850),
+        "{wait:?}"
+    );
+    // ... and the refusal did not take the fast limit's slot.
+    assert_eq!(limiter.acquire("t", &[fast]).await.unwrap(), Admission::Go);
+    cleanup(&store).await;
+
+    // With bursts, both limits' windows hold under load.
+    let prefix = self::prefix();
+    let (a, b) = (self::store(&prefix), self::store(&prefix));
+    let limiters = [
+        RateLimiter::new(a.clone()).with_burst(2),
+        RateLimiter::new(b).with_burst(2),
+    ];
+    let (short, long) = (rate("3/500ms"), rate("4/2s"));
+    let got = hammer(
+        &limiters,
+        "feishu",
+        &[short, long],
+        3,
+        Duration::from_secs(3),
+        None,
+    )
+    .await;
+    let times: Vec<Instant> = got.iter().map(|(t, _)| *t).collect();
+    let (s, l) = (
+        busiest_window(&times, short.per),
+        busiest_window(&times, long.per),
+    );
+    eprintln!(
+        "3/500ms + 4/2s, burst 2, 2 limiters x 3 tasks for 3 s: {} admitted, busiest 500 ms \
+         window {s}, busiest 2 s window {l}",
+        times.len()
+    );
+    assert!(s <= 3 && l <= 4, "{s} in 500 ms, {l} in 2 s");
+    assert!(times.len() >= 5, "{}", times.len());
+    cleanup(&a).await;
+}
+
+#[tokio::test]
+async fn idle_targets_leave_nothing_behind() {
+    let prefix = prefix();
+    let store = store(&prefix);
+    let limiter = RateLimiter::new(store.clone());
+    let limits = [rate("1/200ms")];
+    assert_eq!(
+        limiter.acquire("idle", &limits).await.unwrap(),
+        Admission::Go
+    );
+    let key = store.key(&["rate", "idle"]);
+    let mut c = store.conn().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 251, "{ttl} ms");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !keys(&store).await.is_empty() {
+        assert!(Instant::now() < deadline, "the key outlived its limit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A target without limits never touches Redis.
+    assert_eq!(limiter.acquire("free", &[]).await.unwrap(), Admission::Go);
+    assert!(keys(&store).await.is_empty());
+}
