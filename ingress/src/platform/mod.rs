@@ -13,6 +13,7 @@ pub mod bearer;
 pub mod dingtalk;
 pub mod feishu;
 pub mod sender;
+pub mod slack;
 pub mod standard;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -182,7 +183,9 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 }
 
 /// Every platform word a source may use.
-pub const PLATFORMS: &[&str] = &["standard", "bearer", "wecom", "dingtalk", "feishu", "lark"];
+pub const PLATFORMS: &[&str] = &[
+    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack",
+];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
 pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue>> {
@@ -193,6 +196,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "dingtalk" => Ok(Box::new(dingtalk::Dingtalk::from_config(source)?)),
         "feishu" => Ok(Box::new(feishu::Feishu::from_config(source, false)?)),
         "lark" => Ok(Box::new(feishu::Feishu::from_config(source, true)?)),
+        "slack" => Ok(Box::new(slack::Slack::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(
