@@ -15,6 +15,7 @@ pub mod feishu;
 pub mod sender;
 pub mod slack;
 pub mod standard;
+pub mod telegram;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod testkit;
@@ -184,7 +185,7 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 
 /// Every platform word a source may use.
 pub const PLATFORMS: &[&str] = &[
-    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack",
+    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram",
 ];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
@@ -197,6 +198,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "feishu" => Ok(Box::new(feishu::Feishu::from_config(source, false)?)),
         "lark" => Ok(Box::new(feishu::Feishu::from_config(source, true)?)),
         "slack" => Ok(Box::new(slack::Slack::from_config(source)?)),
+        "telegram" => Ok(Box::new(telegram::Telegram::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(
