@@ -12,6 +12,7 @@ use shared::envelope::{Conversation, ReplyHandle};
 pub mod bearer;
 pub mod dingtalk;
 pub mod feishu;
+pub mod github;
 pub mod sender;
 pub mod slack;
 pub mod standard;
@@ -185,7 +186,7 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 
 /// Every platform word a source may use.
 pub const PLATFORMS: &[&str] = &[
-    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram",
+    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram", "github",
 ];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
@@ -199,6 +200,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "lark" => Ok(Box::new(feishu::Feishu::from_config(source, true)?)),
         "slack" => Ok(Box::new(slack::Slack::from_config(source)?)),
         "telegram" => Ok(Box::new(telegram::Telegram::from_config(source)?)),
+        "github" => Ok(Box::new(github::Github::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(
