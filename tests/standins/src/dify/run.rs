@@ -155,7 +155,7 @@ enum End {
 }
 
 /// Produces the run's events over its latency and records its end.
-pub(super) async fn execute(shared: Arc<Shared>, run: Run, sink: Sink, _in_flight: InFlight) {
+pub(super) async fn execute(shared: Arc<Shared>, run: Run, sink: Sink, in_flight: InFlight) {
     let latency = shared.latency().sample();
     let started = Instant::now();
     let pieces = split(&run.answer, shared.chunks);
@@ -200,6 +200,9 @@ pub(super) async fn execute(shared: Arc<Shared>, run: Run, sink: Sink, _in_fligh
     let elapsed = started.elapsed().as_secs_f64();
     let usage = usage(&run, &text, elapsed);
     record_end(&shared, &run, &end, &text, elapsed);
+    // The run is over before its client can know it: a client that then starts the next call
+    // never sees both counted in flight.
+    drop(in_flight);
     shared.completed.fetch_add(1, Ordering::SeqCst);
     match (&end, sink) {
         (End::Failed(message), sink) => {
