@@ -26,19 +26,31 @@ pub struct Limit {
 
 impl Limit {
     pub const fn bytes(max: usize) -> Self {
-        Self { max, measure: Measure::Bytes }
+        Self {
+            max,
+            measure: Measure::Bytes,
+        }
     }
 
     pub const fn chars(max: usize) -> Self {
-        Self { max, measure: Measure::Chars }
+        Self {
+            max,
+            measure: Measure::Chars,
+        }
     }
 
     pub const fn utf16(max: usize) -> Self {
-        Self { max, measure: Measure::Utf16 }
+        Self {
+            max,
+            measure: Measure::Utf16,
+        }
     }
 
     pub const fn json_bytes(max: usize) -> Self {
-        Self { max, measure: Measure::JsonBytes }
+        Self {
+            max,
+            measure: Measure::JsonBytes,
+        }
     }
 
     /// The length of `text` as the platform counts it.
@@ -165,7 +177,12 @@ mod tests {
 
     fn assert_fits(parts: &[String], limit: Limit) {
         for p in parts {
-            assert!(limit.measure(p) <= limit.max, "{} > {}: {p:?}", limit.measure(p), limit.max);
+            assert!(
+                limit.measure(p) <= limit.max,
+                "{} > {}: {p:?}",
+                limit.measure(p),
+                limit.max
+            );
         }
     }
 
@@ -208,7 +225,11 @@ mod tests {
             ("a\"\n\u{1}é", Measure::JsonBytes, 1 + 2 + 2 + 6 + 2),
         ];
         for (text, measure, want) in cases {
-            assert_eq!(Limit { max: 0, measure }.measure(text), want, "{text:?} {measure:?}");
+            assert_eq!(
+                Limit { max: 0, measure }.measure(text),
+                want,
+                "{text:?} {measure:?}"
+            );
         }
     }
 
@@ -216,11 +237,21 @@ mod tests {
     fn parts_never_cut_a_utf8_sequence_and_fit_the_limit() {
         // 4-byte emoji, 3-byte CJK, 2-byte accents, without any space to break at.
         let text = "😀中é".repeat(300);
-        for limit in [Limit::bytes(64), Limit::bytes(65), Limit::bytes(66), Limit::bytes(67), Limit::chars(50), Limit::utf16(51)] {
+        for limit in [
+            Limit::bytes(64),
+            Limit::bytes(65),
+            Limit::bytes(66),
+            Limit::bytes(67),
+            Limit::chars(50),
+            Limit::utf16(51),
+        ] {
             let parts = split(&text, limit);
             assert!(parts.len() > 1);
             assert_fits(&parts, limit);
-            let joined: String = parts.iter().map(|p| p.split_once(") ").map_or(p.as_str(), |x| x.1)).collect();
+            let joined: String = parts
+                .iter()
+                .map(|p| p.split_once(") ").map_or(p.as_str(), |x| x.1))
+                .collect();
             assert_eq!(joined, text, "{limit:?}");
         }
     }
@@ -231,9 +262,27 @@ mod tests {
         let line = format!("{} {}\n{}", "a".repeat(20), "a".repeat(9), "b".repeat(30));
         let space = format!("{} {}", "a".repeat(30), "b".repeat(30));
         let cases = [
-            (para.as_str(), vec![format!("(1/2) {}", "a".repeat(30)), format!("(2/2) {}", "b".repeat(30))]),
-            (line.as_str(), vec![format!("(1/2) {} {}", "a".repeat(20), "a".repeat(9)), format!("(2/2) {}", "b".repeat(30))]),
-            (space.as_str(), vec![format!("(1/2) {}", "a".repeat(30)), format!("(2/2) {}", "b".repeat(30))]),
+            (
+                para.as_str(),
+                vec![
+                    format!("(1/2) {}", "a".repeat(30)),
+                    format!("(2/2) {}", "b".repeat(30)),
+                ],
+            ),
+            (
+                line.as_str(),
+                vec![
+                    format!("(1/2) {} {}", "a".repeat(20), "a".repeat(9)),
+                    format!("(2/2) {}", "b".repeat(30)),
+                ],
+            ),
+            (
+                space.as_str(),
+                vec![
+                    format!("(1/2) {}", "a".repeat(30)),
+                    format!("(2/2) {}", "b".repeat(30)),
+                ],
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(split(text, Limit::bytes(40)), want, "{text:?}");
@@ -246,7 +295,10 @@ mod tests {
 
     #[test]
     fn numbering_is_counted_within_the_limit() {
-        let text = (0..200).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+        let text = (0..200)
+            .map(|i| format!("word{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         for max in [20, 30, 47, 100, 400] {
             let limit = Limit::chars(max);
             let parts = split(&text, limit);
@@ -256,7 +308,11 @@ mod tests {
             for (i, p) in parts.iter().enumerate() {
                 assert!(p.starts_with(&format!("({}/{n}) ", i + 1)), "{p:?}");
             }
-            assert_eq!(words(&parts).join(" "), text, "order and content kept at {max}");
+            assert_eq!(
+                words(&parts).join(" "),
+                text,
+                "order and content kept at {max}"
+            );
         }
     }
 

@@ -9,6 +9,7 @@
 //! business ([`TokenSource`]); this module owns caching and the once-only retry.
 use crate::target::{describe_transport_error, verdict_word, Context, Outcome, Verdict};
 use deadpool_redis::redis;
+use futures_util::future::BoxFuture;
 use shared::envelope::Attempt;
 use shared::Secret;
 use std::time::{Duration, Instant};
@@ -66,7 +67,9 @@ impl TokenError {
     /// The outcome of a delivery that could not get a token.
     pub fn outcome(&self) -> Outcome {
         let verdict = match self {
-            TokenError::Refused { permanent: true, .. } => Verdict::Permanent,
+            TokenError::Refused {
+                permanent: true, ..
+            } => Verdict::Permanent,
             _ => Verdict::Retry { retry_after: None },
         };
         let (status, code) = match self {
@@ -113,16 +116,29 @@ pub struct TokenAnswer {
 }
 
 /// Reads a token answer as `spec` describes it (pure).
-pub fn parse_token_answer(spec: &TokenAnswer, status: u16, body: &[u8]) -> Result<Fresh, TokenError> {
+pub fn parse_token_answer(
+    spec: &TokenAnswer,
+    status: u16,
+    body: &[u8],
+) -> Result<Fresh, TokenError> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Err(TokenError::Malformed { status });
     };
     let code = v.get(spec.code).and_then(|c| c.as_i64()).unwrap_or(0);
-    let token = v.get(spec.token).and_then(|t| t.as_str()).filter(|t| !t.is_empty());
+    let token = v
+        .get(spec.token)
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty());
     match token {
         Some(token) if code == 0 && (200..300).contains(&status) => {
-            let secs = v.get(spec.expires_in).and_then(|e| e.as_u64()).unwrap_or(7200);
-            Ok(Fresh { token: Secret::new(token), expires_in: Duration::from_secs(secs) })
+            let secs = v
+                .get(spec.expires_in)
+                .and_then(|e| e.as_u64())
+                .unwrap_or(7200);
+            Ok(Fresh {
+                token: Secret::new(token),
+                expires_in: Duration::from_secs(secs),
+            })
         }
         _ if code == 0 && (200..300).contains(&status) => Err(TokenError::Malformed { status }),
         _ => Err(TokenError::Refused {
@@ -204,7 +220,11 @@ pub async fn get(ctx: &Context, source: &dyn TokenSource) -> Result<Secret, Toke
     }
 }
 
-async fn fetch_and_store(ctx: &Context, source: &dyn TokenSource, key: &str) -> Result<Secret, TokenError> {
+async fn fetch_and_store(
+    ctx: &Context,
+    source: &dyn TokenSource,
+    key: &str,
+) -> Result<Secret, TokenError> {
     let fresh = fetch(ctx, source).await?;
     if let Some(ttl) = cache_ttl(fresh.expires_in) {
         let mut conn = ctx.store.conn().await?;
@@ -227,7 +247,10 @@ async fn fetch(ctx: &Context, source: &dyn TokenSource) -> Result<Fresh, TokenEr
         .await
         .map_err(|e| TokenError::Transport(describe_transport_error(&e)))?;
     let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(|e| TokenError::Transport(describe_transport_error(&e)))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| TokenError::Transport(describe_transport_error(&e)))?;
     source.parse(status, &body)
 }
 
@@ -251,7 +274,11 @@ async fn release(ctx: &Context, lock: &str, me: &str) {
 }
 
 /// Drops the cached token if it is still `stale` (another process may have refreshed it already).
-pub async fn invalidate(ctx: &Context, source: &dyn TokenSource, stale: &Secret) -> Result<(), TokenError> {
+pub async fn invalidate(
+    ctx: &Context,
+    source: &dyn TokenSource,
+    stale: &Secret,
+) -> Result<(), TokenError> {
     let (key, _) = keys(ctx, source);
     let mut conn = ctx.store.conn().await?;
     redis::cmd("EVAL")
@@ -266,16 +293,16 @@ pub async fn invalidate(ctx: &Context, source: &dyn TokenSource, stale: &Secret)
 
 /// Sends with the app's token; if the platform says the token is invalid, invalidates it, gets
 /// a fresh one and sends once more. A second refusal is an ordinary failed attempt.
-pub async fn send_with_token(
+pub async fn send_with_token<'a>(
     ctx: &Context,
     source: &dyn TokenSource,
-    mut send: impl AsyncFnMut(&Secret) -> Outcome,
+    mut send: impl FnMut(Secret) -> BoxFuture<'a, Outcome>,
 ) -> Outcome {
     let token = match get(ctx, source).await {
         Ok(t) => t,
         Err(e) => return e.outcome(),
     };
-    let first = send(&token).await;
+    let first = send(token.clone()).await;
     if first.verdict != Verdict::TokenInvalid {
         return first;
     }
@@ -286,7 +313,7 @@ pub async fn send_with_token(
         Ok(t) => t,
         Err(e) => return e.outcome(),
     };
-    let mut second = send(&token).await;
+    let mut second = send(token).await;
     if second.verdict == Verdict::TokenInvalid {
         second.verdict = Verdict::Retry { retry_after: None };
         second.attempt.outcome = verdict_word(&second.verdict).into();
@@ -311,21 +338,47 @@ mod tests {
 
     #[test]
     fn token_answers_are_read_and_refusals_classified() {
-        let ok = parse_token_answer(&WECOM, 200, br#"{"errcode":0,"errmsg":"ok","access_token":"tok","expires_in":7200}"#).unwrap();
-        assert_eq!((ok.token.expose(), ok.expires_in), ("tok", Duration::from_secs(7200)));
+        let ok = parse_token_answer(
+            &WECOM,
+            200,
+            br#"{"errcode":0,"errmsg":"ok","access_token":"tok","expires_in":7200}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.token.expose(), ok.expires_in),
+            ("tok", Duration::from_secs(7200))
+        );
         let cases: [(u16, &[u8], TokenError); 4] = [
             (
                 200,
                 br#"{"errcode":40013,"errmsg":"invalid corpid"}"#,
-                TokenError::Refused { status: 200, code: "40013".into(), message: "invalid corpid".into(), permanent: true },
+                TokenError::Refused {
+                    status: 200,
+                    code: "40013".into(),
+                    message: "invalid corpid".into(),
+                    permanent: true,
+                },
             ),
             (
                 200,
                 br#"{"errcode":-1,"errmsg":"system busy"}"#,
-                TokenError::Refused { status: 200, code: "-1".into(), message: "system busy".into(), permanent: false },
+                TokenError::Refused {
+                    status: 200,
+                    code: "-1".into(),
+                    message: "system busy".into(),
+                    permanent: false,
+                },
             ),
-            (502, b"<html>bad gateway</html>", TokenError::Malformed { status: 502 }),
-            (200, br#"{"errcode":0,"errmsg":"ok"}"#, TokenError::Malformed { status: 200 }),
+            (
+                502,
+                b"<html>bad gateway</html>",
+                TokenError::Malformed { status: 502 },
+            ),
+            (
+                200,
+                br#"{"errcode":0,"errmsg":"ok"}"#,
+                TokenError::Malformed { status: 200 },
+            ),
         ];
         for (status, body, want) in cases {
             assert_eq!(parse_token_answer(&WECOM, status, body).unwrap_err(), want);
@@ -343,10 +396,18 @@ mod tests {
 
     #[test]
     fn refusals_become_outcomes_without_secrets() {
-        let e = TokenError::Refused { status: 200, code: "40001".into(), message: "invalid credential".into(), permanent: true };
+        let e = TokenError::Refused {
+            status: 200,
+            code: "40001".into(),
+            message: "invalid credential".into(),
+            permanent: true,
+        };
         let o = e.outcome();
         assert_eq!(o.verdict, Verdict::Permanent);
         assert_eq!(o.attempt.code.as_deref(), Some("40001"));
-        assert_eq!(TokenError::Busy.outcome().verdict, Verdict::Retry { retry_after: None });
+        assert_eq!(
+            TokenError::Busy.outcome().verdict,
+            Verdict::Retry { retry_after: None }
+        );
     }
 }

@@ -6,14 +6,26 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use shared::config::{ConfigIssue, TargetConfig};
+use shared::config::{ConfigIssue, SourceConfig, TargetConfig};
 use shared::envelope::{Attempt, DispatchJob};
 use shared::store::Store;
 use shared::units::Rate;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod dingtalk_robot;
+pub mod feishu_bot;
+pub(crate) mod keys;
+pub mod parts;
+pub mod reply;
+pub mod rocketchat;
+pub mod slack;
+pub mod telegram;
 pub mod webhook;
+pub mod wecom_robot;
+
+use dingtalk_robot::DingtalkRobot;
+use feishu_bot::FeishuBot;
 
 /// What a receiver's answer means for the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,22 +73,51 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// The platform's own limit, used when the target sets no `rate`.
     fn default_rate(&self) -> Option<Rate>;
+    /// Every platform limit (Feishu has two: per second and per minute); the limiter holds all.
+    fn default_rates(&self) -> Vec<Rate> {
+        self.default_rate().into_iter().collect()
+    }
     /// Renders and sends the job once; classifies the answer.
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;
 }
 
 /// Every kind word a target may use.
-pub const KINDS: &[&str] = &["webhook"];
+pub const KINDS: &[&str] = &[
+    "webhook",
+    "wecom_robot",
+    "dingtalk_robot",
+    "feishu_bot",
+    "lark_bot",
+    "slack",
+    "rocketchat",
+    "telegram",
+];
 
 /// Builds a target from its config, checking the kind's own keys.
 pub fn build(target: &TargetConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {
     match target.kind.as_str() {
         "webhook" => Ok(Arc::new(webhook::Webhook::from_config(target)?)),
+        "wecom_robot" => Ok(Arc::new(wecom_robot::WecomRobot::from_config(target)?)),
+        "dingtalk_robot" => Ok(Arc::new(DingtalkRobot::from_config(target)?)),
+        "feishu_bot" => Ok(Arc::new(FeishuBot::from_config(target, "feishu_bot")?)),
+        "lark_bot" => Ok(Arc::new(FeishuBot::from_config(target, "lark_bot")?)),
+        "slack" => Ok(Arc::new(slack::Slack::from_config(target)?)),
+        "rocketchat" => Ok(Arc::new(rocketchat::RocketChat::from_config(target)?)),
+        "telegram" => Ok(Arc::new(telegram::Telegram::from_config(target)?)),
         other => Err(vec![ConfigIssue {
             key: format!("targets.{}.kind", target.id),
             problem: format!("unknown kind `{other}` (one of: {})", KINDS.join(", ")),
         }]),
     }
+}
+
+/// Builds the reply channel of a source with `reply = true` (`None` when it does not reply):
+/// the target that delivers `Destination::Reply` jobs of that source.
+pub fn build_reply(source: &SourceConfig) -> Result<Option<Arc<dyn Target>>, Vec<ConfigIssue>> {
+    if !source.reply {
+        return Ok(None);
+    }
+    reply::build(source).map(Some)
 }
 
 /// Sends one request and turns what happened into an [`Outcome`] with `classify`. Transport
