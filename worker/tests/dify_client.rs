@@ -604,3 +604,40 @@ async fn a_stream_that_ends_before_message_end_is_retried() {
     assert!(matches!(err, DifyError::Protocol(_)), "{err:?}");
     assert_eq!(classify(&err), ErrorClass::Retry { retry_after: None });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_at_once() {
+    const N: usize = 1200;
+    let dify = standin(Duration::from_secs(1), 20).await;
+    let mut app = app(&dify, AppKind::Chat, ResponseMode::Streaming);
+    app.concurrency = N;
+    let client = DifyClient::new(reqwest::Client::new(), std::slice::from_ref(&app));
+    let started = Instant::now();
+    let calls: Vec<_> = (0..N)
+        .map(|i| {
+            let (client, app) = (client.clone(), app.clone());
+            tokio::spawn(async move {
+                let (query, user) = (format!("question {i}"), format!("u{i}"));
+                let answer = client
+                    .call(&call(&app, &query, &user, &trace()), None)
+                    .await?;
+                Ok::<_, DifyError>(answer.text == format!("echo: {query}"))
+            })
+        })
+        .collect();
+    for handle in calls {
+        assert!(handle.await.unwrap().unwrap());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        dify.max_in_flight() >= 1000,
+        "peak {}",
+        dify.max_in_flight()
+    );
+    assert_eq!(dify.calls(), N as u64);
+    eprintln!(
+        "{N} streams of 1 s in {elapsed:?}, peak {} in flight",
+        dify.max_in_flight()
+    );
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}

@@ -365,3 +365,128 @@ impl DifyStandin {
         self.shared.stop.cancel();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn latency_samples_stay_in_range() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(20));
+        for _ in 0..100 {
+            let d = Latency::Uniform(min, max).sample();
+            assert!(d >= min && d <= max, "{d:?}");
+        }
+        assert_eq!(Latency::Uniform(max, min).sample(), max);
+        assert_eq!(Latency::Fixed(min).sample(), min);
+    }
+
+    async fn post(dify: &DifyStandin, path: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/{path}", dify.base_url()))
+            .bearer_auth("k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn get(dify: &DifyStandin, path: &str, key: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}/{path}", dify.base_url()))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn messages_are_listed_newest_first_in_pages() {
+        let dify = DifyStandin::start(DifyOptions {
+            api_key: Some("k".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let ask = |q: &str, c: Option<&str>| json!({"query": q, "inputs": {}, "user": "u", "response_mode": "blocking", "conversation_id": c});
+        let (status, first) = post(&dify, "chat-messages", ask("q0", None)).await;
+        assert_eq!(status, 200, "{first}");
+        let c = first["conversation_id"].as_str().unwrap().to_owned();
+        for q in ["q1", "q2"] {
+            assert_eq!(post(&dify, "chat-messages", ask(q, Some(&c))).await.0, 200);
+        }
+        let (_, page) = get(
+            &dify,
+            &format!("messages?conversation_id={c}&user=u&limit=2"),
+            "k",
+        )
+        .await;
+        let queries: Vec<&str> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["query"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            (queries, page["has_more"].as_bool()),
+            (vec!["q2", "q1"], Some(true))
+        );
+        assert_eq!(page["data"][0]["answer"], "echo: q2");
+        let oldest = page["data"][1]["id"].as_str().unwrap();
+        let (_, older) = get(
+            &dify,
+            &format!("messages?conversation_id={c}&user=u&first_id={oldest}"),
+            "k",
+        )
+        .await;
+        assert_eq!(older["data"][0]["query"], "q0");
+        assert_eq!(older["has_more"], false);
+        let (status, body) = get(
+            &dify,
+            &format!("messages?conversation_id={c}&user=other"),
+            "k",
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+        let (status, body) = get(
+            &dify,
+            &format!("messages?conversation_id={c}&user=u"),
+            "bad",
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+        dify.set_down(true);
+        assert_eq!(get(&dify, "workflows/run/x", "k").await.0, 503);
+    }
+
+    #[tokio::test]
+    async fn a_blocking_run_whose_client_gives_up_is_still_recorded() {
+        let dify = DifyStandin::start(DifyOptions {
+            latency: Latency::Fixed(Duration::from_millis(300)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let request = reqwest::Client::new()
+            .post(format!("{}/workflows/run", dify.base_url()))
+            .header("X-Trace-Id", "t-1")
+            .json(&json!({"inputs": {"query": "x"}, "user": "u", "response_mode": "blocking"}))
+            .timeout(Duration::from_millis(50))
+            .send()
+            .await;
+        assert!(request.is_err());
+        assert_eq!((dify.calls_for("t-1"), dify.in_flight()), (1, 1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dify.completed() == 0 {
+            assert!(Instant::now() < deadline, "the run never completed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dify.in_flight(), 0);
+        let records = dify.records_for("t-1");
+        assert_eq!(records[0].inputs, json!({"query": "x"}));
+    }
+}
