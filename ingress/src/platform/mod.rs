@@ -13,6 +13,7 @@ pub mod bearer;
 pub mod dingtalk;
 pub mod feishu;
 pub mod github;
+pub mod hmac;
 pub mod sender;
 pub mod slack;
 pub mod standard;
@@ -187,6 +188,7 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 /// Every platform word a source may use.
 pub const PLATFORMS: &[&str] = &[
     "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram", "github",
+    "hmac",
 ];
 
 /// Builds the platform of a source from its config, checking the platform's own keys.
@@ -201,6 +203,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "slack" => Ok(Box::new(slack::Slack::from_config(source)?)),
         "telegram" => Ok(Box::new(telegram::Telegram::from_config(source)?)),
         "github" => Ok(Box::new(github::Github::from_config(source)?)),
+        "hmac" => Ok(Box::new(hmac::HmacSource::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.platform", source.id),
             problem: format!(
