@@ -1,0 +1,528 @@
+//! How dead letters, stats and replay records read on a terminal and in files: the list table,
+//! one letter with its attempts as a timeline, stats, the audit table, and the JSON shapes of
+//! `list --json` and `export`. Pure: every function returns text; the caller writes it.
+use chrono::{DateTime, Utc};
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use serde::{Deserialize, Serialize};
+use shared::envelope::{DeadLetter, Envelope};
+use std::collections::BTreeMap;
+
+use super::audit::{Mark, Run};
+use super::record::{Letter, Origin, Summary};
+
+/// Times in tables: UTC to the second; the epoch means "unknown".
+pub fn time(t: DateTime<Utc>) -> String {
+    if t == DateTime::<Utc>::UNIX_EPOCH {
+        "unknown".to_owned()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+    }
+}
+
+fn table(width: Option<u16>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY);
+    match width {
+        Some(w) => {
+            t.set_width(w)
+                .set_content_arrangement(ContentArrangement::Dynamic);
+        }
+        None => {
+            t.force_no_tty()
+                .set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    t
+}
+
+fn short(s: &str, max: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= max {
+        one
+    } else {
+        let mut cut: String = one.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// One row of `dlq list`, as printed by `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListItem {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub replayed: bool,
+    pub replays: Vec<Mark>,
+}
+
+fn replayed_cell(marks: &[Mark]) -> String {
+    match marks.last() {
+        None => "-".to_owned(),
+        Some(m) if marks.len() == 1 => format!("{} by {}", time(m.at), m.actor),
+        Some(m) => format!("{} by {} ({}×)", time(m.at), m.actor, marks.len()),
+    }
+}
+
+/// The `dlq list` table.
+pub fn list_table(items: &[ListItem], width: Option<u16>) -> String {
+    let mut t = table(width);
+    t.set_header(vec![
+        "ID", "DEAD AT", "STAGE", "REASON", "SOURCE", "TARGET", "TRIES", "REPLAYED", "ERROR",
+    ]);
+    for i in items {
+        let s = &i.summary;
+        t.add_row(vec![
+            Cell::new(s.id),
+            Cell::new(time(s.dead_at)),
+            Cell::new(s.stage.as_str()),
+            Cell::new(s.reason.as_str()),
+            Cell::new(or_dash(&s.source)),
+            Cell::new(s.target.as_deref().unwrap_or("-")),
+            Cell::new(s.attempts).set_alignment(CellAlignment::Right),
+            Cell::new(replayed_cell(&i.replays)),
+            Cell::new(short(&s.error, 80)),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Where a letter sits in the store and what replays it had, next to it in `export`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub offset: u64,
+    pub origin: Origin,
+    pub replays: Vec<Mark>,
+}
+
+/// One line of `dlq export`: the `DeadLetter` envelope, every field as stored, plus `store`.
+/// `shared::envelope::decode::<DeadLetter>` reads it back (unknown keys are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportLine {
+    pub envelope: String,
+    pub v: u16,
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    pub store: StoreInfo,
+}
+
+impl ExportLine {
+    pub fn new(l: &Letter, replays: &[Mark]) -> Self {
+        Self {
+            envelope: DeadLetter::KIND.to_owned(),
+            v: DeadLetter::VERSION,
+            letter: l.letter.clone(),
+            store: StoreInfo {
+                offset: l.offset,
+                origin: l.origin,
+                replays: replays.to_vec(),
+            },
+        }
+    }
+}
+
+/// `+850ms`, `+5s`, `+5m 2s`, `+2h 3m`: the time since the first attempt, to a useful grain.
+fn since(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds().max(0);
+    if ms < 1000 {
+        return format!("+{ms}ms");
+    }
+    let s = ms / 1000;
+    let (h, m, s) = (s / 3600, (s % 3600) / 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("+{s}s"),
+        (0, _) => format!("+{m}m {s}s"),
+        _ => format!("+{h}h {m}m"),
+    }
+}
+
+/// `dlq show`: the record, its replays, the attempts as a timeline and the original message.
+pub fn show(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
+    let d = &l.letter;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<14} {v}\n"));
+    let origin = match l.origin {
+        Origin::Envelope => "published by the stage",
+        Origin::Broker => "dead-lettered by the broker",
+    };
+    let mut head = format!("Dead letter {}\n", d.id);
+    head.push_str(&format!(
+        "  {:<14} {} ({origin})\n",
+        "store offset", l.offset
+    ));
+    line(
+        "stage",
+        format!("{} (replays to `{stage_queue}`)", d.stage.as_str()),
+    );
+    line("reason", d.reason.as_str().to_owned());
+    line("error", or_dash(&d.error).to_owned());
+    line("source", or_dash(&d.source).to_owned());
+    line("target", d.target.clone().unwrap_or_else(|| "-".into()));
+    line(
+        "event",
+        d.event_id
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    line(
+        "first attempt",
+        d.first_attempt_at.map(time).unwrap_or_else(|| "-".into()),
+    );
+    line(
+        "last attempt",
+        d.last_attempt_at.map(time).unwrap_or_else(|| "-".into()),
+    );
+    line("dead at", time(d.dead_at));
+    line(
+        "replayed",
+        if marks.is_empty() {
+            "never".to_owned()
+        } else {
+            format!("{} time(s)", marks.len())
+        },
+    );
+    let mut body = head + &out;
+    for m in marks {
+        body.push_str(&format!(
+            "    {}  by {}  (replay {})\n",
+            time(m.at),
+            m.actor,
+            m.replay_id
+        ));
+    }
+    body.push_str(&format!("\nAttempts ({})\n", d.attempts.len()));
+    if d.attempts.is_empty() {
+        body.push_str("  none recorded\n");
+    }
+    let first = d.attempts.first().map(|a| a.at);
+    for (n, a) in d.attempts.iter().enumerate() {
+        let offset = first.map(|f| since(a.at - f)).unwrap_or_default();
+        let mut what = a.outcome.clone();
+        if let Some(s) = a.status {
+            what.push_str(&format!(" {s}"));
+        }
+        if let Some(c) = &a.code {
+            what.push_str(&format!(" [{c}]"));
+        }
+        body.push_str(&format!(
+            "  {:>3}. {}  {:<10} {:<22} {:>6}ms",
+            n + 1,
+            time(a.at),
+            offset,
+            what,
+            a.duration_ms
+        ));
+        if let Some(e) = &a.error {
+            body.push_str(&format!("  {}", short(e, 120)));
+        }
+        body.push('\n');
+        if let Some(x) = &a.excerpt {
+            body.push_str(&format!("       answer: {}\n", short(x, 160)));
+        }
+    }
+    body.push_str(&format!(
+        "  {:>3}  {}  gave up: {}\n",
+        "→",
+        time(d.dead_at),
+        d.reason.as_str()
+    ));
+    body.push_str("\nOriginal message\n");
+    let pretty = serde_json::to_string_pretty(&d.message).unwrap_or_default();
+    for l in pretty.lines() {
+        body.push_str("  ");
+        body.push_str(l);
+        body.push('\n');
+    }
+    body
+}
+
+/// Counts for `dlq stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub total: u64,
+    pub replayed: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_stage: BTreeMap<String, u64>,
+    pub by_source: BTreeMap<String, u64>,
+    pub by_target: BTreeMap<String, u64>,
+    pub by_day: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub fn add(&mut self, s: &Summary, replayed: bool) {
+        self.total += 1;
+        self.replayed += u64::from(replayed);
+        *self.by_reason.entry(s.reason.as_str().into()).or_default() += 1;
+        *self.by_stage.entry(s.stage.as_str().into()).or_default() += 1;
+        *self
+            .by_source
+            .entry(or_dash(&s.source).to_owned())
+            .or_default() += 1;
+        *self
+            .by_target
+            .entry(s.target.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+        let day = if s.dead_at == DateTime::<Utc>::UNIX_EPOCH {
+            "unknown".to_owned()
+        } else {
+            s.dead_at.format("%Y-%m-%d").to_string()
+        };
+        *self.by_day.entry(day).or_default() += 1;
+    }
+}
+
+/// `dlq stats` as text: a total, then one small table per dimension (largest first; days in
+/// order).
+pub fn stats(s: &Stats, width: Option<u16>) -> String {
+    let mut out = format!(
+        "{} dead letter(s), {} replayed at least once\n",
+        s.total, s.replayed
+    );
+    let sections: [(&str, &BTreeMap<String, u64>, bool); 5] = [
+        ("REASON", &s.by_reason, true),
+        ("STAGE", &s.by_stage, true),
+        ("SOURCE", &s.by_source, true),
+        ("TARGET", &s.by_target, true),
+        ("DAY (UTC)", &s.by_day, false),
+    ];
+    for (name, counts, by_count) in sections {
+        let mut rows: Vec<(&String, &u64)> = counts.iter().collect();
+        if by_count {
+            rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        }
+        let mut t = table(width);
+        t.set_header(vec![name, "COUNT"]);
+        for (k, v) in rows {
+            t.add_row(vec![
+                Cell::new(k),
+                Cell::new(v).set_alignment(CellAlignment::Right),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// The `dlq audit` table.
+pub fn audit_table(runs: &[Run], width: Option<u16>) -> String {
+    let mut t = table(width);
+    t.set_header(vec![
+        "REPLAY",
+        "STARTED",
+        "BY",
+        "SELECTION",
+        "MATCHED",
+        "SENT",
+        "SKIPPED",
+        "FAILED",
+        "STATE",
+    ]);
+    for r in runs {
+        let mut selection = r.selection.describe();
+        if r.force {
+            selection.push_str(" --force");
+        }
+        t.add_row(vec![
+            Cell::new(r.replay_id),
+            Cell::new(time(r.started_at)),
+            Cell::new(format!("{}@{}", r.actor, r.host)),
+            Cell::new(short(&selection, 60)),
+            Cell::new(r.matched).set_alignment(CellAlignment::Right),
+            Cell::new(r.sent).set_alignment(CellAlignment::Right),
+            Cell::new(r.skipped).set_alignment(CellAlignment::Right),
+            Cell::new(r.failed).set_alignment(CellAlignment::Right),
+            Cell::new(r.state.as_str()),
+        ]);
+    }
+    t.to_string()
+}
+
+/// `dlq audit ID`: one run in full, with the dead letters it sent and those that failed.
+pub fn run_detail(r: &Run) -> String {
+    let mut out = format!("Replay {}\n", r.replay_id);
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<10} {v}\n"));
+    line("by", format!("{} on {}", r.actor, r.host));
+    line("started", time(r.started_at));
+    line("last seen", time(r.last_at));
+    line("state", r.state.as_str().to_owned());
+    line("selection", r.selection.describe());
+    line("force", r.force.to_string());
+    line(
+        "rate",
+        r.rate.clone().unwrap_or_else(|| "broker's pace".into()),
+    );
+    line(
+        "counts",
+        format!(
+            "{} matched, {} sent, {} skipped, {} failed",
+            r.matched, r.sent, r.skipped, r.failed
+        ),
+    );
+    out.push_str(&format!("\nSent ({})\n", r.sent_ids.len()));
+    for id in &r.sent_ids {
+        out.push_str(&format!("  {id}\n"));
+    }
+    if !r.failures.is_empty() {
+        out.push_str(&format!("\nFailed ({})\n", r.failures.len()));
+        for f in &r.failures {
+            out.push_str(&format!("  {}  {}\n", f.id, short(&f.error, 120)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use shared::envelope::{Attempt, Reason, Stage};
+    use uuid::Uuid;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0).single().unwrap()
+    }
+
+    fn letter() -> Letter {
+        let attempt = |s: i64, outcome: &str, status: Option<u16>| Attempt {
+            at: at(s),
+            outcome: outcome.into(),
+            status,
+            code: None,
+            error: Some("upstream said no".into()),
+            excerpt: None,
+            duration_ms: 40,
+        };
+        Letter {
+            offset: 12,
+            origin: Origin::Envelope,
+            letter: DeadLetter {
+                id: Uuid::from_u128(1),
+                stage: Stage::Deliver,
+                reason: Reason::Exhausted,
+                error: "503 after 3 tries".into(),
+                source: "crm".into(),
+                target: Some("ops".into()),
+                event_id: Some(Uuid::from_u128(2)),
+                message: serde_json::json!({"id": "j"}),
+                attempts: vec![
+                    attempt(0, "retry", Some(503)),
+                    attempt(5, "retry", Some(503)),
+                    attempt(305, "retry", Some(503)),
+                ],
+                first_attempt_at: Some(at(0)),
+                last_attempt_at: Some(at(305)),
+                dead_at: at(306),
+            },
+        }
+    }
+
+    #[test]
+    fn the_timeline_shows_each_attempt_and_its_distance_from_the_first() {
+        let text = show(&letter(), &[], "p.deliver");
+        for want in [
+            "Dead letter 00000000-0000-0000-0000-000000000001",
+            "exhausted",
+            "replays to `p.deliver`",
+            "2023-11-14 22:13:20Z  +0ms",
+            "+5s",
+            "+5m 5s",
+            "retry 503",
+            "gave up: exhausted",
+            "\"id\": \"j\"",
+            "never",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn distances_read_at_a_useful_grain() {
+        let cases = [
+            (850, "+850ms"),
+            (5_000, "+5s"),
+            (305_000, "+5m 5s"),
+            (7_380_000, "+2h 3m"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(since(chrono::Duration::milliseconds(ms)), want);
+        }
+    }
+
+    #[test]
+    fn export_lines_round_trip_every_field() {
+        let l = letter();
+        let marks = vec![Mark {
+            replay_id: Uuid::from_u128(9),
+            at: at(400),
+            actor: "alice".into(),
+        }];
+        let line = serde_json::to_string(&ExportLine::new(&l, &marks)).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            shared::envelope::decode::<DeadLetter>(line.as_bytes()).unwrap(),
+            l.letter
+        );
+        let back: ExportLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ExportLine::new(&l, &marks));
+    }
+
+    #[test]
+    fn stats_count_by_each_dimension() {
+        let mut s = Stats::default();
+        let a = Summary::of(&letter());
+        let mut b = a.clone();
+        b.reason = Reason::Poison;
+        b.target = None;
+        b.source = String::new();
+        b.dead_at = DateTime::<Utc>::UNIX_EPOCH;
+        s.add(&a, true);
+        s.add(&a, false);
+        s.add(&b, false);
+        assert_eq!((s.total, s.replayed), (3, 1));
+        assert_eq!(s.by_reason.get("exhausted"), Some(&2));
+        assert_eq!(s.by_target.get("-"), Some(&1));
+        assert_eq!(s.by_source.get("-"), Some(&1));
+        assert_eq!(s.by_day.get("2023-11-14"), Some(&2));
+        assert_eq!(s.by_day.get("unknown"), Some(&1));
+        let text = stats(&s, None);
+        assert!(text.starts_with("3 dead letter(s), 1 replayed"), "{text}");
+        assert!(text.contains("exhausted"));
+    }
+
+    #[test]
+    fn list_rows_show_replays() {
+        let s = Summary::of(&letter());
+        let marks = vec![
+            Mark {
+                replay_id: Uuid::from_u128(9),
+                at: at(400),
+                actor: "alice".into(),
+            },
+            Mark {
+                replay_id: Uuid::from_u128(10),
+                at: at(500),
+                actor: "bob".into(),
+            },
+        ];
+        let text = list_table(
+            &[ListItem {
+                summary: s,
+                replayed: true,
+                replays: marks,
+            }],
+            None,
+        );
+        assert!(text.contains("2023-11-14 22:21:40Z by bob (2×)"), "{text}");
+        assert!(text.contains("503 after 3 tries"));
+    }
+}

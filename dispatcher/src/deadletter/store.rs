@@ -1,0 +1,420 @@
+//! The broker side of the dead-letter commands: one connection of their own (so that an
+//! unreachable broker is one clear error, not a silent reconnect loop), reading a stream from an
+//! offset or a time without consuming it, and appending or publishing with publisher confirms.
+//!
+//! A stream never says "that was the last message" over AMQP 0.9.1, and the message count a
+//! passive declare returns for a stream is a metric refreshed every few seconds, not the end.
+//! So a read first attaches its consumer, then appends an end marker (an empty message with
+//! [`MARKER_HEADER`] and a fresh id) and reads until that marker comes back: everything
+//! appended before the read started is before the marker, and nothing waits on an idle timeout.
+//! Every reader skips every marker. This module decides nothing about what entries mean.
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use shared::topology::Topology;
+use shared::Config;
+use std::ops::ControlFlow;
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::filter::Start;
+use super::record::{Death, EntryMeta, MARKER_HEADER};
+use super::DlqError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read whose broker sends nothing for this long has stalled (a safety net: a read ends at
+/// its marker, never by waiting this out).
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages the broker may send ahead of our acks; streams refuse a consumer without one.
+const PREFETCH: u16 = 2000;
+/// Acknowledge (multiple) every this many deliveries, to keep credit flowing.
+const ACK_EVERY: u64 = 500;
+
+/// One entry as read from a stream.
+#[derive(Debug)]
+pub struct StreamEntry {
+    pub offset: u64,
+    pub body: Vec<u8>,
+    pub meta: EntryMeta,
+}
+
+/// The dead-letter commands' connection to the broker.
+pub struct Store {
+    conn: Connection,
+    publisher: Channel,
+    topology: Topology,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.topology.prefix())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects once, with a deadline: the commands are run by a person who wants an answer.
+    pub async fn connect(config: &Config) -> Result<Self, DlqError> {
+        let url = config.broker.url.expose();
+        let endpoint = endpoint(url);
+        let props = ConnectionProperties::default().with_connection_name("switchboard-dlq".into());
+        let conn =
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+                Err(_) => {
+                    return Err(DlqError::Unreachable {
+                        endpoint,
+                        reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(DlqError::Unreachable {
+                        endpoint,
+                        reason: one_line(&e.to_string()),
+                    })
+                }
+                Ok(Ok(c)) => c,
+            };
+        let publisher = conn.create_channel().await.map_err(broker)?;
+        // Publisher confirms: a replayed message or a replay record counts only once kept.
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
+        Ok(Self {
+            conn,
+            publisher,
+            topology: Topology::from_config(config),
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether a queue or stream exists (a passive declare, on a channel of its own because a
+    /// "not found" closes the channel it is asked on).
+    pub async fn exists(&self, name: &str) -> Result<bool, DlqError> {
+        let ch = self.conn.create_channel().await.map_err(broker)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match ch
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = ch.close(200, "checked".into()).await;
+                Ok(true)
+            }
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(broker(e)),
+        }
+    }
+
+    /// Reads `stream` from `start` up to its end as of now, handing each entry to `visit` (which
+    /// may stop early). Nothing is consumed away: a stream keeps every entry for every reader.
+    pub async fn scan(
+        &self,
+        stream: &str,
+        start: Start,
+        mut visit: impl FnMut(StreamEntry) -> ControlFlow<()>,
+    ) -> Result<(), DlqError> {
+        if !self.exists(stream).await? {
+            return Err(DlqError::NoStream(stream.to_owned()));
+        }
+        let ch = self.conn.create_channel().await.map_err(broker)?;
+        // Streams require a prefetch; it bounds how far the broker reads ahead of our acks.
+        ch.basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let mut args = FieldTable::default();
+        // Where to attach: the first retained entry, or the chunk holding a point in time.
+        args.insert(
+            "x-stream-offset".into(),
+            match start {
+                Start::First => AMQPValue::LongString("first".into()),
+                Start::Timestamp(secs) => AMQPValue::Timestamp(secs),
+            },
+        );
+        let tag = format!("switchboard-dlq-{}", Uuid::now_v7().simple());
+        let mut consumer = ch
+            .basic_consume(
+                stream.into(),
+                tag.as_str().into(),
+                // Manual acks: streams refuse automatic ones (acks only return credit here).
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(broker)?;
+        // The consumer is attached (consume-ok came back), so the marker lands after its
+        // starting point and is bound to come back to it.
+        let marker = Uuid::now_v7().to_string();
+        self.append_marker(stream, &marker).await?;
+        let mut seen = 0u64;
+        let result = loop {
+            let next = match tokio::time::timeout(STALL_TIMEOUT, consumer.next()).await {
+                Err(_) => break Err(DlqError::Stalled(stream.to_owned())),
+                Ok(None) => {
+                    break Err(DlqError::Broker(format!(
+                        "the read of `{stream}` was cancelled by the broker"
+                    )))
+                }
+                Ok(Some(Err(e))) => break Err(broker(e)),
+                Ok(Some(Ok(d))) => d,
+            };
+            seen += 1;
+            if seen.is_multiple_of(ACK_EVERY) {
+                if let Err(e) = next.acker.ack(BasicAckOptions { multiple: true }).await {
+                    break Err(broker(e));
+                }
+            }
+            let headers = next.properties.headers().clone().unwrap_or_default();
+            let (offset, meta) = read_headers(&headers, *next.properties.timestamp());
+            match &meta.marker {
+                Some(m) if *m == marker => break Ok(()),
+                Some(_) => continue,
+                None => {}
+            }
+            let entry = StreamEntry {
+                offset: offset.unwrap_or(0),
+                body: next.data,
+                meta,
+            };
+            if visit(entry).is_break() {
+                break Ok(());
+            }
+        };
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        let _ = ch.close(200, "read".into()).await;
+        result
+    }
+
+    async fn append_marker(&self, stream: &str, marker: &str) -> Result<(), DlqError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            MARKER_HEADER.into(),
+            AMQPValue::LongString(marker.as_bytes().to_vec().into()),
+        );
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self.start_publish(stream, &[], props).await?;
+        settle(confirm, stream).await
+    }
+
+    /// Appends a message to a stream (or any queue) and waits for the broker's confirm.
+    pub async fn append(&self, queue: &str, body: &[u8]) -> Result<(), DlqError> {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = self.start_publish(queue, body, props).await?;
+        settle(confirm, queue).await
+    }
+
+    /// Publishes a replayed message to a stage queue; the returned confirm settles later, so
+    /// that many can be in flight at once.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<PublisherConfirm, DlqError> {
+        let props = BasicProperties::default()
+            // Persistent: the stage's quorum queue writes it to disk before confirming.
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message_id.into());
+        self.start_publish(queue, body, props).await
+    }
+
+    async fn start_publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<PublisherConfirm, DlqError> {
+        self.publisher
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                // Mandatory: a message no queue takes comes back instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .map_err(broker)
+    }
+
+    pub async fn close(self) {
+        let _ = self.publisher.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// Waits for a publish's confirm and says whether the broker kept the message.
+pub async fn settle(confirm: PublisherConfirm, queue: &str) -> Result<(), DlqError> {
+    let confirmation = confirm.await.map_err(broker)?;
+    if confirmation.is_nack() {
+        return Err(DlqError::Broker(format!(
+            "the broker refused the message for `{queue}` (nack)"
+        )));
+    }
+    if confirmation.take_message().is_some() {
+        return Err(DlqError::Broker(format!(
+            "no queue `{queue}` took the message"
+        )));
+    }
+    Ok(())
+}
+
+/// Lifts the entry's offset and the facts [`EntryMeta`] needs off its AMQP headers.
+pub fn read_headers(headers: &FieldTable, timestamp: Option<u64>) -> (Option<u64>, EntryMeta) {
+    let h = headers.inner();
+    let text = |k: &str| h.get(k).and_then(as_text);
+    let offset = h.get("x-stream-offset").and_then(as_u64);
+    let death = match h.get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().first().and_then(|v| match v {
+            AMQPValue::FieldTable(t) => {
+                let t = t.inner();
+                Some(Death {
+                    queue: t.get("queue").and_then(as_text),
+                    reason: t.get("reason").and_then(as_text),
+                    count: t.get("count").and_then(as_u64),
+                    time: t.get("time").and_then(as_u64).and_then(seconds),
+                })
+            }
+            _ => None,
+        }),
+        _ => None,
+    };
+    let meta = EntryMeta {
+        marker: text(MARKER_HEADER),
+        first_death_queue: text("x-first-death-queue"),
+        first_death_reason: text("x-first-death-reason"),
+        death,
+        timestamp: timestamp.and_then(seconds),
+    };
+    (offset, meta)
+}
+
+fn seconds(s: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(i64::try_from(s).ok()?, 0)
+}
+
+fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &AMQPValue) -> Option<u64> {
+    match v {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
+fn broker(e: lapin::Error) -> DlqError {
+    DlqError::Broker(one_line(&e.to_string()))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `host:port` of an AMQP URL, for messages: never the credentials.
+pub fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let default = if u.scheme() == "amqps" { 5671 } else { 5672 };
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(default)
+            )
+        }
+        Err(_) => "the configured [broker] url".to_owned(),
+    }
+}
+
+/// Long strings for headers (lapin's type).
+pub fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldArray;
+
+    #[test]
+    fn headers_give_the_offset_and_the_death() {
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), long("p.work"));
+        death.insert("reason".into(), long("delivery_limit"));
+        death.insert("count".into(), AMQPValue::LongLongInt(3));
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut h = FieldTable::default();
+        h.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+        h.insert("x-first-death-queue".into(), long("p.work"));
+        h.insert("x-first-death-reason".into(), long("delivery_limit"));
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        let (offset, meta) = read_headers(&h, Some(1_700_000_001));
+        assert_eq!(offset, Some(42));
+        assert_eq!(meta.first_death_queue.as_deref(), Some("p.work"));
+        assert_eq!(meta.first_death_reason.as_deref(), Some("delivery_limit"));
+        let d = meta.death.unwrap();
+        assert_eq!(
+            (d.count, d.time.map(|t| t.timestamp())),
+            (Some(3), Some(1_700_000_000))
+        );
+        assert_eq!(meta.timestamp.map(|t| t.timestamp()), Some(1_700_000_001));
+        assert_eq!(meta.marker, None);
+
+        let mut m = FieldTable::default();
+        m.insert(MARKER_HEADER.into(), long("abc"));
+        m.insert("x-stream-offset".into(), AMQPValue::LongLongInt(43));
+        assert_eq!(read_headers(&m, None).1.marker.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn endpoints_never_carry_credentials() {
+        let cases = [
+            ("amqp://guest:secret@10.0.0.5:5673/%2f", "10.0.0.5:5673"),
+            ("amqps://u:p@mq.example/vh", "mq.example:5671"),
+            ("amqp://localhost", "localhost:5672"),
+            ("not a url with secret", "the configured [broker] url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(endpoint(url), want);
+        }
+    }
+}
