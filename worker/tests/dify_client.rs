@@ -548,14 +548,20 @@ async fn inputs_are_mapped_from_the_event_and_sent() {
 }
 
 /// A raw server that sends a fixed body one byte per chunk, for stream shapes the stand-in
-/// does not produce (CRLF, comments, multi-line data, an early end).
-async fn raw_stream_server(body: &'static [u8]) -> String {
+/// does not produce (CRLF, comments, multi-line data, an early end, a stream left open).
+async fn raw_stream_server(body: &'static [u8], then_hang: bool) -> String {
     use axum::body::{Body, Bytes};
+    use futures_util::StreamExt;
     let router = axum::Router::new().fallback(move || async move {
-        let stream = futures_util::stream::iter(
+        let bytes = futures_util::stream::iter(
             body.iter()
                 .map(|b| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&[*b]))),
         );
+        let stream = if then_hang {
+            bytes.chain(futures_util::stream::pending()).boxed()
+        } else {
+            bytes.boxed()
+        };
         axum::response::Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(stream))
@@ -575,6 +581,7 @@ data: {\"event\": \"message\", \"task_id\": \"t\", \"message_id\": \"m\", \"conv
 data:  \"answer\": \"Gr\xC3\xBC\"}\r\n\r\n\
 data: {\"event\": \"message\", \"answer\": \"\xC3\x9Fe\"}\n\n\
 data: {\"event\": \"message_end\", \"message_id\": \"m\", \"conversation_id\": \"c\", \"metadata\": {\"usage\": {\"total_tokens\": 4}}}\r\n\r\n",
+        false,
     )
     .await;
     let dify = standin(Duration::ZERO, 1).await;
@@ -591,6 +598,7 @@ data: {\"event\": \"message_end\", \"message_id\": \"m\", \"conversation_id\": \
 async fn a_stream_that_ends_before_message_end_is_retried() {
     let base = raw_stream_server(
         b"data: {\"event\": \"message\", \"message_id\": \"m\", \"answer\": \"par\"}\n\n",
+        false,
     )
     .await;
     let dify = standin(Duration::ZERO, 1).await;
@@ -640,4 +648,26 @@ async fn a_thousand_streams_at_once() {
         dify.max_in_flight()
     );
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn an_answer_is_not_held_by_a_stream_left_open_after_it() {
+    let base = raw_stream_server(
+        b"data: {\"event\": \"message\", \"message_id\": \"m\", \"answer\": \"ok\"}\n\n\
+data: {\"event\": \"message_end\", \"message_id\": \"m\"}\n\n",
+        true,
+    )
+    .await;
+    let dify = standin(Duration::ZERO, 1).await;
+    let mut app = app(&dify, AppKind::Chat, ResponseMode::Streaming);
+    app.base_url = base;
+    let client = DifyClient::new(reqwest::Client::new(), std::slice::from_ref(&app));
+    let started = Instant::now();
+    let answer = client.call(&call(&app, "q", "u", "t"), None).await.unwrap();
+    assert_eq!(answer.text, "ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

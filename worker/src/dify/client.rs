@@ -18,6 +18,7 @@ use shared::envelope::Answer;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc::UnboundedSender, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
@@ -25,6 +26,8 @@ use tokio::time::{timeout_at, Instant};
 const MAX_EVENT_BYTES: usize = 16 << 20;
 /// A blocking answer may not exceed this.
 const MAX_BODY_BYTES: usize = 16 << 20;
+/// How long a stream is read on for its end after the answer is complete.
+const AFTER_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// Of an error answer, only this much is read.
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
@@ -228,9 +231,17 @@ async fn read_stream(
     let mut assembler = Assembler::new(app.kind);
     let mut events = Vec::new();
     let mut body = response.bytes_stream();
+    let mut deadline = deadline;
+    let mut complete = false;
     loop {
-        // Read on after the answer is complete (a chatflow sends `workflow_finished` after
-        // `message_end`), but a timeout or a broken connection then no longer matters.
+        if !complete && assembler.is_complete() {
+            complete = true;
+            // Read on briefly after the answer (a chatflow sends `workflow_finished` after
+            // `message_end`; reading to the end lets the connection be reused), but never
+            // hold a finished answer for long.
+            deadline = deadline.min(Instant::now() + AFTER_ANSWER_GRACE);
+        }
+        // Once the answer is complete, a timeout or a broken connection no longer matters.
         let next = match timeout_at(deadline, body.next()).await {
             Ok(next) => next,
             Err(_) if assembler.is_complete() => break,
