@@ -4,7 +4,7 @@
 //! else the body's `id`, else a hash of the body (the same body twice is the same event).
 //! Keys: `token`.
 use super::standard::generic_event;
-use super::verify::{ct_eq, json_body, only_keys, required_secret};
+use super::verify::{ct_eq, json_body, json_str, only_keys, required_secret};
 use super::{HookReply, HookRequest, Intake, Platform, Rejection};
 use axum::http::Method;
 use sha2::{Digest, Sha256};
@@ -50,12 +50,9 @@ impl Platform for Bearer {
         let payload = json_body(&req.body)?;
         let dedup = req
             .header("idempotency-key")
+            .filter(|k| !k.trim().is_empty())
             .map(str::to_owned)
-            .or_else(|| match payload.get("id") {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            })
+            .or_else(|| json_str(&payload, "id"))
             .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&req.body))));
         let event = generic_event(&dedup, payload)?;
         Ok(Intake::Event {

@@ -67,6 +67,7 @@ impl Platform for Github {
             .ok_or_else(|| Rejection::malformed("no X-GitHub-Event"))?;
         let delivery = req
             .header(DELIVERY_HEADER)
+            .filter(|d| !d.trim().is_empty())
             .ok_or_else(|| Rejection::malformed("no X-GitHub-Delivery"))?;
         let form = req
             .header("content-type")

@@ -266,6 +266,7 @@ impl Platform for HmacSource {
             .id_header
             .as_deref()
             .and_then(|h| req.header(h))
+            .filter(|id| !id.trim().is_empty())
             .map(str::to_owned)
             .or_else(|| json_str(&payload, "id"))
             // Without an id the same body is the same event, as for bearer sources.

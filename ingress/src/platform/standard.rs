@@ -3,7 +3,7 @@
 //! secret's decoded bytes. The event is the JSON body; its `text` (or `message`, `content`)
 //! field is the query, its `chat_id`/`sender_id` fields the conversation when present. Dedup on
 //! `webhook-id`. Keys: `secret` (`whsec_…`).
-use super::verify::{check_window, json_body, only_keys, required_secret};
+use super::verify::{check_window, json_body, json_str, only_keys, required_secret};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::Method;
 use shared::config::{ConfigIssue, SourceConfig};
@@ -51,6 +51,7 @@ impl Platform for Standard {
         }
         let id = req
             .header("webhook-id")
+            .filter(|id| !id.trim().is_empty())
             .ok_or(Rejection::MissingSignature)?;
         let ts = req
             .header("webhook-timestamp")
@@ -76,13 +77,8 @@ impl Platform for Standard {
 /// `chat_id`, `sender_id` (or `user`), `sender_name` and `chat_type` describe the conversation;
 /// a body without text is malformed.
 pub fn generic_event(dedup_key: &str, payload: serde_json::Value) -> Result<NewEvent, Rejection> {
-    let field = |names: &[&str]| {
-        names.iter().find_map(|n| match payload.get(*n) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
-    };
+    // Empty strings count as absent: an empty text is no question, an empty id no sender.
+    let field = |names: &[&str]| names.iter().find_map(|n| json_str(&payload, n));
     let text = field(&["text", "message", "content", "query"])
         .ok_or_else(|| Rejection::malformed("the JSON body has no `text` string"))?;
     let sender_id = field(&["sender_id", "user", "user_id"]).unwrap_or_else(|| "anonymous".into());

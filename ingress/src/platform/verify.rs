@@ -215,10 +215,15 @@ pub fn looks_like_json(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-/// A JSON field as text: strings as they are, numbers written out; anything else is absent.
+/// A JSON field as text: strings as they are, numbers written out; anything else, and the
+/// empty string, is absent (an empty id is no id).
 pub fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
-    match value.get(key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
+    scalar_text(value.get(key)?)
+}
+
+fn scalar_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -226,9 +231,5 @@ pub fn json_str(value: &serde_json::Value, key: &str) -> Option<String> {
 
 /// A field at a `/`-separated JSON pointer, as text (see [`json_str`]).
 pub fn json_at(value: &serde_json::Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    scalar_text(value.pointer(pointer)?)
 }
