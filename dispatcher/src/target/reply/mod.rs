@@ -10,22 +10,92 @@ use super::{Outcome, Target, Verdict};
 use shared::config::{ConfigIssue, SourceConfig};
 use std::sync::Arc;
 
+pub mod dingtalk;
+pub mod feishu;
+pub mod slack;
+pub mod telegram;
+pub mod wecom;
+
 /// Builds the reply channel of a source that answers into its conversations.
 pub fn build(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {
-    Err(vec![ConfigIssue {
-        key: format!("sources.{}.reply", source.id),
-        problem: format!(
-            "platform `{}` has no conversation to reply into",
-            source.platform
-        ),
-    }])
+    match source.platform.as_str() {
+        "wecom" => Ok(Arc::new(wecom::WecomReply::from_source(source)?)),
+        "dingtalk" => Ok(Arc::new(dingtalk::DingtalkReply::from_source(source)?)),
+        "feishu" => Ok(Arc::new(feishu::FeishuReply::from_source(source, false)?)),
+        "lark" => Ok(Arc::new(feishu::FeishuReply::from_source(source, true)?)),
+        "slack" => Ok(Arc::new(slack::SlackReply::from_source(source)?)),
+        "telegram" => Ok(Arc::new(telegram::TelegramReply::from_source(source)?)),
+        other => Err(vec![ConfigIssue {
+            key: format!("sources.{}.reply", source.id),
+            problem: format!(
+                "platform `{other}` has no conversation to reply into \
+                 (wecom, dingtalk, feishu, lark, slack and telegram have)"
+            ),
+        }]),
+    }
 }
 
 /// The outcome for a job whose reply handle belongs to another platform than the source's.
-#[allow(dead_code)]
 pub(crate) fn wrong_handle(kind: &str) -> Outcome {
     local_outcome(
         Verdict::Permanent,
         format!("the job's reply handle is not a `{kind}` handle"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> SourceConfig {
+        toml::from_str(&format!("id = \"s\"\napp = \"a\"\nreply = true\n{text}")).unwrap()
+    }
+
+    #[test]
+    fn each_replying_platform_builds_from_its_own_keys() {
+        let cases = [
+            (
+                "platform = \"wecom\"\nreceive_id = \"ww\"\ncorp_secret = \"s\"\nagent_id = 1",
+                Ok("wecom_reply"),
+            ),
+            (
+                "platform = \"wecom\"\nreceive_id = \"ww\"\nagent_id = 1",
+                Err("sources.s.corp_secret"),
+            ),
+            (
+                "platform = \"dingtalk\"\napp_secret = \"s\"",
+                Ok("dingtalk_reply"),
+            ),
+            (
+                "platform = \"feishu\"\napp_id = \"cli\"\napp_secret = \"s\"",
+                Ok("feishu_reply"),
+            ),
+            (
+                "platform = \"lark\"\napp_id = \"cli\"",
+                Err("sources.s.app_secret"),
+            ),
+            (
+                "platform = \"slack\"\nbot_token = \"xoxb\"",
+                Ok("slack_reply"),
+            ),
+            (
+                "platform = \"telegram\"\nbot_token = \"1:x\"",
+                Ok("telegram_reply"),
+            ),
+            ("platform = \"telegram\"", Err("sources.s.bot_token")),
+            (
+                "platform = \"bearer\"\ntoken = \"t\"",
+                Err("sources.s.reply"),
+            ),
+        ];
+        for (text, want) in cases {
+            let got = build(&source(text))
+                .map(|t| t.kind())
+                .map_err(|e| e[0].key.clone());
+            assert_eq!(got, want.map_err(str::to_owned), "{text}");
+        }
+        let quiet: SourceConfig =
+            toml::from_str("id = \"q\"\napp = \"a\"\nplatform = \"bearer\"").unwrap();
+        assert!(super::super::build_reply(&quiet).unwrap().is_none());
+    }
 }

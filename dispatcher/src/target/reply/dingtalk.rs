@@ -1,0 +1,421 @@
+//! Replies through DingTalk (`platform = "dingtalk"`): POST to the message's `sessionWebhook`
+//! while it is valid (no credential needed: the URL is one, so it is never logged); once it has
+//! expired, the robot API with the app's access token (`oapi /gettoken` with `app_key` and
+//! `app_secret`): `v1.0/robot/oToMessages/batchSend` to the sender in a one-to-one chat,
+//! `v1.0/robot/groupMessages/send` to the conversation in a group. Keys (shared with the
+//! ingress): `app_key`, `app_secret`, `robot_code` (default: the message's, else `app_key`),
+//! `api_base` (default `https://api.dingtalk.com`), `oapi_base` (default
+//! `https://oapi.dingtalk.com`). Without `app_key` only the session webhook is used.
+use super::super::dingtalk_robot;
+use super::super::parts::{deliver_parts, local_outcome};
+use super::super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use crate::split::{split, Limit};
+use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use shared::config::{ConfigIssue, SourceConfig};
+use shared::envelope::{ChatType, Destination, DispatchJob, ReplyHandle};
+use shared::units::Rate;
+use shared::Secret;
+use std::time::Duration;
+
+pub const DEFAULT_API_BASE: &str = "https://api.dingtalk.com";
+pub const DEFAULT_OAPI_BASE: &str = "https://oapi.dingtalk.com";
+pub const LIMIT: Limit = Limit::bytes(20_000);
+/// A session webhook this close to its expiry is not used: the request could arrive after it.
+pub const SESSION_MARGIN: Duration = Duration::from_secs(10);
+
+/// The app's access token (`oapi /gettoken`).
+#[derive(Debug)]
+pub struct DingtalkToken {
+    oapi_base: String,
+    app_key: String,
+    secret: Secret,
+}
+
+const TOKEN_ANSWER: TokenAnswer = TokenAnswer {
+    code: "errcode",
+    message: "errmsg",
+    token: "access_token",
+    expires_in: "expires_in",
+    // 40001 bad secret, 40089 bad app key: only a config change helps.
+    permanent: &[40001, 40089],
+};
+
+impl TokenSource for DingtalkToken {
+    fn cache_id(&self) -> Vec<String> {
+        vec!["dingtalk".into(), self.app_key.clone()]
+    }
+
+    fn request(&self, http: &reqwest::Client) -> reqwest::RequestBuilder {
+        http.get(format!("{}/gettoken", self.oapi_base)).query(&[
+            ("appkey", self.app_key.as_str()),
+            ("appsecret", self.secret.expose()),
+        ])
+    }
+
+    fn parse(&self, status: u16, body: &[u8]) -> Result<Fresh, TokenError> {
+        parse_token_answer(&TOKEN_ANSWER, status, body)
+    }
+}
+
+#[derive(Debug)]
+pub struct DingtalkReply {
+    /// The robot-API fallback, when the app's key is configured.
+    app: Option<DingtalkToken>,
+    robot_code: Option<String>,
+    api_base: String,
+}
+
+/// How one part goes out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// The session webhook (its URL) with this body.
+    Session(String, Value),
+    /// The robot API: path under `api_base` and body.
+    Robot(&'static str, Value),
+    /// Neither is possible: why.
+    None(&'static str),
+}
+
+impl DingtalkReply {
+    pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
+        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
+        let app_key = k.str("app_key");
+        let secret = k.secret("app_secret");
+        let robot_code = k.str("robot_code");
+        let api_base = k.base_url("api_base", DEFAULT_API_BASE);
+        let oapi_base = k.base_url("oapi_base", DEFAULT_OAPI_BASE);
+        let app = match (app_key, secret) {
+            (Some(app_key), Some(secret)) => Some(DingtalkToken {
+                oapi_base,
+                app_key,
+                secret,
+            }),
+            (Some(_), None) => {
+                k.issue(
+                    "app_secret",
+                    "is required with app_key (the robot API after a session webhook expires)",
+                );
+                None
+            }
+            _ => None,
+        };
+        k.finish(Some(Self {
+            app,
+            robot_code,
+            api_base,
+        }))
+    }
+
+    /// How a part goes out at `now_ms` (pure): the session webhook while it is valid, else the
+    /// robot API to the sender (one-to-one) or the conversation (group).
+    pub fn route(
+        &self,
+        handle: &ReplyHandle,
+        chat_type: ChatType,
+        text: &str,
+        now_ms: i64,
+    ) -> Route {
+        let ReplyHandle::Dingtalk {
+            session_webhook,
+            session_webhook_expires_at,
+            conversation_id,
+            robot_code,
+            sender_staff_id,
+        } = handle
+        else {
+            return Route::None("the job's reply handle is not a `dingtalk` handle");
+        };
+        let margin = SESSION_MARGIN.as_millis() as i64;
+        if let Some(url) = session_webhook {
+            // An unknown expiry is taken as valid: DingTalk will say if it is not.
+            if session_webhook_expires_at.is_none_or(|at| at - margin > now_ms) {
+                return Route::Session(
+                    url.clone(),
+                    json!({ "msgtype": "text", "text": { "content": text } }),
+                );
+            }
+        }
+        let Some(app) = &self.app else {
+            return Route::None("the session webhook has expired and no app_key/app_secret is configured for the robot API");
+        };
+        let robot_code = robot_code
+            .clone()
+            .or_else(|| self.robot_code.clone())
+            .unwrap_or_else(|| app.app_key.clone());
+        let msg_param = json!({ "content": text }).to_string();
+        match chat_type {
+            ChatType::Group => Route::Robot(
+                "/v1.0/robot/groupMessages/send",
+                json!({ "robotCode": robot_code, "openConversationId": conversation_id, "msgKey": "sampleText", "msgParam": msg_param }),
+            ),
+            ChatType::Single => match sender_staff_id {
+                Some(staff) => Route::Robot(
+                    "/v1.0/robot/oToMessages/batchSend",
+                    json!({ "robotCode": robot_code, "userIds": [staff], "msgKey": "sampleText", "msgParam": msg_param }),
+                ),
+                None => Route::None(
+                    "the session webhook has expired and the sender's staff id is unknown",
+                ),
+            },
+        }
+    }
+}
+
+/// The robot API's answer:
+///
+/// | answer | verdict |
+/// |---|---|
+/// | 200 with `processQueryKey` | Delivered |
+/// | 200 with the user in `flowControlledStaffIdList` | Wait 60 s (per-user flow control) |
+/// | 200 with the user in `invalidStaffIdList` | Permanent |
+/// | 401, or code `InvalidAuthentication` | TokenInvalid (refresh, send once more) |
+/// | 429, or a `Throttling…` / `…QpsLimit…` code | Retry |
+/// | other 4xx (`Forbidden.AccessDenied…`, `invalidParameter…`) | Permanent |
+/// | 5xx | Retry |
+pub fn classify_robot_api(answer: &Answer) -> Verdict {
+    let v: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    let code = v.get("code").and_then(Value::as_str).unwrap_or_default();
+    let nonempty = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    if code == "InvalidAuthentication" || answer.status == 401 {
+        return Verdict::TokenInvalid;
+    }
+    if code.starts_with("Throttling") || code.contains("QpsLimit") || answer.status == 429 {
+        return Verdict::Retry {
+            retry_after: super::super::retry_after(&answer.headers),
+        };
+    }
+    match answer.status {
+        200..=299 if nonempty("invalidStaffIdList") => Verdict::Permanent,
+        200..=299 if nonempty("flowControlledStaffIdList") => Verdict::Wait {
+            wait: Duration::from_secs(60),
+        },
+        _ => classify_http(answer),
+    }
+}
+
+#[async_trait]
+impl Target for DingtalkReply {
+    fn kind(&self) -> &'static str {
+        "dingtalk_reply"
+    }
+
+    fn default_rate(&self) -> Option<Rate> {
+        None
+    }
+
+    async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
+        let Destination::Reply {
+            handle: handle @ ReplyHandle::Dingtalk { .. },
+        } = &job.destination
+        else {
+            return super::wrong_handle("dingtalk");
+        };
+        let chat_type = job.payload.conversation.chat_type;
+        let parts = split(&job.payload.answer.text, LIMIT);
+        deliver_parts(job, ctx, &parts, |_, part| {
+            // Decided per part: the session webhook may expire between two parts.
+            let route = self.route(
+                handle,
+                chat_type,
+                &part,
+                chrono::Utc::now().timestamp_millis(),
+            );
+            Box::pin(async move {
+                match route {
+                    Route::Session(url, body) => {
+                        send(ctx.http.post(url).json(&body), dingtalk_robot::classify)
+                            .await
+                            .0
+                    }
+                    Route::Robot(path, body) => {
+                        let Some(app) = &self.app else {
+                            return local_outcome(
+                                Verdict::Permanent,
+                                "no app_key for the robot API",
+                            );
+                        };
+                        let url = format!("{}{path}", self.api_base);
+                        tokens::send_with_token(ctx, app, |token| {
+                            let request = ctx
+                                .http
+                                .post(&url)
+                                .header("x-acs-dingtalk-access-token", token.expose())
+                                .json(&body);
+                            Box::pin(async move { send(request, classify_robot_api).await.0 })
+                        })
+                        .await
+                    }
+                    Route::None(why) => local_outcome(Verdict::Permanent, why),
+                }
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use reqwest::header::HeaderMap;
+
+    fn reply(extra: &str) -> DingtalkReply {
+        let s: SourceConfig =
+            toml::from_str(&format!("id = \"dt\"\nplatform = \"dingtalk\"\napp = \"a\"\nreply = true\napp_secret = \"s\"\n{extra}"))
+                .unwrap();
+        DingtalkReply::from_source(&s).unwrap()
+    }
+
+    fn handle(expires_at: Option<i64>, staff: Option<&str>) -> ReplyHandle {
+        ReplyHandle::Dingtalk {
+            session_webhook: Some("https://oapi.dingtalk.com/robot/sendBySession?session=S".into()),
+            session_webhook_expires_at: expires_at,
+            conversation_id: "cid1".into(),
+            robot_code: None,
+            sender_staff_id: staff.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_session_webhook_is_used_until_it_expires_then_the_robot_api() {
+        let with_app = reply("app_key = \"ding1\"");
+        let now = 1_700_000_000_000;
+        let session = Route::Session(
+            "https://oapi.dingtalk.com/robot/sendBySession?session=S".into(),
+            json!({"msgtype": "text", "text": {"content": "hi"}}),
+        );
+        let one_to_one = Route::Robot(
+            "/v1.0/robot/oToMessages/batchSend",
+            json!({"robotCode": "ding1", "userIds": ["staff1"], "msgKey": "sampleText", "msgParam": "{\"content\":\"hi\"}"}),
+        );
+        let group = Route::Robot(
+            "/v1.0/robot/groupMessages/send",
+            json!({"robotCode": "ding1", "openConversationId": "cid1", "msgKey": "sampleText", "msgParam": "{\"content\":\"hi\"}"}),
+        );
+        let cases = [
+            (
+                &with_app,
+                handle(Some(now + 60_000), Some("staff1")),
+                ChatType::Single,
+                session.clone(),
+            ),
+            (
+                &with_app,
+                handle(None, Some("staff1")),
+                ChatType::Single,
+                session,
+            ),
+            (
+                &with_app,
+                handle(Some(now + 5_000), Some("staff1")),
+                ChatType::Single,
+                one_to_one.clone(),
+            ),
+            (
+                &with_app,
+                handle(Some(now - 1), Some("staff1")),
+                ChatType::Single,
+                one_to_one,
+            ),
+            (
+                &with_app,
+                handle(Some(now - 1), None),
+                ChatType::Group,
+                group,
+            ),
+            (
+                &with_app,
+                handle(Some(now - 1), None),
+                ChatType::Single,
+                Route::None("the session webhook has expired and the sender's staff id is unknown"),
+            ),
+        ];
+        for (r, h, chat, want) in cases {
+            assert_eq!(r.route(&h, chat, "hi", now), want, "{h:?} {chat:?}");
+        }
+        let without_app = reply("");
+        assert!(matches!(
+            without_app.route(
+                &handle(Some(now - 1), Some("s")),
+                ChatType::Single,
+                "hi",
+                now
+            ),
+            Route::None(_)
+        ));
+    }
+
+    #[test]
+    fn robot_api_answers_are_classified() {
+        let cases = [
+            (
+                200,
+                r#"{"processQueryKey":"k","invalidStaffIdList":[],"flowControlledStaffIdList":[]}"#,
+                Verdict::Delivered,
+            ),
+            (
+                200,
+                r#"{"processQueryKey":"k","invalidStaffIdList":["u"]}"#,
+                Verdict::Permanent,
+            ),
+            (
+                200,
+                r#"{"processQueryKey":"k","flowControlledStaffIdList":["u"]}"#,
+                Verdict::Wait {
+                    wait: Duration::from_secs(60),
+                },
+            ),
+            (
+                401,
+                r#"{"code":"InvalidAuthentication","message":"不合法的access_token"}"#,
+                Verdict::TokenInvalid,
+            ),
+            (
+                400,
+                r#"{"code":"InvalidAuthentication","message":"不合法的access_token"}"#,
+                Verdict::TokenInvalid,
+            ),
+            (
+                403,
+                r#"{"code":"Forbidden.AccessDenied.AccessTokenPermissionDenied","message":"no permission"}"#,
+                Verdict::Permanent,
+            ),
+            (
+                429,
+                r#"{"code":"Throttling.Api","message":"too fast"}"#,
+                Verdict::Retry { retry_after: None },
+            ),
+            (
+                500,
+                r#"{"code":"ServiceUnavailable"}"#,
+                Verdict::Retry { retry_after: None },
+            ),
+        ];
+        for (status, body, want) in cases {
+            let a = Answer {
+                status,
+                headers: HeaderMap::new(),
+                body: Bytes::from(body),
+            };
+            assert_eq!(classify_robot_api(&a), want, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn app_key_without_secret_is_refused() {
+        let s: SourceConfig = toml::from_str(
+            "id = \"dt\"\nplatform = \"dingtalk\"\napp = \"a\"\nreply = true\napp_key = \"k\"",
+        )
+        .unwrap();
+        assert_eq!(
+            DingtalkReply::from_source(&s).unwrap_err()[0].key,
+            "sources.dt.app_secret"
+        );
+    }
+}
