@@ -1,1 +1,239 @@
-fn main() {}
+//! `switchboard`: the one binary. It parses the command line, loads and checks the config,
+//! starts telemetry and wires the roles together; every role's logic lives in its crate.
+#![forbid(unsafe_code)]
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shared::config::{Config, ConfigIssue, CONFIG_ENV};
+use shared::Services;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Verified webhooks in, Dify once per event, answers out"
+)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, short, env = CONFIG_ENV, global = true, default_value = "switchboard.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive webhooks on `ingress.listen` and enqueue them.
+    Ingress,
+    /// Call Dify for every event (admin listener on `worker.admin_listen`).
+    Worker,
+    /// Deliver answers to targets (admin listener on `dispatcher.admin_listen`).
+    Dispatcher,
+    /// All three roles in one process: the quick start and small sites.
+    All,
+    /// Work with the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Declare every queue and stream on the broker, then exit.
+    Topology,
+    /// Dead letters: list, show, export, stats, replay, audit.
+    Dlq {
+        #[command(subcommand)]
+        command: Box<dispatcher::deadletter::DlqCommand>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the config (and every source, app and target in it); exit non-zero on problems.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Roles {
+    Ingress,
+    Worker,
+    Dispatcher,
+    All,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprint!("{}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init_tracing(config.telemetry.format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Config {
+                command: ConfigCommand::Check,
+            } => Ok(config_check(&config, &cli.config)),
+            Command::Topology => topology(&config).await,
+            Command::Dlq { command } => dispatcher::deadletter::run(*command, &config).await,
+            Command::Ingress => serve(config, Roles::Ingress).await,
+            Command::Worker => serve(config, Roles::Worker).await,
+            Command::Dispatcher => serve(config, Roles::Dispatcher).await,
+            Command::All => serve(config, Roles::All).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every problem the roles find in the config, beyond what loading checked.
+fn role_issues(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues = ingress::validate(config);
+    issues.extend(worker::validate(config));
+    issues.extend(dispatcher::validate(config));
+    issues
+}
+
+fn config_check(config: &Config, path: &std::path::Path) -> ExitCode {
+    let issues = role_issues(config);
+    if issues.is_empty() {
+        println!(
+            "{}: ok ({} sources, {} apps, {} targets)",
+            path.display(),
+            config.sources.len(),
+            config.apps.len(),
+            config.targets.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprint!(
+            "{}: {}",
+            path.display(),
+            shared::config::ConfigError(issues)
+        );
+        ExitCode::from(2)
+    }
+}
+
+async fn topology(config: &Config) -> anyhow::Result<ExitCode> {
+    let close = CancellationToken::new();
+    let services = Services::start(config, "switchboard-topology", close.clone())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !services.broker.is_connected() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the broker is unreachable; nothing declared");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for q in services.broker.topology().all_queues() {
+        println!("{q}");
+    }
+    close.cancel();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
+    let issues = role_issues(&config);
+    if !issues.is_empty() {
+        anyhow::bail!("{}", shared::config::ConfigError(issues));
+    }
+    // `stop` ends intake (SIGINT/SIGTERM); `close` drops the broker connection only after
+    // every role has drained, so in-flight work can still ack and publish.
+    let stop = CancellationToken::new();
+    let close = CancellationToken::new();
+    shared::shutdown::cancel_on_signals(stop.clone());
+    let name = format!("switchboard-{roles:?}-{}", std::process::id()).to_lowercase();
+    let services = Services::start(&config, &name, close.clone())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if matches!(roles, Roles::Ingress | Roles::All) {
+        let listener = TcpListener::bind(config.ingress.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on ingress.listen {}", config.ingress.listen)
+            })?;
+        tasks.spawn(ingress::run(
+            config.clone(),
+            services.clone(),
+            listener,
+            stop.clone(),
+        ));
+    }
+    if matches!(roles, Roles::Worker | Roles::All) {
+        tasks.spawn(worker::run(config.clone(), services.clone(), stop.clone()));
+    }
+    if matches!(roles, Roles::Dispatcher | Roles::All) {
+        tasks.spawn(dispatcher::run(
+            config.clone(),
+            services.clone(),
+            stop.clone(),
+        ));
+    }
+    // Roles without their own HTTP listener serve /metrics, /healthz, /readyz on an admin one.
+    let admin = match roles {
+        Roles::Worker => Some(config.worker.admin_listen),
+        Roles::Dispatcher => Some(config.dispatcher.admin_listen),
+        _ => None,
+    };
+    if let Some(addr) = admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin address {addr}"))?;
+        let app = shared::telemetry::admin_router(services.broker.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            axum_serve(listener, app, stop).await?;
+            Ok(())
+        });
+    }
+    let mut failed = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "a role failed; stopping");
+                failed.get_or_insert(e);
+                stop.cancel();
+            }
+            Err(e) => {
+                failed.get_or_insert(anyhow::anyhow!("a role panicked: {e}"));
+                stop.cancel();
+            }
+        }
+    }
+    close.cancel();
+    // Let the broker supervisor close the connection cleanly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn axum_serve(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await?;
+    Ok(())
+}

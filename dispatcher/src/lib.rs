@@ -6,8 +6,41 @@
 
 pub mod breaker;
 pub mod deadletter;
+pub mod deliver;
 pub mod ratelimit;
 pub mod split;
 pub mod ssrf;
 pub mod target;
 pub mod tokens;
+
+use shared::config::{Config, ConfigIssue};
+use shared::consumer::{consume, ConsumerSpec};
+use shared::topology::Stage;
+use shared::Services;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Every problem in the targets' and reply channels' settings.
+pub fn validate(config: &Config) -> Vec<ConfigIssue> {
+    deliver::build_routes(config).err().unwrap_or_default()
+}
+
+/// Consumes the deliver queue until `shutdown`, then lets deliveries in flight finish.
+pub async fn run(
+    config: Arc<Config>,
+    services: Services,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dispatcher = Arc::new(deliver::Dispatcher::new(&config, services.clone())?);
+    let spec = ConsumerSpec {
+        queue: services.broker.topology().stage_queue(Stage::Deliver),
+        prefetch: config.dispatcher.concurrency.min(u16::MAX as usize) as u16,
+        grace: config.dispatcher.shutdown_grace,
+        role: "dispatcher",
+    };
+    consume(services.broker.clone(), spec, shutdown, move |delivery| {
+        dispatcher.clone().handle(delivery)
+    })
+    .await;
+    Ok(())
+}

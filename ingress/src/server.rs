@@ -40,7 +40,9 @@ pub struct Ingress {
 }
 
 /// Builds every source's platform, collecting every problem (for `config check` and start-up).
-pub fn build_sources(config: &Config) -> Result<HashMap<String, Box<dyn Platform>>, Vec<ConfigIssue>> {
+pub fn build_sources(
+    config: &Config,
+) -> Result<HashMap<String, Box<dyn Platform>>, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let mut built = HashMap::new();
     for source in &config.sources {
@@ -107,7 +109,8 @@ fn refuse(status: StatusCode, reason: &str) -> Response {
 fn not_kept() -> Response {
     let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, "not_kept");
     // Platforms retry on 5xx; tell well-behaved senders when.
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     r
 }
 
@@ -115,14 +118,23 @@ fn reply(r: HookReply) -> Response {
     (r.status, [(header::CONTENT_TYPE, r.content_type)], r.body).into_response()
 }
 
-async fn hook(State(st): State<Arc<Ingress>>, Path(source_id): Path<String>, request: Request) -> Response {
+async fn hook(
+    State(st): State<Arc<Ingress>>,
+    Path(source_id): Path<String>,
+    request: Request,
+) -> Response {
     let started = std::time::Instant::now();
     let Some(source) = st.sources.get(&source_id) else {
         metrics::counter!("switchboard_ingress_rejected_total", "source" => "unknown", "reason" => "unknown_source").increment(1);
         return refuse(StatusCode::NOT_FOUND, "unknown_source");
     };
     let span = tracing::info_span!("hook", source = %source_id, platform = source.platform.name(), event_id = tracing::field::Empty);
-    let response = match tokio::time::timeout(st.request_timeout, handle(&st, &source_id, source, request).instrument(span.clone())).await {
+    let response = match tokio::time::timeout(
+        st.request_timeout,
+        handle(&st, &source_id, source, request).instrument(span.clone()),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => {
             span.in_scope(|| tracing::warn!("request timed out before the event was kept"));
@@ -169,8 +181,8 @@ async fn handle(st: &Ingress, source_id: &str, source: &Source, request: Request
             reply(r)
         }
         Ok(Intake::Event { event, reply: r }) => match st.keep(source_id, source, event).await {
-            Kept::New | Kept::Duplicate => reply(r),
-            Kept::NotKept => not_kept(),
+            KeepOutcome::New | KeepOutcome::Duplicate => reply(r),
+            KeepOutcome::NotKept => not_kept(),
         },
     }
 }
@@ -179,7 +191,7 @@ fn refuse_rejection(r: &Rejection) -> Response {
     refuse(r.status(), r.reason())
 }
 
-enum Kept {
+enum KeepOutcome {
     New,
     Duplicate,
     NotKept,
@@ -187,14 +199,17 @@ enum Kept {
 
 impl Ingress {
     /// Door dedup, publish with confirm, then remember the event as kept.
-    async fn keep(&self, source_id: &str, source: &Source, new: NewEvent) -> Kept {
-        let seen_key = self.services.store.key(&["seen", source_id, &new.dedup_key]);
+    async fn keep(&self, source_id: &str, source: &Source, new: NewEvent) -> KeepOutcome {
+        let seen_key = self
+            .services
+            .store
+            .key(&["seen", source_id, &new.dedup_key]);
         // A Redis failure here only loses the door dedup; the worker's idempotency still holds.
         if let Ok(mut conn) = self.services.store.conn().await {
             if let Ok(Some(first)) = conn.get::<_, Option<String>>(&seen_key).await {
                 tracing::info!(dedup_key = %new.dedup_key, first_event_id = %first, "platform retry of a kept event; not enqueued again");
                 metrics::counter!("switchboard_ingress_duplicates_total", "source" => source_id.to_owned()).increment(1);
-                return Kept::Duplicate;
+                return KeepOutcome::Duplicate;
             }
         }
         let event = InboundEvent {
@@ -212,18 +227,27 @@ impl Ingress {
             replay_of: None,
         };
         tracing::Span::current().record("event_id", tracing::field::display(event.id));
-        let publish = shared::broker::Publish { message_id: Some(event.id.to_string()), ..Default::default() };
-        if let Err(e) = self.services.broker.publish(&self.work_queue, &encode(&event), publish).await {
+        let publish = shared::broker::Publish {
+            message_id: Some(event.id.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .services
+            .broker
+            .publish(&self.work_queue, &encode(&event), publish)
+            .await
+        {
             tracing::warn!(error = %e, "event not kept by the broker; answering 503");
             metrics::counter!("switchboard_ingress_not_kept_total", "source" => source_id.to_owned()).increment(1);
-            return Kept::NotKept;
+            return KeepOutcome::NotKept;
         }
-        metrics::counter!("switchboard_ingress_accepted_total", "source" => source_id.to_owned()).increment(1);
+        metrics::counter!("switchboard_ingress_accepted_total", "source" => source_id.to_owned())
+            .increment(1);
         tracing::info!(dedup_key = %event.dedup_key, "event kept");
         if let Ok(mut conn) = self.services.store.conn().await {
             let ttl = self.dedup_ttl.as_secs().max(1);
             let _: Result<(), _> = conn.set_ex(&seen_key, event.id.to_string(), ttl).await;
         }
-        Kept::New
+        KeepOutcome::New
     }
 }

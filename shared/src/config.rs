@@ -79,7 +79,7 @@ pub struct RedisConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct IngressConfig {
     pub listen: SocketAddr,
     /// Requests with a larger body get 413.
@@ -691,6 +691,16 @@ mod tests {
             Some("t")
         );
         assert_eq!(c.targets[0].rate.unwrap().count, 20);
+    }
+
+    #[test]
+    fn a_partial_section_takes_defaults_for_the_rest() {
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[ingress]\nlisten = \"127.0.0.1:1\"\n[worker]\nlease = \"3s\""
+        ))
+        .unwrap();
+        assert_eq!(c.ingress.max_concurrency, 4096);
+        assert_eq!(c.worker.concurrency, 512);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Tracing for tests: captured by the test harness, shown only for failing tests.
+pub fn init_test_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder (installed on first use).

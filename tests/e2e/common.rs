@@ -1,0 +1,398 @@
+//! The test harness: `TestApp::spawn` starts ingress, worker and dispatcher on port 0 with a
+//! unique prefix, a Dify stand-in and a receiver; helpers sign and send webhooks and poll for
+//! outcomes until a deadline; `shutdown` stops the roles and deletes the test's queues and keys.
+#![allow(dead_code)]
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use shared::envelope::{decode, DeadLetter};
+use shared::signing::SigningKey;
+use shared::{Config, Services};
+use standins::dify::{DifyOptions, DifyStandin};
+use standins::proxy::Proxy;
+use standins::receiver::Receiver;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const OUT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const TOKEN: &str = "crm-token";
+pub const BROKER: &str = "127.0.0.1:5672";
+
+/// How a test wants its pipeline.
+#[derive(Clone)]
+pub struct Options {
+    pub dify: DifyOptions,
+    /// Put a cuttable proxy between the roles and the broker.
+    pub broker_proxy: bool,
+    /// Extra TOML appended to the config.
+    pub extra: String,
+    pub ingress: bool,
+    pub worker: bool,
+    pub dispatcher: bool,
+    pub response_mode: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dify: DifyOptions {
+                api_key: Some("app-test".into()),
+                latency: standins::dify::Latency::Fixed(Duration::from_millis(20)),
+                chunks: 4,
+                ..Default::default()
+            },
+            broker_proxy: false,
+            extra: String::new(),
+            ingress: true,
+            worker: true,
+            dispatcher: true,
+            response_mode: "streaming",
+        }
+    }
+}
+
+pub struct TestApp {
+    pub prefix: String,
+    pub config: Arc<Config>,
+    pub config_text: String,
+    pub base: String,
+    pub dify: DifyStandin,
+    pub receiver: Receiver,
+    pub proxy: Option<Proxy>,
+    pub services: Services,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    close: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+pub fn unique_prefix() -> String {
+    format!("e2e-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The config of a test pipeline (TOML text, so child processes can use it too).
+pub fn config_text(
+    prefix: &str,
+    broker: &str,
+    dify_url: &str,
+    receiver_url: &str,
+    listen: &str,
+    mode: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[broker]
+url = "amqp://guest:guest@{broker}/%2f"
+prefix = "{prefix}"
+publish_timeout = "2s"
+delivery_limit = 5
+
+[redis]
+url = "redis://127.0.0.1:6379"
+prefix = "{prefix}"
+
+[ingress]
+listen = "{listen}"
+body_limit = "64KiB"
+request_timeout = "5s"
+
+[worker]
+concurrency = 64
+retry_schedule = ["0s", "200ms", "400ms"]
+lease = "3s"
+shutdown_grace = "20s"
+
+[dispatcher]
+concurrency = 64
+retry_schedule = ["0s", "100ms", "200ms", "300ms"]
+allow_private = ["127.0.0.0/8", "::1/128"]
+request_timeout = "5s"
+shutdown_grace = "10s"
+
+[[apps]]
+id = "support"
+base_url = "{dify_url}"
+api_key = "app-test"
+kind = "chat"
+response_mode = "{mode}"
+timeout = "20s"
+
+[[sources]]
+id = "hooks"
+platform = "standard"
+secret = "{SECRET}"
+app = "support"
+targets = ["crm"]
+
+[[sources]]
+id = "crm-in"
+platform = "bearer"
+token = "{TOKEN}"
+app = "support"
+targets = ["crm"]
+
+[[targets]]
+id = "crm"
+kind = "webhook"
+url = "{receiver_url}"
+secret = "{OUT_SECRET}"
+{extra}
+"#
+    )
+}
+
+impl TestApp {
+    pub async fn spawn(opts: Options) -> TestApp {
+        shared::telemetry::init_test_tracing();
+        let prefix = unique_prefix();
+        let dify = DifyStandin::start(opts.dify.clone())
+            .await
+            .expect("dify stand-in");
+        let receiver = Receiver::start(Some(OUT_SECRET)).await.expect("receiver");
+        let proxy = if opts.broker_proxy {
+            Some(
+                Proxy::start(BROKER.parse().expect("addr"))
+                    .await
+                    .expect("proxy"),
+            )
+        } else {
+            None
+        };
+        let broker = proxy
+            .as_ref()
+            .map(|p| p.addr().to_string())
+            .unwrap_or_else(|| BROKER.into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let text = config_text(
+            &prefix,
+            &broker,
+            &dify.base_url(),
+            &receiver.url("/answers"),
+            &addr.to_string(),
+            opts.response_mode,
+            &opts.extra,
+        );
+        let config = Arc::new(Config::from_toml(&text).expect("test config"));
+        let stop = CancellationToken::new();
+        let close = CancellationToken::new();
+        let services = Services::start(&config, &prefix, close.clone()).expect("services");
+        let mut tasks = JoinSet::new();
+        if opts.ingress {
+            tasks.spawn(ingress::run(
+                config.clone(),
+                services.clone(),
+                listener,
+                stop.clone(),
+            ));
+        }
+        if opts.worker {
+            tasks.spawn(worker::run(config.clone(), services.clone(), stop.clone()));
+        }
+        if opts.dispatcher {
+            tasks.spawn(dispatcher::run(
+                config.clone(),
+                services.clone(),
+                stop.clone(),
+            ));
+        }
+        let app = TestApp {
+            prefix,
+            config,
+            config_text: text,
+            base: format!("http://{addr}"),
+            dify,
+            receiver,
+            proxy,
+            services,
+            http: reqwest::Client::new(),
+            stop,
+            close,
+            tasks,
+        };
+        let broker = app.services.broker.clone();
+        wait_for("the broker connection", Duration::from_secs(20), || {
+            let b = broker.clone();
+            async move { b.is_connected() }
+        })
+        .await;
+        app
+    }
+
+    /// Signs `body` as Standard Webhooks with message id `id` and posts it to `/hooks/hooks`.
+    pub async fn send_signed(&self, id: &str, body: &str) -> reqwest::Response {
+        let key = SigningKey::parse(SECRET).expect("key");
+        let ts = chrono::Utc::now().timestamp();
+        self.http
+            .post(format!("{}/hooks/hooks", self.base))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", key.sign(id, ts, body.as_bytes()))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// Messages waiting in a queue of this test (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let ch = self
+            .services
+            .broker
+            .consumer_channel(&CancellationToken::new())
+            .await
+            .expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+        let _ = ch.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Every dead letter in the stream so far (read from the start, not consumed).
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        read_dead_letters(
+            &self.services,
+            &self.services.broker.topology().dead_letters(),
+        )
+        .await
+    }
+
+    /// Stops the roles (as SIGTERM would), then removes the test's queues and keys.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            r.expect("role task").expect("role result");
+        }
+        cleanup(&self.services, &self.prefix).await;
+        self.close.cancel();
+        self.receiver.shutdown();
+        self.dify.shutdown();
+    }
+}
+
+/// Deletes a test's queues and Redis keys.
+pub async fn cleanup(services: &Services, prefix: &str) {
+    if let Ok(ch) = services
+        .broker
+        .consumer_channel(&CancellationToken::new())
+        .await
+    {
+        let _ = services.broker.topology().delete(&ch).await;
+        let _ = ch.close(200, "ok".into()).await;
+    }
+    if let Ok(mut c) = services.store.conn().await {
+        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await;
+        }
+    }
+}
+
+/// Reads a stream from its first offset until no message arrives for a moment.
+pub async fn read_dead_letters(services: &Services, stream: &str) -> Vec<DeadLetter> {
+    let ch = services
+        .broker
+        .consumer_channel(&CancellationToken::new())
+        .await
+        .expect("channel");
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .expect("consume stream");
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(700), consumer.next()).await
+    {
+        if let Ok(dl) = decode::<DeadLetter>(&d.data) {
+            out.push(dl);
+        }
+        let _ = d.ack(Default::default()).await;
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    out
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls until `cond` has held for `quiet` (to show something does NOT happen after settling).
+pub async fn stays<F>(quiet: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> bool,
+{
+    let until = Instant::now() + quiet;
+    while Instant::now() < until {
+        if !cond() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real roles in-process (or as child processes where a test kills one)
+//! against the real RabbitMQ and Redis, with local stand-ins for Dify and the receivers. Every
+//! test has its own queue and key prefix and removes them when it ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+mod pipeline;
