@@ -116,10 +116,10 @@ impl DifyClient {
             .await
             .map_err(|_| DifyError::Request("the app's permits are closed".into()))?;
         let app_id = call.app.id.clone();
-        metrics::gauge!("switchboard_dify_in_flight", "app" => app_id.clone()).increment(1.0);
+        let gauge = InFlightGauge::enter(&app_id);
         let started = Instant::now();
         let result = self.run(call, ids).await;
-        metrics::gauge!("switchboard_dify_in_flight", "app" => app_id.clone()).decrement(1.0);
+        drop(gauge);
         let outcome = match result.as_ref().map_err(classify) {
             Ok(_) => "ok",
             Err(ErrorClass::Retry { .. }) => "retry",
@@ -216,6 +216,23 @@ impl DifyClient {
             return Err(error_answer(response, deadline, key).await);
         }
         Ok(())
+    }
+}
+
+/// Counts a call in `switchboard_dify_in_flight` until dropped, even if the call is cancelled.
+struct InFlightGauge(metrics::Gauge);
+
+impl InFlightGauge {
+    fn enter(app_id: &str) -> Self {
+        let gauge = metrics::gauge!("switchboard_dify_in_flight", "app" => app_id.to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
