@@ -3,6 +3,7 @@
 //! after continuous failures only, one probe goes out however many ask, a failed probe re-opens
 //! for longer, a success closes and leaves nothing behind, a lost probe is freed by its lease;
 //! and the state is exported as a metric.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use deadpool_redis::redis;
 use dispatcher::breaker::{cooldown, next, phase, Breaker, BreakerPolicy, Gate, Phase, State};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder};

@@ -2,6 +2,7 @@
 //! at once, keys that expire, and two independent limiters (separate pools, as two dispatcher
 //! processes would have) hammering one target while a local receiver records arrivals: no
 //! window of the limit's length ever holds more than the limit, at admission or at arrival.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use axum::routing::post;
 use axum::Router;
 use deadpool_redis::redis;
