@@ -292,6 +292,15 @@ impl Breaker {
         Ok(gate)
     }
 
+    /// Gives back a [`Gate::Probe`] that will not be used (the rate limiter said wait, another
+    /// process holds the job): the next caller may probe at once instead of after the lease.
+    pub async fn release_probe(&self, target: &str) -> Result<(), StoreError> {
+        let (_, probe) = self.keys(target);
+        let mut conn = self.store.conn().await?;
+        let _: i64 = redis::cmd("DEL").arg(&probe).query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Records the outcome of an attempt on `target` (a probe's or any other).
     pub async fn record(&self, target: &str, success: bool) -> Result<(), StoreError> {
         let (key, probe) = self.keys(target);

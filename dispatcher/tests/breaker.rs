@@ -367,6 +367,26 @@ async fn a_lost_probe_is_freed_by_its_lease() {
 }
 
 #[tokio::test]
+async fn an_unused_probe_can_be_given_back() {
+    let (a, b, store) = pair(BreakerPolicy {
+        span: Duration::ZERO,
+        ..quick()
+    });
+    let t = "release";
+    for _ in 0..3 {
+        a.record(t, false).await.unwrap();
+    }
+    sleep_out(a.gate(t).await.unwrap()).await;
+    assert_eq!(a.gate(t).await.unwrap(), Gate::Probe);
+    assert!(matches!(b.gate(t).await.unwrap(), Gate::Open { .. }));
+    // A's probe met a rate limit: it gives the probe back and B may probe at once.
+    a.release_probe(t).await.unwrap();
+    assert_eq!(b.gate(t).await.unwrap(), Gate::Probe);
+    b.record(t, true).await.unwrap();
+    assert!(keys(&store).await.is_empty());
+}
+
+#[tokio::test]
 async fn failure_streaks_expire() {
     let (a, _, store) = pair(BreakerPolicy {
         forget_after: Duration::from_millis(300),
