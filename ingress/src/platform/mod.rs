@@ -12,6 +12,9 @@ use shared::envelope::{Conversation, ReplyHandle};
 pub mod bearer;
 pub mod dingtalk;
 pub mod feishu;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod fuzz;
 pub mod github;
 pub mod hmac;
 pub mod sender;
