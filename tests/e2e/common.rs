@@ -288,6 +288,47 @@ impl TestApp {
         .await
     }
 
+    /// Starts one more in-process worker (another "process" as far as Redis and the broker see).
+    pub fn add_worker(&mut self) {
+        self.tasks.spawn(worker::run(
+            self.config.clone(),
+            self.services.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Starts a role as a real child process of the `switchboard` binary with this test's config.
+    pub fn spawn_child(&self, role: &str) -> ChildRole {
+        let path = std::env::temp_dir().join(format!(
+            "{}-{}.toml",
+            self.prefix,
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::write(&path, &self.config_text).expect("write config");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(&path)
+            .arg(role)
+            .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchboard");
+        ChildRole { child, path }
+    }
+
+    /// The idempotency record of an event of source `hooks` (a Redis hash).
+    pub async fn idem_record(&self, dedup_key: &str) -> std::collections::HashMap<String, String> {
+        let key = format!("{}:idem:hooks:{dedup_key}", self.prefix);
+        let mut c = self.services.store.conn().await.expect("redis");
+        deadpool_redis::redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default()
+    }
+
     /// Stops the roles (as SIGTERM would), then removes the test's queues and keys.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
@@ -395,4 +436,42 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     true
+}
+
+/// A role running as a child process.
+pub struct ChildRole {
+    child: tokio::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl ChildRole {
+    /// SIGTERM: the graceful stop an orchestrator sends.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running child").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGKILL: the process dies on the spot, mid-whatever.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("child did not exit in time")
+            .expect("wait")
+    }
+}
+
+impl Drop for ChildRole {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

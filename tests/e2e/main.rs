@@ -3,4 +3,6 @@
 //! test has its own queue and key prefix and removes them when it ends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
+mod crash;
 mod pipeline;
+mod worker;

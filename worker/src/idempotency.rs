@@ -66,7 +66,9 @@ end
 local previous = ''
 if state == 'leased' then
   local until_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if until_ms > now and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  -- A live lease excludes every other claim, also one from the same process: two copies of
+  -- an event handled at once by one worker must not both call Dify.
+  if until_ms > now then
     return {'held', tostring(until_ms - now)}
   end
   previous = redis.call('HGET', KEYS[1], 'ids') or ''

@@ -16,9 +16,9 @@ use shared::Services;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Problems in the config that only the worker sees (none beyond loading, today).
-pub fn validate(_config: &Config) -> Vec<ConfigIssue> {
-    Vec::new()
+/// Problems in the config that only the worker sees: each app's inputs mapping.
+pub fn validate(config: &Config) -> Vec<ConfigIssue> {
+    config.apps.iter().flat_map(dify::validate_inputs).collect()
 }
 
 /// Consumes the work queue until `shutdown`, then lets calls in flight finish (within
@@ -32,6 +32,8 @@ pub async fn run(
         // Dify answers slowly; keep connections for the many calls in flight.
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
+        // No overall timeout here: each app's `timeout` bounds its whole call (or stream).
+        .connect_timeout(std::time::Duration::from_secs(5))
         .build()?;
     let dify = dify::DifyClient::new(http, &config.apps);
     let owner = format!(

@@ -139,7 +139,8 @@ impl Worker {
                     source.group_conversation,
                     &self.services.store,
                 );
-                let holder = event.id.to_string();
+                // Unique per claim, so two copies of one event cannot share a turn.
+                let holder = format!("{}:{token}", event.id);
                 match self
                     .conversations
                     .take_turn(&conv, &holder, self.idem.lease() * 2 + app.timeout)
@@ -556,16 +557,11 @@ fn attempt_of(
     at: chrono::DateTime<chrono::Utc>,
     duration_ms: u64,
 ) -> Attempt {
-    let (status, code) = match error {
-        DifyError::Http { status, code, .. } => (Some(*status), code.clone()),
-        DifyError::Stream { code, .. } => (Some(200), code.clone()),
-        _ => (None, None),
-    };
     Attempt {
         at,
         outcome: class_word(class).into(),
-        status,
-        code,
+        status: error.status(),
+        code: error.code().map(str::to_owned),
         error: Some(error.to_string()),
         excerpt: None,
         duration_ms,

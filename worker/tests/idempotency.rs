@@ -145,3 +145,23 @@ async fn a_released_event_can_be_claimed_again() {
     ));
     cleanup(&s, &key).await;
 }
+
+#[tokio::test]
+async fn a_live_lease_holds_even_against_its_own_process() {
+    // Two copies of one event handled at once by one worker must not both call Dify.
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let a = Idempotency::new(
+        s.clone(),
+        "same".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-self");
+    assert!(matches!(
+        a.claim(&key).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    assert!(matches!(a.claim(&key).await.unwrap(), Claim::Held(_)));
+    cleanup(&s, &key).await;
+}
