@@ -1,7 +1,7 @@
 //! Which dead letters a command is about: the `--source --target --stage --reason --since
 //! --until --grep` filters, how their words and times are read, and where in the stream a read
 //! may start. Pure: the caller supplies "now", and nothing here touches the broker.
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::{Reason, Stage};
 
@@ -104,10 +104,16 @@ impl Filter {
             self.reasons.iter().map(|r| r.as_str().to_owned()).collect(),
         );
         if let Some(t) = self.since {
-            parts.push(format!("--since {}", t.to_rfc3339()));
+            parts.push(format!(
+                "--since {}",
+                t.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
         }
         if let Some(t) = self.until {
-            parts.push(format!("--until {}", t.to_rfc3339()));
+            parts.push(format!(
+                "--until {}",
+                t.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
         }
         if let Some(g) = &self.grep {
             parts.push(format!("--grep {g:?}"));
@@ -394,7 +400,7 @@ mod tests {
         assert_eq!(Filter::default().start(), Start::First);
         assert_eq!(
             f.describe(),
-            "--reason exhausted --since 2023-11-14T22:30:00+00:00"
+            "--reason exhausted --since 2023-11-14T22:30:00Z"
         );
         assert_eq!(Filter::default().describe(), "no filter");
     }

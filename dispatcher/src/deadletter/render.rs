@@ -21,7 +21,8 @@ pub fn time(t: DateTime<Utc>) -> String {
 
 fn table(width: Option<u16>) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY);
+    // Plain columns, like kubectl: easy to read, grep and cut.
+    t.load_preset(presets::NOTHING);
     match width {
         Some(w) => {
             t.set_width(w)
@@ -33,6 +34,14 @@ fn table(width: Option<u16>) -> Table {
         }
     }
     t
+}
+
+/// The table as text, without the padding comfy-table leaves at the end of each line.
+fn finish(t: &Table) -> String {
+    t.lines()
+        .map(|l| l.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn short(s: &str, max: usize) -> String {
@@ -91,7 +100,7 @@ pub fn list_table(items: &[ListItem], width: Option<u16>) -> String {
             Cell::new(short(&s.error, 80)),
         ]);
     }
-    t.to_string()
+    finish(&t)
 }
 
 /// Where a letter sits in the store and what replays it had, next to it in `export`.
@@ -306,7 +315,7 @@ pub fn stats(s: &Stats, width: Option<u16>) -> String {
             ]);
         }
         out.push('\n');
-        out.push_str(&t.to_string());
+        out.push_str(&finish(&t));
         out.push('\n');
     }
     out
@@ -343,7 +352,7 @@ pub fn audit_table(runs: &[Run], width: Option<u16>) -> String {
             Cell::new(r.state.as_str()),
         ]);
     }
-    t.to_string()
+    finish(&t)
 }
 
 /// `dlq audit ID`: one run in full, with the dead letters it sent and those that failed.
