@@ -216,3 +216,80 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         }]),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use testkit::{issue_keys, source};
+
+    /// Minimal settings of every platform, and the key an empty block misses first.
+    fn minimal(platform: &str) -> (serde_json::Value, &'static str) {
+        match platform {
+            "standard" => (
+                json!({"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+                "secret",
+            ),
+            "bearer" => (json!({"token": "t"}), "token"),
+            "wecom" => (
+                json!({"token": "t", "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "receive_id": ""}),
+                "token",
+            ),
+            "dingtalk" => (json!({"app_secret": "s"}), "app_secret"),
+            "feishu" | "lark" => (json!({"verification_token": "t"}), "verification_token"),
+            "slack" => (json!({"signing_secret": "s"}), "signing_secret"),
+            "telegram" => (json!({"secret_token": "s"}), "secret_token"),
+            "github" => (json!({"secret": "s"}), "secret"),
+            "hmac" => (
+                json!({"secret": "s", "header": "X-Sig", "algorithm": "sha256", "encoding": "hex"}),
+                "secret",
+            ),
+            other => panic!("no minimal settings for {other}"),
+        }
+    }
+
+    #[test]
+    fn every_platform_builds_and_names_its_missing_and_unknown_keys() {
+        for word in PLATFORMS {
+            let (settings, first_required) = minimal(word);
+            let built = build(&source(word, 300, settings.clone()))
+                .unwrap_or_else(|e| panic!("{word}: {e:?}"));
+            assert_eq!(built.name(), *word);
+            let issues = build(&source(word, 300, json!({}))).unwrap_err();
+            assert!(
+                issue_keys(&issues).contains(&format!("sources.src.{first_required}")),
+                "{word}: {issues:?}"
+            );
+            let mut typo = settings;
+            typo["sekret"] = json!("x");
+            assert_eq!(
+                issue_keys(&build(&source(word, 300, typo)).unwrap_err()),
+                ["sources.src.sekret"],
+                "{word}"
+            );
+        }
+        let issues = build(&source("carrier-pigeon", 300, json!({}))).unwrap_err();
+        assert_eq!(issue_keys(&issues), ["sources.src.platform"]);
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        for word in PLATFORMS {
+            let (mut settings, _) = minimal(word);
+            for v in settings.as_object_mut().unwrap().values_mut() {
+                if v == "s" || v == "t" {
+                    *v = json!("zzsecretzz");
+                }
+            }
+            let shown = format!("{:?}", build(&source(word, 300, settings)).unwrap());
+            for secret in [
+                "zzsecretzz",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+            ] {
+                assert!(!shown.contains(secret), "{word}: {shown}");
+            }
+        }
+    }
+}
