@@ -200,24 +200,29 @@ impl Dispatcher {
             Destination::Target { id } => id.clone(),
             Destination::Reply { .. } => format!("reply:{}", job.payload.source),
         };
-        match self.breaker.gate(&breaker_key).await {
+        let probe = match self.breaker.gate(&breaker_key).await {
             Ok(Gate::Open { wait }) => {
                 tracing::info!(?wait, "target paused by its circuit breaker");
                 return self.defer(&job, wait).await;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "breaker state unavailable; delivering anyway"),
-        }
+            Ok(gate) => gate == Gate::Probe,
+            Err(e) => {
+                tracing::warn!(error = %e, "breaker state unavailable; delivering anyway");
+                false
+            }
+        };
         if !route.rates.is_empty() {
             match self.limiter.acquire(&breaker_key, &route.rates).await {
                 Ok(Admission::Go) => {}
                 Ok(Admission::Wait(wait)) => {
                     metrics::counter!("switchboard_dispatch_total", "outcome" => "rate_limited")
                         .increment(1);
+                    self.give_back_probe(probe, &breaker_key).await;
                     return self.defer(&job, wait).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rate limiter unavailable; job waits");
+                    self.give_back_probe(probe, &breaker_key).await;
                     return self.defer(&job, Duration::from_secs(5)).await;
                 }
             }
@@ -233,6 +238,7 @@ impl Dispatcher {
             .await
             .unwrap_or(Some("OK".into()));
         if locked.is_none() {
+            self.give_back_probe(probe, &breaker_key).await;
             return self.defer(&job, Duration::from_secs(5)).await;
         }
         drop(conn);
@@ -242,9 +248,20 @@ impl Dispatcher {
         tracing::info!(verdict = target::verdict_word(&outcome.verdict), status = ?outcome.attempt.status, code = ?outcome.attempt.code, "attempt");
         let verdict = outcome.verdict.clone();
         job.attempts.push(outcome.attempt);
+        // The breaker watches whether the receiver is reachable and working: a refusal or a
+        // "slow down" is an answer (alive), a retryable failure is not; a refused token says
+        // nothing about the receiver.
+        match &verdict {
+            Verdict::Delivered | Verdict::Wait { .. } | Verdict::Permanent => {
+                let _ = self.breaker.record(&breaker_key, true).await;
+            }
+            Verdict::Retry { .. } => {
+                let _ = self.breaker.record(&breaker_key, false).await;
+            }
+            Verdict::TokenInvalid => self.give_back_probe(probe, &breaker_key).await,
+        }
         let settle = match verdict {
             Verdict::Delivered => {
-                let _ = self.breaker.record(&breaker_key, true).await;
                 match store.conn().await {
                     Ok(mut c) => {
                         let _: Result<(), _> = c
@@ -266,7 +283,6 @@ impl Dispatcher {
                     Verdict::Retry { retry_after } => retry_after,
                     _ => None,
                 };
-                let _ = self.breaker.record(&breaker_key, false).await;
                 let failed = failed_attempts(&job);
                 match route
                     .policy
@@ -293,6 +309,14 @@ impl Dispatcher {
             let _: Result<(), _> = c.del(&lock_key).await;
         }
         settle
+    }
+
+    /// A job that was let through as the breaker's probe but is parked instead of sent gives
+    /// the probe back, so another process may probe at once.
+    async fn give_back_probe(&self, probe: bool, breaker_key: &str) {
+        if probe {
+            let _ = self.breaker.release_probe(breaker_key).await;
+        }
     }
 
     async fn defer(&self, job: &DispatchJob, wait: Duration) -> Settle {
