@@ -7,7 +7,9 @@
 //! `content` is a JSON string inside the event. Replies go through the open API (the dispatcher,
 //! with `app_id`/`app_secret`/`api_base`, accepted and ignored here). It must not do I/O.
 use super::sender::SignedRequest;
-use super::verify::{check_window, ct_eq, json_at, json_body, json_str, SourceKeys, B64_LENIENT};
+use super::verify::{
+    check_window_text, ct_eq, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
+};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
@@ -173,8 +175,7 @@ impl Feishu {
         ) {
             return Err(Rejection::BadSignature);
         }
-        let ts: i64 = ts.trim().parse().map_err(|_| Rejection::StaleTimestamp)?;
-        check_window(ts, req.now, self.max_skew_secs)?;
+        check_window_text(ts, req.now, self.max_skew_secs)?;
         Ok(true)
     }
 

@@ -9,7 +9,7 @@
 //! (accepted and ignored here). It must not do I/O.
 use super::sender::SignedRequest;
 use super::verify::{
-    check_window, ct_eq, hmac_sha256, json_body, json_str, looks_like_json, SourceKeys,
+    check_window_text, ct_eq, hmac_sha256, json_body, json_str, looks_like_json, SourceKeys,
 };
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::{Method, StatusCode};
@@ -76,8 +76,7 @@ impl Platform for Slack {
         ) {
             return Err(Rejection::BadSignature);
         }
-        let ts: i64 = ts.trim().parse().map_err(|_| Rejection::StaleTimestamp)?;
-        check_window(ts, req.now, self.max_skew_secs)?;
+        check_window_text(ts, req.now, self.max_skew_secs)?;
         let form = match req.header("content-type") {
             Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => true,
             Some(ct) if ct.starts_with("application/json") => false,

@@ -64,12 +64,27 @@ pub fn check_window(ts_secs: i64, now: DateTime<Utc>, max_skew_secs: u64) -> Res
     if max_skew_secs == 0 {
         return Ok(());
     }
-    let skew = (now.timestamp() - ts_secs).unsigned_abs();
-    if skew > max_skew_secs {
+    // In i128: a forged timestamp near i64::MIN must not overflow the subtraction.
+    let skew = (i128::from(now.timestamp()) - i128::from(ts_secs)).unsigned_abs();
+    if skew > u128::from(max_skew_secs) {
         Err(Rejection::StaleTimestamp)
     } else {
         Ok(())
     }
+}
+
+/// [`check_window`] for a timestamp as sent (seconds, as text). With the window disabled the text
+/// is not read at all; otherwise text that is not an integer is refused as stale.
+pub fn check_window_text(
+    ts: &str,
+    now: DateTime<Utc>,
+    max_skew_secs: u64,
+) -> Result<(), Rejection> {
+    if max_skew_secs == 0 {
+        return Ok(());
+    }
+    let ts: i64 = ts.trim().parse().map_err(|_| Rejection::StaleTimestamp)?;
+    check_window(ts, now, max_skew_secs)
 }
 
 /// Parses a body as JSON, or says it is malformed.
@@ -202,7 +217,7 @@ pub fn check_window_ms(
     if max_skew_secs == 0 {
         return Ok(());
     }
-    let skew_ms = (now.timestamp_millis() as i128 - ts_ms as i128).unsigned_abs();
+    let skew_ms = (i128::from(now.timestamp_millis()) - i128::from(ts_ms)).unsigned_abs();
     if skew_ms > u128::from(max_skew_secs) * 1000 {
         Err(Rejection::StaleTimestamp)
     } else {
@@ -232,4 +247,48 @@ fn scalar_text(value: &serde_json::Value) -> Option<String> {
 /// A field at a `/`-separated JSON pointer, as text (see [`json_str`]).
 pub fn json_at(value: &serde_json::Value, pointer: &str) -> Option<String> {
     scalar_text(value.pointer(pointer)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn windows_table() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let secs = [
+            (1_700_000_000, 300, true),
+            (1_699_999_700, 300, true),
+            (1_699_999_699, 300, false),
+            (1_700_000_301, 300, false),
+            (i64::MIN, 300, false),
+            (i64::MAX, 300, false),
+            (i64::MIN, 0, true),
+        ];
+        for (ts, skew, ok) in secs {
+            assert_eq!(check_window(ts, now, skew).is_ok(), ok, "{ts} {skew}");
+            assert_eq!(
+                check_window_ms(ts, now, skew).is_ok(),
+                ok && skew == 0,
+                "{ts} ms"
+            );
+            assert_eq!(
+                check_window_text(&ts.to_string(), now, skew).is_ok(),
+                ok,
+                "{ts} text"
+            );
+        }
+        assert!(
+            check_window_text("soon", now, 0).is_ok(),
+            "no window: the text is not read"
+        );
+        assert_eq!(
+            check_window_text("soon", now, 300),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert!(check_window_ms(1_700_000_000_000 + 300_000, now, 300).is_ok());
+        assert!(check_window_ms(1_700_000_000_000 + 300_001, now, 300).is_err());
+    }
 }

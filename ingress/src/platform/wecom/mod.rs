@@ -86,10 +86,7 @@ impl Wecom {
         ) {
             return Err(Rejection::BadSignature);
         }
-        if self.max_skew_secs != 0 {
-            let ts: i64 = ts.trim().parse().map_err(|_| Rejection::StaleTimestamp)?;
-            super::verify::check_window(ts, req.now, self.max_skew_secs)?;
-        }
+        super::verify::check_window_text(&ts, req.now, self.max_skew_secs)?;
         Ok(())
     }
 
