@@ -542,17 +542,29 @@ async fn an_expired_access_token_is_refreshed_once_and_the_send_retried() {
 async fn concurrent_deliveries_fetch_one_token() {
     let env = Env::new().await;
     let wecom = env.reply(&wecom_source());
+    // A second pool on the same prefix: as another dispatcher process would be.
+    let other = Context {
+        http: env.ctx.http.clone(),
+        store: Store::new(&RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            prefix: env.ctx.store.prefix().to_owned(),
+            pool_size: 16,
+        })
+        .unwrap(),
+    };
     let mut tasks = Vec::new();
     for i in 0..12 {
-        let (t, ctx) = (wecom.clone(), env.ctx.clone());
-        let job = reply_job(
-            &format!("m{i}"),
-            ReplyHandle::Wecom {
-                to_user: format!("u{i}"),
-                agent_id: None,
-            },
-            ChatType::Single,
-        );
+        let t = wecom.clone();
+        let ctx = if i % 2 == 0 {
+            env.ctx.clone()
+        } else {
+            other.clone()
+        };
+        let handle = ReplyHandle::Wecom {
+            to_user: format!("u{i}"),
+            agent_id: None,
+        };
+        let job = reply_job(&format!("m{i}"), handle, ChatType::Single);
         tasks.push(tokio::spawn(
             async move { t.deliver(&job, &ctx).await.verdict },
         ));
@@ -563,7 +575,7 @@ async fn concurrent_deliveries_fetch_one_token() {
     assert_eq!(
         env.p.token_fetches("wecom"),
         1,
-        "one process fetched, the others waited for it"
+        "one process fetched, the others waited for its token"
     );
     assert_eq!(env.p.texts(api::WECOM_APP).len(), 12);
     env.cleanup().await;

@@ -70,8 +70,8 @@ pub struct DingtalkReply {
 /// How one part goes out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
-    /// The session webhook (its URL) with this body.
-    Session(String, Value),
+    /// The session webhook (its URL, a credential) with this body.
+    Session(Secret, Value),
     /// The robot API: path under `api_base` and body.
     Robot(&'static str, Value),
     /// Neither is possible: why.
@@ -132,7 +132,7 @@ impl DingtalkReply {
             // An unknown expiry is taken as valid: DingTalk will say if it is not.
             if session_webhook_expires_at.is_none_or(|at| at - margin > now_ms) {
                 return Route::Session(
-                    url.clone(),
+                    Secret::new(url.clone()),
                     json!({ "msgtype": "text", "text": { "content": text } }),
                 );
             }
@@ -229,9 +229,12 @@ impl Target for DingtalkReply {
             Box::pin(async move {
                 match route {
                     Route::Session(url, body) => {
-                        send(ctx.http.post(url).json(&body), dingtalk_robot::classify)
-                            .await
-                            .0
+                        send(
+                            ctx.http.post(url.expose()).json(&body),
+                            dingtalk_robot::classify,
+                        )
+                        .await
+                        .0
                     }
                     Route::Robot(path, body) => {
                         let Some(app) = &self.app else {
@@ -287,7 +290,7 @@ mod tests {
         let with_app = reply("app_key = \"ding1\"");
         let now = 1_700_000_000_000;
         let session = Route::Session(
-            "https://oapi.dingtalk.com/robot/sendBySession?session=S".into(),
+            Secret::new("https://oapi.dingtalk.com/robot/sendBySession?session=S"),
             json!({"msgtype": "text", "text": {"content": "hi"}}),
         );
         let one_to_one = Route::Robot(
