@@ -1,3 +1,6 @@
+//! Tests of the `slack` platform: official vectors where the platform publishes them, round trips
+//! through its own signing helpers, and tables of good, tampered, missing, stale, malformed and
+//! ignored requests.
 use super::*;
 use crate::platform::testkit::{at, event, issue_keys, outcome, source};
 
