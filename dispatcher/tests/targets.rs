@@ -382,6 +382,11 @@ async fn a_long_answer_is_split_and_received_in_order() {
         let texts = env.p.texts(api_name);
         let n = texts.len();
         assert!(n >= 2, "{api_name}: {n} parts");
+        assert_eq!(
+            t.message_count(&job),
+            n,
+            "what the limiter is told matches what was sent"
+        );
         for (i, t) in texts.iter().enumerate() {
             assert!(
                 t.starts_with(&format!("({}/{n}) ", i + 1)),

@@ -161,6 +161,10 @@ impl Target for DingtalkRobot {
         })
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, self.limit()).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let parts = split(&job.payload.answer.text, self.limit());
         deliver_parts(job, ctx, &parts, |i, part| {

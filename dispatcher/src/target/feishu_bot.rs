@@ -168,6 +168,10 @@ impl Target for FeishuBot {
         ]
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        self.parts(&job.payload.answer.text).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {

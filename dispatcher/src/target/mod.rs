@@ -77,6 +77,11 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn default_rates(&self) -> Vec<Rate> {
         self.default_rate().into_iter().collect()
     }
+    /// How many platform messages the job becomes (a long answer is split): what a delivery
+    /// spends of the platform's limit.
+    fn message_count(&self, _job: &DispatchJob) -> usize {
+        1
+    }
     /// Renders and sends the job once; classifies the answer.
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;
 }
@@ -134,7 +139,11 @@ pub async fn send(
             let headers = resp.headers().clone();
             // Read at most what we keep: a receiver must not fill our memory.
             let body = read_capped(resp, 64 * 1024).await;
-            let answer = Answer { status, headers, body };
+            let answer = Answer {
+                status,
+                headers,
+                body,
+            };
             let verdict = classify(&answer);
             let attempt = Attempt {
                 at,
@@ -158,7 +167,13 @@ pub async fn send(
                 excerpt: None,
                 duration_ms: started.elapsed().as_millis() as u64,
             };
-            (Outcome { verdict: Verdict::Retry { retry_after: None }, attempt }, None)
+            (
+                Outcome {
+                    verdict: Verdict::Retry { retry_after: None },
+                    attempt,
+                },
+                None,
+            )
         }
     }
 }
@@ -228,14 +243,20 @@ pub fn errcode(body: &[u8]) -> Option<String> {
         }
     }
     match (v.get("ok"), v.get("error")) {
-        (Some(serde_json::Value::Bool(false)), Some(serde_json::Value::String(e))) => Some(e.clone()),
+        (Some(serde_json::Value::Bool(false)), Some(serde_json::Value::String(e))) => {
+            Some(e.clone())
+        }
         _ => None,
     }
 }
 
 /// `Retry-After` in seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -250,7 +271,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 pub fn classify_http(answer: &Answer) -> Verdict {
     match answer.status {
         200..=299 => Verdict::Delivered,
-        408 | 429 | 500..=599 => Verdict::Retry { retry_after: retry_after(&answer.headers) },
+        408 | 429 | 500..=599 => Verdict::Retry {
+            retry_after: retry_after(&answer.headers),
+        },
         300..=399 => Verdict::Retry { retry_after: None },
         _ => Verdict::Permanent,
     }
@@ -265,7 +288,11 @@ mod tests {
         if let Some(r) = retry {
             headers.insert(reqwest::header::RETRY_AFTER, r.parse().unwrap());
         }
-        Answer { status, headers, body: Bytes::new() }
+        Answer {
+            status,
+            headers,
+            body: Bytes::new(),
+        }
     }
 
     #[test]
@@ -280,9 +307,21 @@ mod tests {
             (404, None, Verdict::Permanent),
             (408, None, Verdict::Retry { retry_after: None }),
             (410, None, Verdict::Permanent),
-            (429, Some("7"), Verdict::Retry { retry_after: Some(s(7)) }),
+            (
+                429,
+                Some("7"),
+                Verdict::Retry {
+                    retry_after: Some(s(7)),
+                },
+            ),
             (500, None, Verdict::Retry { retry_after: None }),
-            (503, Some("120"), Verdict::Retry { retry_after: Some(s(120)) }),
+            (
+                503,
+                Some("120"),
+                Verdict::Retry {
+                    retry_after: Some(s(120)),
+                },
+            ),
         ];
         for (status, ra, want) in cases {
             assert_eq!(classify_http(&answer(status, ra)), want, "{status}");
@@ -291,9 +330,15 @@ mod tests {
 
     #[test]
     fn errcodes_are_found_in_platform_bodies() {
-        assert_eq!(errcode(br#"{"errcode":45009,"errmsg":"x"}"#).as_deref(), Some("45009"));
+        assert_eq!(
+            errcode(br#"{"errcode":45009,"errmsg":"x"}"#).as_deref(),
+            Some("45009")
+        );
         assert_eq!(errcode(br#"{"code":11232}"#).as_deref(), Some("11232"));
-        assert_eq!(errcode(br#"{"ok":false,"error":"ratelimited"}"#).as_deref(), Some("ratelimited"));
+        assert_eq!(
+            errcode(br#"{"ok":false,"error":"ratelimited"}"#).as_deref(),
+            Some("ratelimited")
+        );
         assert_eq!(errcode(b"plain"), None);
     }
 }

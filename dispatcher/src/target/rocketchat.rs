@@ -67,6 +67,10 @@ impl Target for RocketChat {
         None
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, LIMIT).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let parts = split(&job.payload.answer.text, LIMIT);
         deliver_parts(job, ctx, &parts, |_, part| {

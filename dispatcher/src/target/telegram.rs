@@ -112,6 +112,10 @@ impl Target for Telegram {
         }
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, LIMIT).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let parts = split(&job.payload.answer.text, LIMIT);
         let url = send_message_url(&self.api_base, &self.token);

@@ -209,6 +209,10 @@ impl Target for DingtalkReply {
         None
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, LIMIT).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let Destination::Reply {
             handle: handle @ ReplyHandle::Dingtalk { .. },

@@ -155,6 +155,10 @@ impl Target for FeishuReply {
         None
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, LIMIT).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let Destination::Reply {
             handle: ReplyHandle::Feishu { message_id, .. },

@@ -134,6 +134,10 @@ impl Target for WecomReply {
         None
     }
 
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        split(&job.payload.answer.text, LIMIT).len()
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let Destination::Reply {
             handle: ReplyHandle::Wecom { to_user, agent_id },
