@@ -211,6 +211,14 @@ mod tests {
             sign("secret", 1_700_000_000_000),
             "OuzzJR5+xZ4/EYwqtNt6sMYZQMTa/HEGvc9miJe7XzY="
         );
+        // The custom robot puts it in the query, URL-encoded.
+        let encoded: String =
+            url::form_urlencoded::byte_serialize(sign("secret", 1_700_000_000_000).as_bytes())
+                .collect();
+        assert_eq!(
+            encoded,
+            "OuzzJR5%2BxZ4%2FEYwqtNt6sMYZQMTa%2FHEGvc9miJe7XzY%3D"
+        );
     }
 
     fn platform(max_skew_secs: u64) -> Dingtalk {
