@@ -64,6 +64,14 @@ end
 return redis.call('PTTL', KEYS[1])
 "#;
 
+// KEYS[1] lock. ARGV: holder, ttl_ms. Extends the turn only if we hold it.
+const RENEW_TURN: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 // KEYS[1] lock. ARGV: holder. Gives the turn back only if we hold it.
 const END_TURN: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -122,6 +130,23 @@ impl Conversations {
             .invoke_async(&mut c)
             .await?;
         Ok((pttl >= 0).then(|| Duration::from_millis(pttl as u64)))
+    }
+
+    /// Extends our turn while the call runs (the turn lapses with its holder's lease).
+    pub async fn renew_turn(
+        &self,
+        key: &ConversationKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.store.conn().await?;
+        let renewed: i64 = Script::new(RENEW_TURN)
+            .key(format!("{}:turn", key.key))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(renewed == 1)
     }
 
     pub async fn end_turn(&self, key: &ConversationKey, holder: &str) -> Result<(), StoreError> {

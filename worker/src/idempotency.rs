@@ -37,8 +37,9 @@ pub enum Claim {
     Done(Box<Answer>),
     /// Another live worker holds the lease; come back after this long.
     Held(Duration),
-    /// This worker holds the lease with `token`. `previous` holds the ids a previous owner
-    /// recorded before its lease lapsed (it died mid-call): recover before calling again.
+    /// This worker holds the lease with `token`. `previous` holds the ids an earlier owner
+    /// recorded (it died mid-call, or gave the claim back before calling): recover before
+    /// calling again.
     Acquired {
         token: i64,
         previous: Option<RunIds>,
@@ -63,7 +64,6 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' then
   return {'done', redis.call('HGET', KEYS[1], 'answer')}
 end
-local previous = ''
 if state == 'leased' then
   local until_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   -- A live lease excludes every other claim, also one from the same process: two copies of
@@ -71,11 +71,12 @@ if state == 'leased' then
   if until_ms > now then
     return {'held', tostring(until_ms - now)}
   end
-  previous = redis.call('HGET', KEYS[1], 'ids') or ''
 end
+-- Ids a previous owner recorded stay until a new call records its own (or a failed call
+-- clears them): a claim given back before calling must not lose them.
+local previous = redis.call('HGET', KEYS[1], 'ids') or ''
 local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('HSET', KEYS[1], 'state', 'leased', 'owner', ARGV[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
-redis.call('HDEL', KEYS[1], 'ids')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'acquired', tostring(token), previous}
 "#;
@@ -111,13 +112,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
-// KEYS[1]. ARGV: token. Gives the event up (a failed call) so the next attempt may claim it.
+// KEYS[1]. ARGV: token, clear ('1' after a failed call: its run's ids are worthless).
+// Gives the event up so the next attempt may claim it.
 const RELEASE: &str = r#"
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', 'free')
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'ids')
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[1], 'ids')
+end
 return 1
 "#;
 
@@ -191,8 +196,15 @@ impl Idempotency {
         .await
     }
 
+    /// Gives the claim back before calling Dify: ids a previous owner recorded are kept for
+    /// the next claim to recover.
     pub async fn release(&self, key: &str, token: i64) -> Result<bool, StoreError> {
-        self.fenced(RELEASE, key, token, &[]).await
+        self.fenced(RELEASE, key, token, &["0"]).await
+    }
+
+    /// Gives the claim back after a failed call: that run's ids are cleared.
+    pub async fn release_failed(&self, key: &str, token: i64) -> Result<bool, StoreError> {
+        self.fenced(RELEASE, key, token, &["1"]).await
     }
 
     async fn fenced(

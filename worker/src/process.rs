@@ -141,9 +141,11 @@ impl Worker {
                 );
                 // Unique per claim, so two copies of one event cannot share a turn.
                 let holder = format!("{}:{token}", event.id);
+                // The turn lasts as long as the lease and is renewed with it, so a dead
+                // worker's turn lapses with its claim.
                 match self
                     .conversations
-                    .take_turn(&conv, &holder, self.idem.lease() * 2 + app.timeout)
+                    .take_turn(&conv, &holder, self.idem.lease())
                     .await
                 {
                     Ok(None) => {}
@@ -161,46 +163,44 @@ impl Worker {
                         return self.defer(&event, Duration::from_secs(5)).await;
                     }
                 }
-                let settle = self
-                    .answer(event, source, app, &key, token, previous, &conv)
+                let claimed = Claimed {
+                    key,
+                    token,
+                    conv,
+                    holder,
+                };
+                let settle = self.answer(event, source, app, &claimed, previous).await;
+                let _ = self
+                    .conversations
+                    .end_turn(&claimed.conv, &claimed.holder)
                     .await;
-                let _ = self.conversations.end_turn(&conv, &holder).await;
                 settle
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         mut event: InboundEvent,
         source: &SourceConfig,
         app: &AppConfig,
-        key: &str,
-        token: i64,
+        claimed: &Claimed,
         previous: Option<RunIds>,
-        conv: &ConversationKey,
     ) -> Settle {
+        let (key, token, conv) = (claimed.key.as_str(), claimed.token, &claimed.conv);
         if let Some(prev) = previous.filter(RunIds::identifies_run) {
             match self.resume(app, key, token, &prev).await {
                 Resume::Answer(answer) => {
                     return self
-                        .finish(
-                            &event,
-                            source,
-                            key,
-                            token,
-                            conv,
-                            *answer,
-                            Timings::default(),
-                        )
+                        .finish(&event, source, claimed, *answer, Timings::default())
                         .await;
                 }
                 Resume::Wait => {
-                    // The run may still be going in Dify: don't start a second one. Our lease
-                    // lapses and the next claim recovers again.
-                    let _ = self.idem.record_ids(key, token, &prev).await;
-                    return self.defer(&event, Duration::from_secs(5)).await;
+                    // The run may still be going in Dify: don't start a second one. The ids
+                    // stay recorded for the next claim, which asks Dify again.
+                    tracing::info!("the previous run may still be going in Dify; waiting for it");
+                    let _ = self.idem.release(key, token).await;
+                    return self.defer(&event, Duration::from_secs(2)).await;
                 }
                 Resume::CallAgain => {}
             }
@@ -227,9 +227,7 @@ impl Worker {
                 conversation_id: conversation_id.as_deref(),
                 trace_id: &trace_id,
             };
-            let result = self
-                .call_under_lease(&call, key, token, &conv.user, started_at)
-                .await;
+            let result = self.call_under_lease(&call, claimed, started_at).await;
             let dify_ms = started.elapsed().as_millis() as u64;
             metrics::histogram!("switchboard_dify_call_seconds", "app" => app.id.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -240,11 +238,7 @@ impl Worker {
                 answered_at: Some(chrono::Utc::now()),
             };
             let error = match result {
-                Ok(answer) => {
-                    return self
-                        .finish(&event, source, key, token, conv, answer, timings)
-                        .await
-                }
+                Ok(answer) => return self.finish(&event, source, claimed, answer, timings).await,
                 Err(e) => e,
             };
             let class = dify::classify(&error);
@@ -257,7 +251,7 @@ impl Worker {
                 conversation_id = None;
                 continue;
             }
-            let _ = self.idem.release(key, token).await;
+            let _ = self.idem.release_failed(key, token).await;
             event
                 .attempts
                 .push(attempt_of(&error, &class, started_at, dify_ms));
@@ -287,20 +281,22 @@ impl Worker {
         }
     }
 
-    /// Calls Dify while renewing the lease and recording Dify's ids as the stream reveals them.
+    /// Calls Dify while renewing the lease and the conversation's turn, and recording Dify's
+    /// ids as the stream reveals them.
     async fn call_under_lease(
         &self,
         call: &DifyCall<'_>,
-        key: &str,
-        token: i64,
-        user: &str,
+        claimed: &Claimed,
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Answer, DifyError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DifyIds>();
         let idem = self.idem.clone();
-        let key_owned = key.to_owned();
+        let conversations = self.conversations.clone();
+        let claimed = claimed.clone();
+        let token = claimed.token;
+        let key_owned = claimed.key.clone();
         let base = RunIds {
-            user: Some(user.to_owned()),
+            user: Some(claimed.conv.user.clone()),
             started_ms: Some(started_at.timestamp_millis()),
             ..Default::default()
         };
@@ -319,11 +315,14 @@ impl Worker {
                         }
                         None => break,
                     },
-                    _ = renew.tick() => match idem.renew(&key_owned, token).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!("lease lost during the call (taken over)"),
-                        Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
-                    },
+                    _ = renew.tick() => {
+                        match idem.renew(&key_owned, token).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!("lease lost during the call (taken over)"),
+                            Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+                        }
+                        let _ = conversations.renew_turn(&claimed.conv, &claimed.holder, idem.lease()).await;
+                    }
                 }
             }
         });
@@ -386,17 +385,15 @@ impl Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         event: &InboundEvent,
         source: &SourceConfig,
-        key: &str,
-        token: i64,
-        conv: &ConversationKey,
+        claimed: &Claimed,
         answer: Answer,
         timings: Timings,
     ) -> Settle {
+        let (key, token, conv) = (claimed.key.as_str(), claimed.token, &claimed.conv);
         // Store the conversation before the next message of it may be sent (we hold its turn).
         if let Some(cid) = &answer.conversation_id {
             if let Err(e) = self.conversations.set(conv, cid).await {
@@ -501,6 +498,16 @@ impl Worker {
             Err(_) => Settle::Requeue,
         }
     }
+}
+
+/// This worker's hold on an event: the idempotency claim and the conversation's turn.
+#[derive(Debug, Clone)]
+struct Claimed {
+    key: String,
+    token: i64,
+    conv: ConversationKey,
+    /// Who holds the conversation's turn: unique per claim.
+    holder: String,
 }
 
 enum Resume {

@@ -165,3 +165,38 @@ async fn a_live_lease_holds_even_against_its_own_process() {
     assert!(matches!(a.claim(&key).await.unwrap(), Claim::Held(_)));
     cleanup(&s, &key).await;
 }
+
+#[tokio::test]
+async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let a = Idempotency::new(
+        s.clone(),
+        "a".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-keep");
+    let Claim::Acquired { token, .. } = a.claim(&key).await.unwrap() else {
+        panic!()
+    };
+    let ids = RunIds {
+        workflow_run_id: Some("run-1".into()),
+        ..Default::default()
+    };
+    assert!(a.record_ids(&key, token, &ids).await.unwrap());
+    assert!(a.release(&key, token).await.unwrap());
+    let Claim::Acquired { token, previous } = a.claim(&key).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(previous, Some(ids), "kept for the next claim to recover");
+    assert!(a.release_failed(&key, token).await.unwrap());
+    assert!(
+        matches!(
+            a.claim(&key).await.unwrap(),
+            Claim::Acquired { previous: None, .. }
+        ),
+        "a failed run's ids are cleared"
+    );
+    cleanup(&s, &key).await;
+}
