@@ -117,6 +117,8 @@ impl Dispatcher {
             ctx: Context {
                 http: crate::ssrf::client(d)?,
                 store: services.store.clone(),
+                allow_private: d.allow_private.clone(),
+                part_budget: None,
             },
             limiter: RateLimiter::new(services.store.clone()),
             breaker: Breaker::new(services.store.clone(), Default::default()),
@@ -242,7 +244,16 @@ impl Dispatcher {
             return self.defer(&job, Duration::from_secs(5)).await;
         }
         drop(conn);
-        let outcome = route.target.deliver(&job, &self.ctx).await;
+        let outcome = if route.rates.is_empty() {
+            route.target.deliver(&job, &self.ctx).await
+        } else {
+            // One admission, one message: a split answer sends one part per admission.
+            let ctx = Context {
+                part_budget: Some(1),
+                ..self.ctx.clone()
+            };
+            route.target.deliver(&job, &ctx).await
+        };
         metrics::histogram!("switchboard_delivery_seconds", "kind" => route.target.kind())
             .record(outcome.attempt.duration_ms as f64 / 1000.0);
         tracing::info!(verdict = target::verdict_word(&outcome.verdict), status = ?outcome.attempt.status, code = ?outcome.attempt.code, "attempt");

@@ -38,7 +38,13 @@ impl Env {
             .build()
             .unwrap();
         Self {
-            ctx: Context { http, store },
+            ctx: Context {
+                http,
+                store,
+                // The stand-ins are on loopback.
+                allow_private: vec!["127.0.0.0/8".parse().unwrap()],
+                part_budget: None,
+            },
             p: PlatformStandin::start().await.unwrap(),
         }
     }
@@ -556,6 +562,8 @@ async fn concurrent_deliveries_fetch_one_token() {
             pool_size: 16,
         })
         .unwrap(),
+        allow_private: env.ctx.allow_private.clone(),
+        part_budget: None,
     };
     let mut tasks = Vec::new();
     for i in 0..12 {

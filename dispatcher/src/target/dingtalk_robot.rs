@@ -173,7 +173,7 @@ impl Target for DingtalkRobot {
             let url = self.url_for(chrono::Utc::now().timestamp_millis());
             Box::pin(async move {
                 match url {
-                    Ok(url) => send(ctx.http.post(url).json(&body), classify).await.0,
+                    Ok(url) => send(ctx, ctx.http.post(url).json(&body), classify).await.0,
                     Err(_) => super::parts::local_outcome(
                         Verdict::Permanent,
                         "the robot URL is not a valid URL",

@@ -178,7 +178,7 @@ impl Target for FeishuBot {
             // Each part is signed at its own send time: Feishu refuses stale timestamps.
             let body = self.render(&part, chrono::Utc::now().timestamp());
             let request = ctx.http.post(self.url.expose()).json(&body);
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

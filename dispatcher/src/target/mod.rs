@@ -64,6 +64,12 @@ pub struct Context {
     /// The outbound client: no redirects, timeouts, SSRF-guarded resolver.
     pub http: reqwest::Client,
     pub store: Store,
+    /// Private networks receivers may nevertheless be on (`dispatcher.allow_private`): the
+    /// resolver checks names, [`send`] checks IP-literal hosts, which no resolver sees.
+    pub allow_private: Vec<ipnet::IpNet>,
+    /// At most this many parts of a split answer per delivery (`None`: all). A rate-limited
+    /// target gets 1: each part is its own admission, so no window exceeds the limit.
+    pub part_budget: Option<usize>,
 }
 
 /// One configured target (or a source's reply channel), ready to deliver.
@@ -128,12 +134,38 @@ pub fn build_reply(source: &SourceConfig) -> Result<Option<Arc<dyn Target>>, Vec
 /// Sends one request and turns what happened into an [`Outcome`] with `classify`. Transport
 /// failures (timeouts, refused connections, a guarded address) are retried, never permanent.
 pub async fn send(
+    ctx: &Context,
     request: reqwest::RequestBuilder,
     classify: impl FnOnce(&Answer) -> Verdict,
 ) -> (Outcome, Option<Answer>) {
     let started = Instant::now();
     let at = chrono::Utc::now();
-    match request.send().await {
+    let (client, request) = request.build_split();
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            let error = describe_transport_error(&e);
+            return (
+                parts::local_outcome(
+                    Verdict::Permanent,
+                    format!("cannot build the request: {error}"),
+                ),
+                None,
+            );
+        }
+    };
+    // An IP-literal host never reaches the guarded resolver: check it here, for every kind.
+    if let Err(refused) = crate::ssrf::check_url(request.url(), &ctx.allow_private) {
+        // The address will not change by retrying: an operator must fix the URL or allow it.
+        return (
+            parts::local_outcome(
+                Verdict::Permanent,
+                format!("refused by the SSRF guard: {refused}"),
+            ),
+            None,
+        );
+    }
+    match client.execute(request).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();

@@ -48,8 +48,21 @@ pub async fn deliver_parts<'a>(
             format!("all {n} parts were already delivered"),
         );
     }
+    let budget = ctx.part_budget.unwrap_or(usize::MAX).max(1);
     let mut last = None;
     for (i, part) in parts.iter().enumerate().skip(done) {
+        if i - done >= budget {
+            // The rest waits for its own admission from the rate limiter: back to the queue
+            // at once, without counting a failed attempt.
+            let mut outcome = local_outcome(
+                Verdict::Wait {
+                    wait: Duration::ZERO,
+                },
+                format!("part {i}/{n} delivered; the rest waits its turn"),
+            );
+            outcome.attempt.outcome = "partial".into();
+            return outcome;
+        }
         let mut outcome = send(i, part.clone()).await;
         if outcome.verdict != Verdict::Delivered {
             let what = format!("part {}/{n}", i + 1);

@@ -75,7 +75,7 @@ impl Target for RocketChat {
         let parts = split(&job.payload.answer.text, LIMIT);
         deliver_parts(job, ctx, &parts, |_, part| {
             let request = ctx.http.post(self.url.expose()).json(&self.render(&part));
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

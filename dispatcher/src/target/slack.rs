@@ -195,7 +195,7 @@ impl Target for Slack {
                     classify_api,
                 ),
             };
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

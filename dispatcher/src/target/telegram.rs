@@ -121,7 +121,7 @@ impl Target for Telegram {
         let url = send_message_url(&self.api_base, &self.token);
         deliver_parts(job, ctx, &parts, |_, part| {
             let request = ctx.http.post(&url).json(&self.render(&part));
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

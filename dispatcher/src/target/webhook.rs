@@ -20,15 +20,26 @@ pub struct Webhook {
 impl Webhook {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
-        let issue = |key: &str, problem: String| ConfigIssue { key: format!("targets.{}.{key}", t.id), problem };
+        let issue = |key: &str, problem: String| ConfigIssue {
+            key: format!("targets.{}.{key}", t.id),
+            problem,
+        };
         for k in t.settings.keys() {
             if !["url", "secret", "secrets", "headers"].contains(&k.as_str()) {
-                issues.push(issue(k, "is not a key of kind `webhook` (known: url, secret, secrets, headers)".into()));
+                issues.push(issue(
+                    k,
+                    "is not a key of kind `webhook` (known: url, secret, secrets, headers)".into(),
+                ));
             }
         }
         let url = match t.settings.get("url").and_then(|v| v.as_str()) {
             Some(u) => match Secret::resolve_embedded(u) {
-                Ok(s) if url::Url::parse(s.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => Some(s),
+                Ok(s)
+                    if url::Url::parse(s.expose())
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https")) =>
+                {
+                    Some(s)
+                }
                 Ok(_) => {
                     issues.push(issue("url", "must be an http:// or https:// URL".into()));
                     None
@@ -52,13 +63,19 @@ impl Webhook {
         }
         let mut keys = Vec::new();
         for r in &refs {
-            match Secret::resolve(r).map_err(|e| e.to_string()).and_then(|s| SigningKey::parse(s.expose())) {
+            match Secret::resolve(r)
+                .map_err(|e| e.to_string())
+                .and_then(|s| SigningKey::parse(s.expose()))
+            {
                 Ok(k) => keys.push(k),
                 Err(e) => issues.push(issue("secret", e)),
             }
         }
         if refs.is_empty() {
-            issues.push(issue("secret", "is required: receivers verify our signature (`whsec_…`)".into()));
+            issues.push(issue(
+                "secret",
+                "is required: receivers verify our signature (`whsec_…`)".into(),
+            ));
         }
         let headers = t
             .settings
@@ -113,6 +130,6 @@ impl Target for Webhook {
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        send(req, classify_http).await.0
+        send(ctx, req, classify_http).await.0
     }
 }

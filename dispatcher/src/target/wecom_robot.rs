@@ -131,7 +131,7 @@ impl Target for WecomRobot {
         deliver_parts(job, ctx, &parts, |i, part| {
             let body = self.render(&part, i == 0);
             let request = ctx.http.post(self.url.expose()).json(&body);
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

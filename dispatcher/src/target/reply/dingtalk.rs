@@ -234,6 +234,7 @@ impl Target for DingtalkReply {
                 match route {
                     Route::Session(url, body) => {
                         send(
+                            ctx,
                             ctx.http.post(url.expose()).json(&body),
                             dingtalk_robot::classify,
                         )
@@ -254,7 +255,7 @@ impl Target for DingtalkReply {
                                 .post(&url)
                                 .header("x-acs-dingtalk-access-token", token.expose())
                                 .json(&body);
-                            Box::pin(async move { send(request, classify_robot_api).await.0 })
+                            Box::pin(async move { send(ctx, request, classify_robot_api).await.0 })
                         })
                         .await
                     }

@@ -179,7 +179,7 @@ impl Target for FeishuReply {
                         .post(url.clone())
                         .bearer_auth(token.expose())
                         .json(&body);
-                    Box::pin(async move { send(request, classify).await.0 })
+                    Box::pin(async move { send(ctx, request, classify).await.0 })
                 })
                 .await
             })

@@ -78,8 +78,8 @@ impl Target for SlackReply {
             };
             Box::pin(async move {
                 match request {
-                    Ok((r, true)) => send(r, classify_webhook).await.0,
-                    Ok((r, false)) => send(r, classify_api).await.0,
+                    Ok((r, true)) => send(ctx, r, classify_webhook).await.0,
+                    Ok((r, false)) => send(ctx, r, classify_api).await.0,
                     Err(why) => local_outcome(Verdict::Permanent, why),
                 }
             })

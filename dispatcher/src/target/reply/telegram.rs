@@ -85,7 +85,7 @@ impl Target for TelegramReply {
                 ctx.http
                     .post(&url)
                     .json(&render(*chat_id, *message_id, topic, &part, i == 0));
-            Box::pin(async move { send(request, classify).await.0 })
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

@@ -160,7 +160,7 @@ impl Target for WecomReply {
                         .post(url)
                         .query(&[("access_token", token.expose())])
                         .json(&body);
-                    Box::pin(async move { send(request, classify).await.0 })
+                    Box::pin(async move { send(ctx, request, classify).await.0 })
                 })
                 .await
             })

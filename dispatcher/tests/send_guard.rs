@@ -1,0 +1,55 @@
+//! Every kind sends through `target::send`, which refuses IP-literal hosts in private ranges
+//! (no resolver sees them) unless `allow_private` lets them through.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use dispatcher::target::{send, Context, Verdict};
+use shared::config::RedisConfig;
+use shared::store::Store;
+use shared::Secret;
+
+fn ctx(allow: &[&str]) -> Context {
+    Context {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        store: Store::new(&RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            prefix: "guard".into(),
+            pool_size: 1,
+        })
+        .unwrap(),
+        allow_private: allow.iter().map(|a| a.parse().unwrap()).collect(),
+        part_budget: None,
+    }
+}
+
+#[tokio::test]
+async fn literal_loopback_urls_are_refused_unless_allowed() {
+    let receiver = standins::receiver::Receiver::start(None).await.unwrap();
+    let port = receiver.addr().port();
+    for url in [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/x"),
+    ] {
+        let c = ctx(&[]);
+        let (outcome, answer) =
+            send(&c, c.http.post(&url).body("{}"), |_| Verdict::Delivered).await;
+        assert_eq!(outcome.verdict, Verdict::Permanent, "{url}");
+        assert!(answer.is_none(), "no request was made to {url}");
+        let error = outcome.attempt.error.unwrap();
+        assert!(
+            error.contains("SSRF") && error.contains("loopback"),
+            "{error}"
+        );
+    }
+    assert_eq!(receiver.requests_for(""), 0, "the receiver saw nothing");
+    let c = ctx(&["127.0.0.0/8"]);
+    let url = format!("http://127.0.0.1:{port}/x");
+    let (outcome, _) = send(
+        &c,
+        c.http.post(&url).body("{}"),
+        dispatcher::target::classify_http,
+    )
+    .await;
+    assert_eq!(outcome.verdict, Verdict::Delivered, "allowed explicitly");
+}
