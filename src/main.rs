@@ -67,7 +67,14 @@ enum Roles {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    // `config check` reports the cross-checks together with every role's findings.
+    let checking = matches!(cli.command, Command::Config { .. });
+    let loaded = if checking {
+        Config::parse_file(&cli.config)
+    } else {
+        Config::load(&cli.config)
+    };
+    let config = match loaded {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprint!("{}: {e}", cli.config.display());
@@ -113,7 +120,8 @@ fn role_issues(config: &Config) -> Vec<ConfigIssue> {
 }
 
 fn config_check(config: &Config, path: &std::path::Path) -> ExitCode {
-    let issues = role_issues(config);
+    let mut issues = config.validate().err().map(|e| e.0).unwrap_or_default();
+    issues.extend(role_issues(config));
     if issues.is_empty() {
         println!(
             "{}: ok ({} sources, {} apps, {} targets)",

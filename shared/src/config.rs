@@ -415,6 +415,14 @@ pub const CONFIG_ENV: &str = "SWITCHBOARD_CONFIG";
 impl Config {
     /// Loads a config file, applies `SWITCHBOARD_SECTION__KEY` overrides and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::parse_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a config file with its overrides, without the cross-checks of
+    /// [`Config::validate`] (so that `config check` can report those with every other problem).
+    pub fn parse_file(path: &Path) -> Result<Self, ConfigError> {
         if !path.exists() {
             return Err(ConfigError::one(
                 "--config",
@@ -424,15 +432,19 @@ impl Config {
         Self::from_figment(Figment::from(Toml::file(path)))
     }
 
-    /// Parses a config from TOML text (tests, `config check -`), with the same overrides.
+    /// Parses and validates a config from TOML text (tests), with the same overrides.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(text)))
+        let config = Self::from_figment(Figment::from(Toml::string(text)))?;
+        config.validate()?;
+        Ok(config)
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let figment = figment.merge(
             Env::prefixed("SWITCHBOARD_")
-                .ignore(&["CONFIG"])
+                // Only SECTION__KEY names override: SWITCHBOARD_CONFIG, or a secret kept in
+                // SWITCHBOARD_AMQP_URL and referenced as `env:SWITCHBOARD_AMQP_URL`, are not keys.
+                .filter(|key| key.as_str().contains("__"))
                 .split("__")
                 .lowercase(true),
         );
@@ -451,7 +463,6 @@ impl Config {
                     .collect(),
             )
         })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -691,6 +702,16 @@ mod tests {
             Some("t")
         );
         assert_eq!(c.targets[0].rate.unwrap().count, 20);
+    }
+
+    #[test]
+    fn only_section_key_variables_override() {
+        std::env::set_var("SWITCHBOARD_TEST_ONLY_SECRET", "x");
+        std::env::set_var("SWITCHBOARD_WORKER__JITTER", "0.5");
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.worker.jitter, 0.5);
+        std::env::remove_var("SWITCHBOARD_WORKER__JITTER");
+        std::env::remove_var("SWITCHBOARD_TEST_ONLY_SECRET");
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! The `switchboard` binary as an operator meets it: `config check` on the configs we ship,
+//! errors that name the key and never echo a secret, and `topology` against the real broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::process::Command;
+
+fn switchboard(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args(args).env_remove("SWITCHBOARD_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run switchboard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_configs_pass_config_check() {
+    let (code, out, err) = switchboard(
+        &["--config", "deploy/quickstart.toml", "config", "check"],
+        &[("DIFY_API_KEY", "app-x")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok (1 sources, 1 apps, 1 targets)"), "{out}");
+    let secrets = [
+        ("SWITCHBOARD_AMQP_URL", "amqp://u:p@127.0.0.1:5672/%2f"),
+        ("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379"),
+        ("DIFY_SUPPORT_KEY", "app-1"),
+        ("WECOM_TOKEN", "QDG6eK"),
+        (
+            "WECOM_AES_KEY",
+            "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+        ),
+        ("WECOM_CORP_SECRET", "corp-secret"),
+        ("CRM_TOKEN", "crm"),
+        (
+            "CRM_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        (
+            "CRM_WEBHOOK_SECRET_OLD",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ),
+        ("OPS_ROBOT_KEY", "robot-key"),
+    ];
+    let (code, out, err) = switchboard(
+        &[
+            "--config",
+            "deploy/switchboard.example.toml",
+            "config",
+            "check",
+        ],
+        &secrets,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_broken_config_names_every_key_and_echoes_no_secret() {
+    let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[broker]
+url = "amqp://guest:hunter2@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[apps]]
+id = "a"
+base_url = "http://127.0.0.1:1/v1"
+api_key = "app-topsecret"
+kind = "chat"
+[[sources]]
+id = "w"
+platform = "wecom"
+token = "tok-topsecret"
+encoding_aes_key = "tooshort"
+receive_id = "corp"
+app = "a"
+targets = ["nowhere"]
+[[sources]]
+id = "s"
+platform = "slak"
+app = "a"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = switchboard(
+        &["--config", path.to_str().unwrap(), "config", "check"],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    for key in [
+        "sources.w.targets",
+        "sources.w.encoding_aes_key",
+        "sources.s.platform",
+    ] {
+        assert!(err.contains(key), "the error names {key}: {err}");
+    }
+    for secret in ["hunter2", "app-topsecret", "tok-topsecret", "tooshort"] {
+        assert!(
+            !err.contains(secret) && !out.contains(secret),
+            "{secret} leaked: {err}"
+        );
+    }
+    let (code, _, err) = switchboard(
+        &[
+            "--config",
+            dir.join("missing.toml").to_str().unwrap(),
+            "config",
+            "check",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no config file"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_secret_reference_is_named() {
+    let (code, _, err) = switchboard(
+        &["--config", "deploy/quickstart.toml", "config", "check"],
+        &[("DIFY_API_KEY", "")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("api_key"), "{err}");
+}
