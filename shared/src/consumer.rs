@@ -27,8 +27,12 @@ pub struct ConsumerSpec {
 }
 
 /// Runs until `shutdown`, then drains. `handler` gets every delivery and must ack/nack it.
-pub async fn consume<H, F>(broker: Broker, spec: ConsumerSpec, shutdown: CancellationToken, handler: H)
-where
+pub async fn consume<H, F>(
+    broker: Broker,
+    spec: ConsumerSpec,
+    shutdown: CancellationToken,
+    handler: H,
+) where
     H: Fn(Delivery) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -40,7 +44,9 @@ where
             Err(_) => break,
         };
         let setup = async {
-            channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(spec.prefetch, BasicQosOptions::default())
+                .await?;
             channel
                 .basic_consume(
                     spec.queue.as_str().into(),
@@ -98,8 +104,15 @@ where
         channels.retain(|c| c.status().connected());
     }
     tracker.close();
-    if tokio::time::timeout(spec.grace, tracker.wait()).await.is_err() {
-        tracing::warn!(role = spec.role, in_flight = tracker.len(), "grace period over; returning unfinished messages");
+    if tokio::time::timeout(spec.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            role = spec.role,
+            in_flight = tracker.len(),
+            "grace period over; returning unfinished messages"
+        );
     }
     for ch in channels {
         let _ = ch.close(200, "shutdown".into()).await;

@@ -76,11 +76,13 @@ mod tests {
         let key = SigningKey::parse(SECRET).unwrap();
         assert_eq!(key.sign(ID, TS, BODY.as_bytes()), SIG);
         assert!(key.verify(ID, TS, BODY.as_bytes(), SIG));
-        assert!(key.verify(ID, TS, BODY.as_bytes(), &format!("v1,bm9wZQ== {SIG}")), "any entry may match");
+        assert!(
+            key.verify(ID, TS, BODY.as_bytes(), &format!("v1,bm9wZQ== {SIG}")),
+            "any entry may match"
+        );
         let mut tampered = BODY.as_bytes().to_vec();
         tampered[3] ^= 1;
         assert!(!key.verify(ID, TS, &tampered, SIG));
         assert!(!key.verify(ID, TS + 1, BODY.as_bytes(), SIG));
     }
-
 }

@@ -21,7 +21,11 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let (generation, _) = watch::channel(0u64);
-        let p = Self { addr: listener.local_addr()?, up: Arc::new(AtomicBool::new(true)), generation };
+        let p = Self {
+            addr: listener.local_addr()?,
+            up: Arc::new(AtomicBool::new(true)),
+            generation,
+        };
         let proxy = p.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -31,7 +35,9 @@ impl Proxy {
                 }
                 let mut cut = proxy.generation.subscribe();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     tokio::select! {

@@ -48,8 +48,14 @@ impl Receiver {
         Self::start_on(listener, secret).await
     }
 
-    pub async fn start_on(listener: tokio::net::TcpListener, secret: Option<&str>) -> anyhow::Result<Self> {
-        let key = secret.map(SigningKey::parse).transpose().map_err(anyhow::Error::msg)?;
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        secret: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let key = secret
+            .map(SigningKey::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let r = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             key,
@@ -59,7 +65,9 @@ impl Receiver {
         let app = Router::new().fallback(post(receive)).with_state(r.clone());
         let stop = r.stop.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
         Ok(r)
     }
@@ -125,7 +133,13 @@ impl Receiver {
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     let id = h("webhook-id");
     let latency = r.lock().latency;
     if !latency.is_zero() {
@@ -143,7 +157,8 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, "scripted failure").into_response();
         if let Some(ra) = retry_after.and_then(|v| v.parse().ok()) {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, ra);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, ra);
         }
         return resp;
     }
@@ -157,6 +172,11 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    r.lock().received.push(Received { webhook_id: id, body: json, signature_ok, at: Instant::now() });
+    r.lock().received.push(Received {
+        webhook_id: id,
+        body: json,
+        signature_ok,
+        at: Instant::now(),
+    });
     StatusCode::NO_CONTENT.into_response()
 }
