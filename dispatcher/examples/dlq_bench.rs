@@ -21,6 +21,9 @@ use shared::envelope::{
 };
 use shared::topology::Topology;
 use shared::Config;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -150,32 +153,59 @@ async fn fill(conn: &Connection, stream: &str, args: &Args) -> anyhow::Result<(D
     Ok((started.elapsed(), bytes))
 }
 
-async fn time(config: &Config, args: &[&str], print: bool) -> anyhow::Result<Duration> {
-    Ok(run(config, args, print).await?.0)
+/// Counts the lines a command writes and keeps only the first few (a 100,000-line export kept
+/// in memory would make the peak RSS meaningless).
+#[derive(Clone, Default)]
+struct Lines(Arc<AtomicUsize>, Arc<Mutex<String>>);
+
+impl Write for Lines {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.iter().filter(|b| **b == b'\n').count();
+        self.0.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut keep) = self.1.lock() {
+            if keep.len() < 8192 {
+                keep.push_str(&String::from_utf8_lossy(data));
+            }
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
+/// Runs one command in-process; returns how long it took and the start of its output.
 async fn run(config: &Config, args: &[&str], print: bool) -> anyhow::Result<(Duration, String)> {
     let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))?;
-    let (mut console, captured) = Console::in_memory("", false);
+    let (out, err) = (Lines::default(), Lines::default());
+    let mut console = Console {
+        out: Box::new(out.clone()),
+        err: Box::new(err.clone()),
+        input: Box::new(std::io::empty()),
+        stdin_tty: false,
+        stderr_tty: false,
+        width: None,
+    };
     let started = Instant::now();
     let code = run_with(cli.command, config, &mut console).await;
     let took = started.elapsed();
-    let out = captured.stdout();
+    let head = out.1.lock().map(|s| s.clone()).unwrap_or_default();
+    let err_text = err.1.lock().map(|s| s.clone()).unwrap_or_default();
     println!(
         "{:>8.2}s  dlq {}  ({} lines out{})",
         took.as_secs_f64(),
         args.join(" "),
-        out.lines().count(),
+        out.0.load(Ordering::Relaxed),
         if code == std::process::ExitCode::SUCCESS {
             String::new()
         } else {
-            format!(", FAILED: {}", captured.stderr().trim())
+            format!(", FAILED: {}", err_text.trim())
         }
     );
     if print {
-        println!("{out}{}", captured.stderr());
+        println!("{head}{err_text}");
     }
-    Ok((took, out))
+    Ok((took, head))
 }
 
 fn peak_rss_mib() -> Option<u64> {
@@ -224,82 +254,46 @@ async fn bench(
         args.count as f64 / took.as_secs_f64()
     );
     let p = args.print;
-    time(config, &["list", "--reason", "permanent"], p).await?;
-    let (_, listed) = run(config, &["list", "--reason", "permanent", "--json"], false).await?;
-    let listed: serde_json::Value = serde_json::from_str(&listed)?;
-    if let Some(id) = listed[listed.as_array().map_or(0, |a| a.len() / 2)]["id"].as_str() {
-        time(config, &["show", id], p).await?;
+    run(config, &["list", "--reason", "permanent"], p).await?;
+    run(config, &["list", "--reason", "permanent", "--json"], false).await?;
+    let (_, one) = run(
+        config,
+        &["list", "--reason", "exhausted", "--limit", "1"],
+        false,
+    )
+    .await?;
+    // The one row's first column is its id.
+    if let Some(id) = one.lines().nth(1).and_then(|l| l.split_whitespace().next()) {
+        run(config, &["show", id], p).await?;
     }
-    time(
-        config,
-        &[
-            "list",
-            "--target",
-            "ops-robot",
-            "--since",
-            "1d",
-            "--limit",
-            "20",
-        ],
-        p,
-    )
-    .await?;
-    time(config, &["list", "--grep", "order 4242:"], p).await?;
-    time(config, &["stats"], p).await?;
-    time(config, &["export"], false).await?;
-    let slice = args.count.div_ceil(args.replay_every);
-    let took = time(
-        config,
-        &[
-            "replay",
-            "--source",
-            "replay-me",
-            "--yes",
-            "--actor",
-            "bench",
-        ],
-        p,
-    )
-    .await?;
-    println!(
-        "          replay: {slice} sent at {:.0}/s (broker's pace, confirms included)",
-        slice as f64 / took.as_secs_f64()
-    );
-    let took = time(
-        config,
-        &[
-            "replay",
-            "--source",
-            "replay-me",
-            "--yes",
-            "--force",
-            "--rate",
-            &args.rate,
-            "--actor",
-            "bench",
-        ],
-        false,
-    )
-    .await?;
-    println!(
-        "          paced replay: {slice} sent at {:.0}/s (asked {})",
-        slice as f64 / took.as_secs_f64(),
-        args.rate
-    );
-    time(
-        config,
-        &[
-            "replay",
-            "--source",
-            "replay-me",
-            "--yes",
-            "--actor",
-            "bench",
-        ],
-        false,
-    )
-    .await?;
-    time(config, &["audit"], p).await?;
+    let recent = [
+        "list",
+        "--target",
+        "ops-robot",
+        "--since",
+        "1d",
+        "--limit",
+        "20",
+    ];
+    run(config, &recent, p).await?;
+    run(config, &["list", "--grep", "order 4242:"], p).await?;
+    run(config, &["stats"], p).await?;
+    run(config, &["export"], false).await?;
+    let mut replay = vec![
+        "replay",
+        "--source",
+        "replay-me",
+        "--yes",
+        "--actor",
+        "bench",
+    ];
+    let (_, said) = run(config, &replay, p).await?;
+    println!("          {}", said.trim());
+    run(config, &replay, p).await?;
+    replay.extend(["--force", "--rate", args.rate.as_str()]);
+    let (_, said) = run(config, &replay, p).await?;
+    println!("          {}", said.trim());
+    run(config, &["audit"], p).await?;
     if let Some(mib) = peak_rss_mib() {
         println!("peak RSS {mib} MiB");
     }

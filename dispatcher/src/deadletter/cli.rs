@@ -763,9 +763,15 @@ async fn replay_on(
     on_ctrl_c.abort();
     progress.finish_and_clear();
     let o = outcome?;
+    let secs = o.sending.as_secs_f64();
+    let pace = if o.sent > 0 && secs > 0.0 {
+        format!(" in {secs:.1}s ({:.0}/s)", o.sent as f64 / secs)
+    } else {
+        String::new()
+    };
     writeln!(
         c.out,
-        "replay {}: {} sent, {} skipped as already replayed, {} failed (by {actor}; `switchboard dlq audit {}` shows the record)",
+        "replay {}: {} sent{pace}, {} skipped as already replayed, {} failed (by {actor}; `switchboard dlq audit {}` shows the record)",
         o.replay_id, o.sent, o.skipped, o.failed, o.replay_id
     )
     .map_err(write_err)?;

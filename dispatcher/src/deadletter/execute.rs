@@ -46,6 +46,8 @@ pub struct Outcome {
     pub sent: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// From the first send to the last confirm (the store's read not included).
+    pub sending: Duration,
 }
 
 struct Recorder<'a> {
@@ -188,6 +190,7 @@ pub async fn execute(
     while let Some((id, r)) = in_flight.next().await {
         settled(&mut rec, id, r, progress);
     }
+    let sending = start.elapsed();
     let state = if interrupted {
         RunState::Interrupted
     } else {
@@ -201,6 +204,7 @@ pub async fn execute(
         sent: rec.sent,
         skipped: rec.skipped,
         failed: rec.failed,
+        sending,
     })
 }
 
