@@ -172,6 +172,8 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // `{receiver}` in extra config stands for the receiver's base URL.
+        let extra = opts.extra.replace("{receiver}", &receiver.url(""));
         let text = config_text(
             &prefix,
             &broker,
@@ -179,7 +181,7 @@ impl TestApp {
             &receiver.url("/answers"),
             &addr.to_string(),
             opts.response_mode,
-            &opts.extra,
+            &extra,
         );
         let config = Arc::new(Config::from_toml(&text).expect("test config"));
         let stop = CancellationToken::new();
@@ -291,6 +293,15 @@ impl TestApp {
     /// Starts one more in-process worker (another "process" as far as Redis and the broker see).
     pub fn add_worker(&mut self) {
         self.tasks.spawn(worker::run(
+            self.config.clone(),
+            self.services.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Starts one more in-process dispatcher (another process as far as Redis and the broker see).
+    pub fn add_dispatcher(&mut self) {
+        self.tasks.spawn(dispatcher::run(
             self.config.clone(),
             self.services.clone(),
             self.stop.clone(),

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 mod crash;
+mod limits;
 mod pipeline;
 mod worker;
