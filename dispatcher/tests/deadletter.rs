@@ -2,7 +2,8 @@
 //! from both stages and a poison message appear with their history and stay put when read;
 //! every filter selects what it says; export round-trips every field; replay republishes to
 //! the stage with `replay_of` and no attempts, is on record, and is skipped the second time
-//! unless forced; and each failure is one line on stderr with a non-zero exit.
+//! unless forced; a replay after the receiver is fixed delivers exactly once through the real
+//! dispatcher; and each failure is one line on stderr with a non-zero exit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration as Days, Utc};
@@ -19,8 +20,9 @@ use shared::envelope::{
     InboundEvent, Reason, Stage, Timings,
 };
 use shared::topology::Topology;
-use shared::{Config, Secret};
+use shared::{Config, Secret, Services};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -781,4 +783,133 @@ async fn failures_are_one_line_and_a_non_zero_exit() {
     assert_eq!(out.code, ExitCode::from(3), "{out:?}");
     assert!(out.stderr.contains("dead-letters` stream"), "{out:?}");
     env.cleanup().await;
+}
+
+const OUT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+#[tokio::test]
+async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
+    let receiver = standins::receiver::Receiver::start(Some(OUT_SECRET))
+        .await
+        .unwrap();
+    receiver.set_down(true);
+    let prefix = format!("sbt-dlq-{}", Uuid::now_v7().simple());
+    let config = Arc::new(
+        Config::from_toml(&format!(
+            r#"
+            [broker]
+            url = "{URL}"
+            prefix = "{prefix}"
+            [redis]
+            url = "redis://127.0.0.1:6379"
+            prefix = "{prefix}"
+            [dispatcher]
+            retry_schedule = ["0s", "100ms", "200ms"]
+            allow_private = ["127.0.0.0/8"]
+            request_timeout = "5s"
+            shutdown_grace = "5s"
+            [[targets]]
+            id = "crm"
+            kind = "webhook"
+            url = "{}"
+            secret = "{OUT_SECRET}"
+            "#,
+            receiver.url("/answers")
+        ))
+        .unwrap(),
+    );
+    let close = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let services = Services::start(&config, &prefix, close.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !services.broker.is_connected() {
+        assert!(Instant::now() < deadline, "broker never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let running = tokio::spawn(dispatcher::run(
+        config.clone(),
+        services.clone(),
+        stop.clone(),
+    ));
+    let topology = services.broker.topology().clone();
+    let mut j = job("crm-in", "crm");
+    j.attempts.clear();
+    services
+        .broker
+        .publish(
+            &topology.stage_queue(Stage::Deliver),
+            &shared::envelope::encode(&j),
+            Publish::default(),
+        )
+        .await
+        .unwrap();
+
+    // The receiver is down: the job exhausts its schedule and becomes a dead letter.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let letter = loop {
+        let out = dlq(&config, &["list", "--json", "--target", "crm"], "", false).await;
+        if out.ok() {
+            break json(&out)[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {out:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter["reason"], "exhausted", "{letter}");
+    assert_eq!(receiver.accepted(), 0);
+
+    // Fixed; replayed: delivered once, and nothing more comes.
+    receiver.set_down(false);
+    let out = dlq(&config, &["replay", "--target", "crm", "--yes"], "", false).await;
+    assert!(out.ok(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while receiver.accepted() < 1 {
+        assert!(Instant::now() < deadline, "the replay was never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.accepted(), 1);
+    let got = &receiver.received()[0];
+    assert!(got.signature_ok);
+    assert_eq!(got.body["event_id"], j.payload.event_id.to_string());
+    // Still one dead letter (the replay did not fail again), now marked replayed.
+    let listed = json(&dlq(&config, &["list", "--json"], "", false).await);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["replayed"], true);
+
+    // Again without --force: skipped. With --force: sent, but the dispatcher knows the job
+    // was delivered and does not post it twice.
+    let again = dlq(&config, &["replay", "--target", "crm", "--yes"], "", false).await;
+    assert!(again.stdout.contains("0 sent, 1 skipped"), "{again:?}");
+    let forced = dlq(
+        &config,
+        &["replay", "--target", "crm", "--yes", "--force"],
+        "",
+        false,
+    )
+    .await;
+    assert!(forced.stdout.contains("1 sent"), "{forced:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.accepted(), 1, "delivered exactly once");
+    let runs = json(&dlq(&config, &["audit", "--json"], "", false).await);
+    assert_eq!(runs.as_array().unwrap().len(), 3);
+
+    stop.cancel();
+    let _ = running.await;
+    let ch = services.broker.consumer_channel(&close).await.unwrap();
+    topology.delete(&ch).await.unwrap();
+    if let Ok(mut c) = services.store.conn().await {
+        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut c)
+                .await;
+        }
+    }
+    close.cancel();
+    receiver.shutdown();
 }
