@@ -8,11 +8,11 @@ use crate::ratelimit::{Admission, RateLimiter};
 use crate::target::{self, Context, Target, Verdict};
 use deadpool_redis::redis::AsyncCommands;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use shared::broker::Publish;
+use lapin::options::BasicRejectOptions;
 use shared::config::Config;
-use shared::envelope::{decode, encode, DeadLetter, Destination, DispatchJob, Reason};
+use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
 use shared::retry::{RetryDecision, RetryPolicy};
+use shared::stage::{self, Settle};
 use shared::topology::Stage;
 use shared::units::Rate;
 use shared::Services;
@@ -27,12 +27,6 @@ pub struct Route {
     pub target: Arc<dyn Target>,
     pub rates: Vec<Rate>,
     pub policy: RetryPolicy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    Requeue,
 }
 
 /// The dispatcher of one process.
@@ -145,21 +139,11 @@ impl Dispatcher {
             }
         };
         let span = tracing::info_span!("job", job_id = %job.id, event_id = %job.payload.event_id, target = %job.destination.name());
-        match self.process(job).instrument(span).await {
-            Settle::Ack => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-            Settle::Requeue => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
+        self.process(job)
+            .instrument(span)
+            .await
+            .apply(&delivery.acker)
+            .await;
     }
 
     fn route(&self, job: &DispatchJob) -> Option<&Route> {
@@ -331,48 +315,24 @@ impl Dispatcher {
     }
 
     async fn defer(&self, job: &DispatchJob, wait: Duration) -> Settle {
-        let topology = self.services.broker.topology();
-        let (queue, expiration) = match topology.delay(Stage::Deliver, wait) {
-            Some(r) => (r.queue, Some(r.expiration)),
-            None => (topology.stage_queue(Stage::Deliver), None),
-        };
-        let opts = Publish {
-            message_id: Some(job.id.to_string()),
-            expiration,
-            ..Default::default()
-        };
-        match self
-            .services
-            .broker
-            .publish(&queue, &encode(job), opts)
-            .await
-        {
-            Ok(()) => Settle::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not park the job; it will come back");
-                Settle::Requeue
-            }
-        }
+        let parked = stage::park(
+            &self.services.broker,
+            Stage::Deliver,
+            job,
+            job.id.to_string(),
+            wait,
+        )
+        .await;
+        Settle::after(parked, "park the job")
     }
 
     async fn dead_letter(&self, job: &DispatchJob, reason: Reason, error: &str) -> Settle {
         let dl = DeadLetter::from_job(job, reason, error);
         tracing::error!(reason = reason.as_str(), error, dead_letter_id = %dl.id, "job dead-lettered");
-        metrics::counter!("switchboard_dead_letters_total", "stage" => "deliver", "reason" => reason.as_str()).increment(1);
-        let queue = self.services.broker.topology().dead_letters();
-        let opts = Publish {
-            message_id: Some(dl.id.to_string()),
-            ..Default::default()
-        };
-        match self
-            .services
-            .broker
-            .publish(&queue, &encode(&dl), opts)
-            .await
-        {
-            Ok(()) => Settle::Ack,
-            Err(_) => Settle::Requeue,
-        }
+        Settle::after(
+            stage::bury(&self.services.broker, &dl).await,
+            "dead-letter the job",
+        )
     }
 }
 

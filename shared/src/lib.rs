@@ -13,6 +13,7 @@ pub mod secret;
 pub mod services;
 pub mod shutdown;
 pub mod signing;
+pub mod stage;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -8,7 +8,7 @@ use crate::conversation::{conversation_of, ConversationKey, Conversations};
 use crate::dify::{self, DifyCall, DifyClient, DifyError, DifyIds, ErrorClass, RunState};
 use crate::idempotency::{Claim, Idempotency, RunIds};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::BasicRejectOptions;
 use shared::broker::Publish;
 use shared::config::{AppConfig, Config, SourceConfig};
 use shared::envelope::{
@@ -16,19 +16,12 @@ use shared::envelope::{
     InboundEvent, Reason, Timings,
 };
 use shared::retry::{RetryDecision, RetryPolicy};
+use shared::stage::{self, Settle};
 use shared::topology::Stage;
 use shared::Services;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-/// How a delivery is settled once its outcome is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Ack,
-    /// Nothing durable could be written (broker or Redis away): give the message back.
-    Requeue,
-}
 
 /// The worker of one process.
 pub struct Worker {
@@ -71,23 +64,11 @@ impl Worker {
             }
         };
         let span = tracing::info_span!("event", event_id = %event.id, source = %event.source);
-        let settle = self.process(event).instrument(span).await;
-        match settle {
-            Settle::Ack => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-            Settle::Requeue => {
-                // A short pause so a broker or Redis outage is not a hot loop.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
+        self.process(event)
+            .instrument(span)
+            .await
+            .apply(&delivery.acker)
+            .await;
     }
 
     async fn process(&self, event: InboundEvent) -> Settle {
@@ -455,48 +436,24 @@ impl Worker {
 
     /// Parks the event in a delay queue (or back on the work queue) for `wait`.
     async fn defer(&self, event: &InboundEvent, wait: Duration) -> Settle {
-        let topology = self.services.broker.topology();
-        let (queue, expiration) = match topology.delay(Stage::Work, wait) {
-            Some(route) => (route.queue, Some(route.expiration)),
-            None => (topology.stage_queue(Stage::Work), None),
-        };
-        let opts = Publish {
-            message_id: Some(event.id.to_string()),
-            expiration,
-            ..Default::default()
-        };
-        match self
-            .services
-            .broker
-            .publish(&queue, &encode(event), opts)
-            .await
-        {
-            Ok(()) => Settle::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not park the event; it will come back");
-                Settle::Requeue
-            }
-        }
+        let parked = stage::park(
+            &self.services.broker,
+            Stage::Work,
+            event,
+            event.id.to_string(),
+            wait,
+        )
+        .await;
+        Settle::after(parked, "park the event")
     }
 
     async fn dead_letter(&self, event: &InboundEvent, reason: Reason, error: &str) -> Settle {
         let dl = DeadLetter::from_event(event, reason, error);
         tracing::error!(reason = reason.as_str(), error, dead_letter_id = %dl.id, "event dead-lettered");
-        metrics::counter!("switchboard_dead_letters_total", "stage" => "work", "reason" => reason.as_str()).increment(1);
-        let queue = self.services.broker.topology().dead_letters();
-        let opts = Publish {
-            message_id: Some(dl.id.to_string()),
-            ..Default::default()
-        };
-        match self
-            .services
-            .broker
-            .publish(&queue, &encode(&dl), opts)
-            .await
-        {
-            Ok(()) => Settle::Ack,
-            Err(_) => Settle::Requeue,
-        }
+        Settle::after(
+            stage::bury(&self.services.broker, &dl).await,
+            "dead-letter the event",
+        )
     }
 }
 
