@@ -310,6 +310,16 @@ impl TestApp {
 
     /// Starts a role as a real child process of the `switchboard` binary with this test's config.
     pub fn spawn_child(&self, role: &str) -> ChildRole {
+        self.spawn_child_with(role, "warn", None)
+    }
+
+    /// As [`TestApp::spawn_child`], at log level `log`, with stderr written to `log_file`.
+    pub fn spawn_child_with(
+        &self,
+        role: &str,
+        log: &str,
+        log_file: Option<&std::path::Path>,
+    ) -> ChildRole {
         let path = std::env::temp_dir().join(format!(
             "{}-{}.toml",
             self.prefix,
@@ -322,7 +332,11 @@ impl TestApp {
             .arg(role)
             .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
+            .stderr(match log_file {
+                Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
+                None => std::process::Stdio::inherit(),
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("spawn switchboard");

@@ -6,4 +6,5 @@ mod common;
 mod crash;
 mod limits;
 mod pipeline;
+mod secrets;
 mod worker;
