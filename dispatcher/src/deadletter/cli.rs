@@ -732,7 +732,7 @@ async fn replay_on(
         let pb =
             ProgressBar::with_draw_target(Some(p.send.len() as u64), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} replaying [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+            "{spinner} replaying [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})",
         ) {
             pb.set_style(style.progress_chars("=> "));
         }
