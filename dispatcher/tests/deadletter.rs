@@ -748,6 +748,12 @@ async fn failures_are_one_line_and_a_non_zero_exit() {
         (vec!["replay", "--yes"], 2, "say which dead letters"),
         (vec!["list", "--since", "yesterday"], 2, "--since"),
         (vec!["audit", &unknown], 4, "no replay with id"),
+        // A read that starts past the stream's end still ends (at its marker).
+        (
+            vec!["list", "--since", "2099-01-01"],
+            4,
+            "no dead letter matches --since 2099",
+        ),
     ];
     for (args, code, want) in cases {
         let out = env.dlq(&args).await;
