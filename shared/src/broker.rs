@@ -197,7 +197,10 @@ impl Broker {
         let mut props = BasicProperties::default()
             // Persistent: written to disk by the quorum queue before the confirm.
             .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+            .with_content_type("application/json".into())
+            // When it was published: the broker stamps no time on a message it dead-letters
+            // (poison), so this is the only time an auditor would otherwise lack.
+            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
         if let Some(id) = opts.message_id {
             props = props.with_message_id(id.as_str().into());
         }

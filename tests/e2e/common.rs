@@ -3,9 +3,8 @@
 //! outcomes until a deadline; `shutdown` stops the roles and deletes the test's queues and keys.
 #![allow(dead_code)]
 
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use shared::envelope::{decode, DeadLetter};
 use shared::signing::SigningKey;
 use shared::{Config, Services};
@@ -283,11 +282,7 @@ impl TestApp {
 
     /// Every dead letter in the stream so far (read from the start, not consumed).
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        read_dead_letters(
-            &self.services,
-            &self.services.broker.topology().dead_letters(),
-        )
-        .await
+        read_dead_letters(&self.config).await
     }
 
     /// Starts one more in-process worker (another "process" as far as Redis and the broker see).
@@ -392,40 +387,23 @@ pub async fn cleanup(services: &Services, prefix: &str) {
     }
 }
 
-/// Reads a stream from its first offset until no message arrives for a moment.
-pub async fn read_dead_letters(services: &Services, stream: &str) -> Vec<DeadLetter> {
-    let ch = services
-        .broker
-        .consumer_channel(&CancellationToken::new())
-        .await
-        .expect("channel");
-    ch.basic_qos(1000, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            stream.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .expect("consume stream");
+/// Every dead letter in a config's store, read to the stream's definite end (not consumed),
+/// through the same reader `switchboard dlq` uses.
+pub async fn read_dead_letters(config: &Config) -> Vec<DeadLetter> {
+    use dispatcher::deadletter::{filter::Start, store::Store};
+    let store = Store::connect(config).await.expect("dead-letter store");
+    let stream = shared::topology::Topology::from_config(config).dead_letters();
     let mut out = Vec::new();
-    while let Ok(Some(Ok(d))) =
-        tokio::time::timeout(Duration::from_millis(700), consumer.next()).await
-    {
-        if let Ok(dl) = decode::<DeadLetter>(&d.data) {
-            out.push(dl);
-        }
-        let _ = d.ack(Default::default()).await;
-    }
-    let _ = ch.close(200, "ok".into()).await;
+    store
+        .scan(&stream, Start::First, |entry| {
+            if let Ok(dl) = decode::<DeadLetter>(&entry.body) {
+                out.push(dl);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+        .expect("scan the dead letters");
+    store.close().await;
     out
 }
 
