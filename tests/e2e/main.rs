@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 mod crash;
+mod kit;
 mod limits;
 mod pipeline;
+mod platforms;
 mod secrets;
 mod worker;
