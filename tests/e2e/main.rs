@@ -9,4 +9,5 @@ mod limits;
 mod pipeline;
 mod platforms;
 mod secrets;
+mod targets;
 mod worker;

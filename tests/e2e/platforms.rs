@@ -22,10 +22,10 @@ use shared::envelope::Stage;
 use standins::platforms::{api, creds, PlatformStandin};
 use standins::receiver::Received;
 
-const WECOM_TOKEN: &str = "wecom-callback-token";
+pub(crate) const WECOM_TOKEN: &str = "wecom-callback-token";
 const WECOM_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 const WECOM_AGENT: &str = "1000002";
-const FEISHU_TOKEN: &str = "feishu-verification-token";
+pub(crate) const FEISHU_TOKEN: &str = "feishu-verification-token";
 const LARK_TOKEN: &str = "lark-verification-token";
 const LARK_ENCRYPT_KEY: &str = "lark-encrypt-key";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -36,7 +36,7 @@ const HMAC_SECRET: &str = "forms-signing-secret";
 
 /// One source per platform, each replying to the stand-in where it can and sending every
 /// answer to the harness's `crm` receiver too.
-fn sources(p: &PlatformStandin) -> String {
+pub(crate) fn sources(p: &PlatformStandin) -> String {
     let base = p.base_url();
     format!(
         r#"
@@ -141,11 +141,11 @@ id_header = "X-Delivery-Id"
 }
 
 /// A pipeline with every platform's source, and the platforms' stand-in.
-async fn spawn() -> (TestApp, PlatformStandin) {
+pub(crate) async fn spawn() -> (TestApp, PlatformStandin) {
     spawn_with(Options::default()).await
 }
 
-async fn spawn_with(opts: Options) -> (TestApp, PlatformStandin) {
+pub(crate) async fn spawn_with(opts: Options) -> (TestApp, PlatformStandin) {
     let p = PlatformStandin::start().await.expect("platform stand-in");
     let app = TestApp::spawn(Options {
         extra: sources(&p),
@@ -155,13 +155,13 @@ async fn spawn_with(opts: Options) -> (TestApp, PlatformStandin) {
     (app, p)
 }
 
-async fn stop(app: TestApp, p: PlatformStandin) {
+pub(crate) async fn stop(app: TestApp, p: PlatformStandin) {
     app.shutdown().await;
     p.shutdown();
 }
 
 /// Waits for the answer to `query` from `source` at the `crm` receiver.
-async fn answer_at_crm(app: &TestApp, source: &str, query: &str) -> Received {
+pub(crate) async fn answer_at_crm(app: &TestApp, source: &str, query: &str) -> Received {
     let r = app.receiver.clone();
     let find = move || {
         r.received()
@@ -186,7 +186,7 @@ async fn answer_at_crm(app: &TestApp, source: &str, query: &str) -> Received {
 }
 
 /// Waits until `api` of the stand-in accepted `n` messages.
-async fn messages_at(p: &PlatformStandin, api_name: &'static str, n: usize) {
+pub(crate) async fn messages_at(p: &PlatformStandin, api_name: &'static str, n: usize) {
     let p2 = p.clone();
     eventually(&format!("{n} message(s) at {api_name}"), move || {
         p2.messages_to(api_name).len() >= n
@@ -208,7 +208,7 @@ async fn settled(app: &TestApp, calls: u64, answers: usize) {
 // ---------------------------------------------------------------------------------------------
 // WeCom
 
-fn wecom_message(inner: &str, nonce: &str, json_envelope: bool) -> SignedRequest {
+pub(crate) fn wecom_message(inner: &str, nonce: &str, json_envelope: bool) -> SignedRequest {
     wecom::request_message(
         WECOM_TOKEN,
         WECOM_AES_KEY,
@@ -222,7 +222,7 @@ fn wecom_message(inner: &str, nonce: &str, json_envelope: bool) -> SignedRequest
     .expect("sealed")
 }
 
-fn wecom_text(from: &str, content: &str, msg_id: &str) -> String {
+pub(crate) fn wecom_text(from: &str, content: &str, msg_id: &str) -> String {
     wecom::text_message_xml(
         creds::WECOM_CORP_ID,
         from,
