@@ -230,7 +230,7 @@ impl Breaker {
     /// Redis' clock and the stored state (raw and decoded), in one round trip.
     async fn read(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut shared::store::Connection,
         key: &str,
     ) -> Result<(u64, String, State), StoreError> {
         let ((secs, micros), raw): ((u64, u64), Option<String>) = redis::pipe()
