@@ -1,0 +1,92 @@
+//! `standins bench`: the benchmarks behind `./dev bench` and docs/PERFORMANCE.md. Each scenario
+//! starts what it measures as real processes (the `switchboard` roles, the bare ceiling service),
+//! the stand-ins it needs in this process (Dify, the receiver, the load generator), uses its own
+//! broker and Redis prefixes, removes its queues and keys at the end, and prints a table and
+//! writes `<out>/<scenario>.json`. Scenarios: `ingress` and `pipeline` (issue 7), `worker`
+//! (issue 4), `dispatcher` (issue 5); without one, all four run in turn. This module owns the
+//! command line and the order; the scenarios own their measurements.
+pub mod ceiling;
+pub mod dispatcher;
+pub mod fixture;
+pub mod ingress;
+pub mod load;
+pub mod pipeline;
+pub mod procs;
+pub mod report;
+pub mod stats;
+pub mod worker;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The `bench` subcommand.
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    #[command(flatten)]
+    pub common: fixture::Common,
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Ingress throughput and ack latency against the bare publish-per-request ceiling.
+    Ingress(ingress::IngressArgs),
+    /// The whole pipeline at a fixed rate: end-to-end latency, overhead, once-only counts.
+    Pipeline(pipeline::PipelineArgs),
+    /// One worker process against a Dify that answers after 1 s: events/s, memory, calls/event.
+    Worker(worker::WorkerArgs),
+    /// One dispatcher against the broker's own consume-and-ack rate; the rate limiter's accuracy.
+    Dispatcher(dispatcher::DispatcherArgs),
+    /// The ceiling service alone (started by the `ingress` scenario as its own process).
+    #[command(hide = true)]
+    CeilingServer(ceiling::CeilingArgs),
+}
+
+/// A scenario with its default arguments (when `bench` is run without one).
+#[derive(Parser)]
+struct Defaults {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Runs one scenario, or all of them; fails if any scenario failed to run (a missed target is
+/// a result, not a failure).
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let common = cmd.common;
+    let scenarios = match cmd.scenario {
+        Some(Scenario::CeilingServer(args)) => return ceiling::serve(args).await,
+        Some(s) => vec![s],
+        None => ["ingress", "pipeline", "worker", "dispatcher"]
+            .into_iter()
+            .map(|name| Ok(Defaults::try_parse_from(["bench", name])?.scenario))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        let (name, result) = match &scenario {
+            Scenario::Ingress(a) => ("ingress", ingress::run(&common, a).await),
+            Scenario::Pipeline(a) => ("pipeline", pipeline::run(&common, a).await),
+            Scenario::Worker(a) => ("worker", worker::run(&common, a).await),
+            Scenario::Dispatcher(a) => ("dispatcher", dispatcher::run(&common, a).await),
+            Scenario::CeilingServer(_) => continue,
+        };
+        match result {
+            Ok(report) => {
+                report.print();
+                match report.write_json(&common.out) {
+                    Ok(path) => println!("results: {}", path.display()),
+                    Err(e) => eprintln!("bench {name}: {e:#}"),
+                }
+            }
+            Err(e) => {
+                eprintln!("bench {name}: could not run: {e:#}");
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("scenario(s) that could not run: {}", failed.join(", "))
+    }
+}
