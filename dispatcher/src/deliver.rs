@@ -257,13 +257,25 @@ impl Dispatcher {
         }
         let settle = match verdict {
             Verdict::Delivered => {
-                match store.conn().await {
-                    Ok(mut c) => {
-                        let _: Result<(), _> = c
-                            .set_ex(&delivered_key, "1", self.delivered_ttl.as_secs().max(1))
-                            .await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not mark the job delivered"),
+                // Marked delivered and unlocked in one round trip.
+                let marked = match store.conn().await {
+                    Ok(mut c) => deadpool_redis::redis::pipe()
+                        .cmd("SET")
+                        .arg(&delivered_key)
+                        .arg("1")
+                        .arg("EX")
+                        .arg(self.delivered_ttl.as_secs().max(1))
+                        .ignore()
+                        .cmd("DEL")
+                        .arg(&lock_key)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                        .map_err(shared::store::StoreError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = marked {
+                    tracing::warn!(error = %e, "could not mark the job delivered");
                 }
                 metrics::counter!("switchboard_dispatch_total", "outcome" => "delivered", "target" => name).increment(1);
                 Settle::Ack
@@ -300,8 +312,10 @@ impl Dispatcher {
                 self.dead_letter(&job, Reason::Permanent, &error).await
             }
         };
-        if let Ok(mut c) = store.conn().await {
-            let _: Result<(), _> = c.del(&lock_key).await;
+        if verdict != Verdict::Delivered {
+            if let Ok(mut c) = store.conn().await {
+                let _: Result<(), _> = c.del(&lock_key).await;
+            }
         }
         settle
     }

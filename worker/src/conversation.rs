@@ -88,10 +88,13 @@ impl Conversations {
     /// The stored conversation id, refreshing its idle TTL.
     pub async fn get(&self, key: &ConversationKey) -> Result<Option<String>, StoreError> {
         let mut c = self.store.conn().await?;
-        let id: Option<String> = c.get(&key.key).await?;
-        if id.is_some() {
-            let _: () = c.expire(&key.key, self.ttl.as_secs().max(1) as i64).await?;
-        }
+        // GETEX reads and refreshes the idle TTL in one round trip.
+        let id: Option<String> = deadpool_redis::redis::cmd("GETEX")
+            .arg(&key.key)
+            .arg("EX")
+            .arg(self.ttl.as_secs().max(1))
+            .query_async(&mut c)
+            .await?;
         Ok(id)
     }
 
