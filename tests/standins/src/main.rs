@@ -36,14 +36,14 @@ enum Command {
         secret: Option<String>,
     },
     /// The benchmarks (docs/PERFORMANCE.md); without a scenario, all of them.
-    Bench(standins::bench::BenchCommand),
+    Bench(Box<standins::bench::BenchCommand>),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench(bench) => standins::bench::run(bench).await?,
+        Command::Bench(bench) => standins::bench::run(*bench).await?,
         Command::Dify {
             listen,
             api_key,

@@ -42,7 +42,7 @@ pub struct DispatcherArgs {
     #[arg(long, default_value_t = 2)]
     pub limited_processes: usize,
     /// Give up waiting for deliveries after this long (each part).
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 

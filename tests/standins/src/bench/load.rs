@@ -49,7 +49,7 @@ pub struct LoadPlan {
     pub duration: Duration,
     /// A bound on requests whatever the duration says.
     pub max_requests: u64,
-    /// Keep `(webhook-id, ack instant)` of every accepted request, warm-up included.
+    /// Keep an [`Ack`] of every accepted request, warm-up included.
     pub keep_acks: bool,
 }
 
@@ -67,7 +67,7 @@ pub struct LoadResult {
     pub errors: usize,
     pub first_error: Option<String>,
     /// Every accepted request of the phase (when asked for).
-    pub acks: Vec<(String, Instant)>,
+    pub acks: Vec<Ack>,
     /// Requests sent in the whole phase.
     pub sent: u64,
     /// When the phase started and ended.
@@ -91,7 +91,18 @@ struct ConnStats {
     refused: BTreeMap<u16, usize>,
     errors: usize,
     first_error: Option<String>,
-    acks: Vec<(String, Instant)>,
+    acks: Vec<Ack>,
+}
+
+/// One accepted request.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// Its `webhook-id`.
+    pub id: String,
+    /// When it was due (fixed rate) or sent (closed loop).
+    pub due: Instant,
+    /// When its 2xx answer was read.
+    pub acked: Instant,
 }
 
 /// Runs one phase and returns when every connection has finished its last request.
@@ -197,7 +208,11 @@ async fn connection(shared: Arc<Shared>) -> ConnStats {
                             .push(answered.saturating_duration_since(from).as_micros() as i64);
                     }
                     if shared.plan.keep_acks {
-                        stats.acks.push((id, answered));
+                        stats.acks.push(Ack {
+                            id,
+                            due: from,
+                            acked: answered,
+                        });
                     }
                 }
                 Ok(status) => {
