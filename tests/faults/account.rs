@@ -426,19 +426,27 @@ impl Outcome {
         } else {
             format!("{dead}; fed: {fed_dead} of {}", self.fed.len())
         };
-        let dups = if self.duplicates.is_empty() {
+        // One entry per kind and window: which events, and how many extra copies in all.
+        let mut groups: BTreeMap<(&str, &str), (Vec<&str>, usize)> = BTreeMap::new();
+        for d in &self.duplicates {
+            let g = groups
+                .entry((d.what, d.window.unwrap_or("**undocumented**")))
+                .or_default();
+            g.0.push(d.id.as_str());
+            g.1 += d.count - 1;
+        }
+        let dups = if groups.is_empty() {
             "0".to_owned()
         } else {
-            self.duplicates
+            groups
                 .iter()
-                .map(|d| {
-                    format!(
-                        "{} {} ×{}: {}",
-                        d.what,
-                        d.id,
-                        d.count,
-                        d.window.unwrap_or("**undocumented**")
-                    )
+                .map(|((what, window), (ids, extra))| {
+                    let ids = if ids.len() > 2 {
+                        format!("{}, … ({} events)", ids[..2].join(", "), ids.len())
+                    } else {
+                        ids.join(", ")
+                    };
+                    format!("{what}: {extra} extra for {ids} — {window}")
                 })
                 .collect::<Vec<_>>()
                 .join("; ")

@@ -55,6 +55,8 @@ pub struct Drain {
 
 pub struct Pipeline {
     pub env: Arc<Isolated>,
+    /// When the roles were started (and declared the topology).
+    pub started: Instant,
     pub config: Arc<Config>,
     config_path: PathBuf,
     pub dify: DifyStandin,
@@ -129,7 +131,6 @@ secret = "{OUT_SECRET}"
 impl Pipeline {
     /// Starts stand-ins and one ingress, one worker and one dispatcher, and waits until ready.
     pub async fn start(env: Arc<Isolated>, fault: &str, tuning: Tuning) -> Self {
-        shared::telemetry::init_test_tracing();
         let dify = DifyStandin::start(DifyOptions {
             api_key: Some(DIFY_KEY.into()),
             latency: Latency::Fixed(tuning.dify_latency),
@@ -155,6 +156,7 @@ impl Pipeline {
         std::fs::write(&config_path, &text).expect("write config");
         let close = CancellationToken::new();
         let services = Services::start(&config, "faults-probe", close.clone()).expect("services");
+        let started = Instant::now();
         let ingress = RoleProc::spawn(
             &env,
             &config_path,
@@ -164,6 +166,7 @@ impl Pipeline {
         );
         let mut p = Self {
             env,
+            started,
             config,
             config_path,
             dify,

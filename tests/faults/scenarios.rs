@@ -1,4 +1,4 @@
-//! The seven faults, each under steady load (5 signed events per second from before the fault
+//! The faults, each under steady load (5 signed events per second from before the fault
 //! until a few seconds after recovery), each on a fresh isolated broker and Redis: warm up until
 //! answers flow, strike, recover, keep the load on a little longer, stop the load, drain, and
 //! hand everything observed to the accounting.
@@ -14,12 +14,17 @@
 //! - broker restart: a graceful stop of the whole node (not just its app) and a start on the same
 //!   Mnesia dir, with the roles left to reconnect by themselves; the ingress answers 503 in
 //!   between and the load generator retries like a platform.
+//! - broker crash: the same with SIGKILL to the node's VM: what was confirmed must survive
+//!   without a clean shutdown (quorum queues write to disk before confirming).
 //! - Redis restart: Redis is stopped while Dify calls (1 s) hold leases, stays down for 2 s, and
 //!   comes back empty (no persistence): every idempotency record, lease, conversation and
 //!   delivered marker is gone — the harshest Redis restart there is.
 //! - receiver down and Dify down: 503 for 5 s, well inside the suite's retry schedules, so the
 //!   expected end is "delivered", not "exhausted".
 //! - poison: messages no producer of ours would write, published straight to the stage queues.
+//! - crash loop: a readable event that crashes every worker that calls Dify for it (the suite
+//!   SIGKILLs the worker as soon as the call reaches Dify, and starts a replacement at once, as
+//!   a supervisor would); the broker's delivery limit is what should end it, as poison.
 use crate::account::{account, Facts, Fault, Fed, Mark, Outcome};
 use crate::env::Isolated;
 use crate::load::Load;
@@ -36,6 +41,8 @@ const TAIL: Duration = Duration::from_secs(4);
 /// How long a dependency stays down in the "for a while" faults.
 const OUTAGE: Duration = Duration::from_secs(5);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the streams exist before the broker-crash fault strikes.
+const STREAMS_SETTLED: Duration = Duration::from_secs(5);
 
 fn tuning(fault: Fault) -> Tuning {
     let ms = Duration::from_millis;
@@ -210,6 +217,11 @@ async fn strike(
             mark(marks, "every role reconnected by itself");
         }
         Fault::BrokerCrash => {
+            // A node killed within about a second of creating the dead-letter stream brings
+            // it back unavailable for many minutes (RabbitMQ 3.10; see docs/RELIABILITY.md),
+            // and every role declares it on connect. A broker in service has had its streams
+            // for longer than that: crash it as such a broker.
+            tokio::time::sleep_until((p.started + STREAMS_SETTLED).into()).await;
             let e = env.clone();
             tokio::task::spawn_blocking(move || e.kill_broker())
                 .await
