@@ -72,6 +72,8 @@ pub struct Facts {
     pub fed: Vec<Fed>,
     pub drain: Drain,
     pub receiver_latency: Duration,
+    /// What the surviving roles counted, one line per process.
+    pub role_counters: Vec<String>,
 }
 
 /// One duplicate and the window that explains it (`None`: no documented window does).
@@ -117,6 +119,7 @@ pub struct Outcome {
     pub fed: Vec<FedOutcome>,
     pub marks: Vec<(f64, String)>,
     pub drain: Drain,
+    pub role_counters: Vec<String>,
 }
 
 const DIFY_W2: &str = "Dify window 2 (streaming, worker killed before Dify's first event)";
@@ -269,6 +272,7 @@ pub fn account(f: Facts) -> Outcome {
             .map(|m| (m.at.duration_since(f.started).as_secs_f64(), m.what.clone()))
             .collect(),
         drain: f.drain,
+        role_counters: f.role_counters,
     }
 }
 
@@ -298,9 +302,12 @@ fn dify_duplicate(f: &Facts, id: &str, runs: &[&TapCall]) -> Duplicate {
                     None => "never".into(),
                 }
             );
-            let in_window = first.at <= kill
-                && second.at > kill
-                && first.ids_at.is_none_or(|t| t + RECORD_SLACK > kill);
+            // Every run but the last was cut by a kill before its ids could be recorded.
+            let in_window = runs.windows(2).all(|pair| {
+                kill_between(&f.marks, pair[0].at).is_some_and(|k| {
+                    pair[1].at > k && pair[0].ids_at.is_none_or(|t| t + RECORD_SLACK > k)
+                })
+            }) && first.at <= kill;
             in_window.then_some(DIFY_W2)
         }),
         Fault::RedisRestart => mark_at(&f.marks, "redis stopped").and_then(|down| {
@@ -404,9 +411,23 @@ impl Outcome {
     }
 
     /// The table's header (markdown).
-    pub fn header() -> &'static str {
-        "| fault | acknowledged | delivered | dead-lettered (reason) | lost | Dify runs per event | deliveries per job | duplicates (window) | drained in |\n\
-         |---|---|---|---|---|---|---|---|---|"
+    pub fn header() -> String {
+        let columns = [
+            "fault",
+            "acknowledged",
+            "delivered",
+            "dead-lettered (reason)",
+            "lost",
+            "Dify runs per event",
+            "deliveries per job",
+            "duplicates (window)",
+            "drained in",
+        ];
+        format!(
+            "| {} |\n|{}",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        )
     }
 
     /// This fault's row (markdown).
@@ -488,6 +509,9 @@ impl Outcome {
         let mut s = format!("{}:\n", self.fault.name());
         for (t, what) in &self.marks {
             let _ = writeln!(s, "  t={t:6.2}s  {what}");
+        }
+        for c in &self.role_counters {
+            let _ = writeln!(s, "  {c}");
         }
         for d in &self.duplicates {
             let _ = writeln!(

@@ -292,6 +292,27 @@ impl Pipeline {
         Some(total)
     }
 
+    /// What the live workers and dispatchers counted (the replacements, after a kill): how
+    /// events were answered (called, recovered from Dify, from the record…) and jobs settled.
+    pub async fn role_counters(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (roles, metric) in [
+            (&self.workers, "switchboard_worker_events_total"),
+            (&self.dispatchers, "switchboard_dispatch_total"),
+        ] {
+            for r in roles.iter().filter(|r| r.is_alive()) {
+                let counts = r.counter_by(metric, "outcome").await;
+                let text = counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out.push(format!("{} outcomes: {text}", r.name));
+            }
+        }
+        out
+    }
+
     /// Publishes a raw body to a stage queue, as a misbehaving producer would (confirmed).
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
         self.services
@@ -340,22 +361,7 @@ impl Pipeline {
     /// Every entry of the dead-letter stream, read as `switchboard dlq` reads it (envelopes from
     /// the roles, raw messages the broker dead-lettered).
     pub async fn dead_letters(&self) -> Vec<Letter> {
-        let store = DlqStore::connect(&self.config)
-            .await
-            .expect("dead-letter store");
-        let names = Names::of(store.topology());
-        let mut out = Vec::new();
-        store
-            .scan(&names.stream, Start::First, |e| {
-                if record::kind(&e.meta) == Kind::Letter {
-                    out.push(record::letter(e.offset, &e.body, &e.meta, &names));
-                }
-                ControlFlow::Continue(())
-            })
-            .await
-            .expect("read the dead letters");
-        store.close().await;
-        out
+        read_dead_letters(&self.config).await
     }
 
     /// Stops the roles (SIGTERM), the suite's connection and the stand-ins. The isolated broker
@@ -374,4 +380,23 @@ impl Pipeline {
         self.dify.shutdown();
         self.receiver.shutdown();
     }
+}
+
+/// Every entry of the dead-letter stream of `config`'s broker, read as `switchboard dlq` reads
+/// them.
+pub async fn read_dead_letters(config: &Config) -> Vec<Letter> {
+    let store = DlqStore::connect(config).await.expect("dead-letter store");
+    let names = Names::of(store.topology());
+    let mut out = Vec::new();
+    store
+        .scan(&names.stream, Start::First, |e| {
+            if record::kind(&e.meta) == Kind::Letter {
+                out.push(record::letter(e.offset, &e.body, &e.meta, &names));
+            }
+            ControlFlow::Continue(())
+        })
+        .await
+        .expect("read the dead letters");
+    store.close().await;
+    out
 }

@@ -120,20 +120,59 @@ impl RoleProc {
                 .is_ok_and(|r| r.status().is_success())
     }
 
-    /// Messages this process has taken and not yet settled (`None`: no answer).
-    pub async fn in_flight(&self) -> Option<u64> {
+    /// A counter of this process summed per value of `label` (e.g. the worker's outcomes);
+    /// empty when the process is gone or does not answer.
+    pub async fn counter_by(&self, metric: &str, label: &str) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
         if !self.alive {
-            return Some(0);
+            return out;
         }
-        let text = self
-            .http
+        let Some(text) = self.metrics().await else {
+            return out;
+        };
+        let key = format!("{label}=\"");
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+        {
+            let Some(value) = line
+                .split(&key)
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+            else {
+                continue;
+            };
+            let n = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+            match out.iter_mut().find(|(k, _)| k == value) {
+                Some((_, total)) => *total += n,
+                None => out.push((value.to_owned(), n)),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        self.http
             .get(format!("http://127.0.0.1:{}/metrics", self.port))
             .send()
             .await
             .ok()?
             .text()
             .await
-            .ok()?;
+            .ok()
+    }
+
+    /// Messages this process has taken and not yet settled (`None`: no answer).
+    pub async fn in_flight(&self) -> Option<u64> {
+        if !self.alive {
+            return Some(0);
+        }
+        let text = self.metrics().await?;
         let wanted = format!("role=\"{}\"", self.role);
         let value = text
             .lines()

@@ -31,6 +31,7 @@ use crate::load::Load;
 use crate::pipeline::{Pipeline, Tuning, SECRET};
 use shared::topology::Stage;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,7 @@ pub async fn run(fault: Fault) -> Outcome {
         fed,
         drain,
         receiver_latency: tuning.receiver_latency,
+        role_counters: p.role_counters().await,
     };
     p.shutdown().await;
     // Stopping the node blocks for a moment: not on the runtime's threads.
@@ -288,12 +290,12 @@ async fn strike(
                 (
                     "a dispatch_job envelope on the work queue",
                     &work,
-                    serde_json::json!({"envelope": "dispatch_job", "v": 1, "marker": format!("poison-2-{tag}")}).to_string(),
+                    format!(r#"{{"envelope":"dispatch_job","v":1,"marker":"poison-2-{tag}"}}"#),
                 ),
                 (
                     "an inbound_event of an unknown schema version",
                     &work,
-                    serde_json::json!({"envelope": "inbound_event", "v": 99, "marker": format!("poison-3-{tag}")}).to_string(),
+                    format!(r#"{{"envelope":"inbound_event","v":99,"marker":"poison-3-{tag}"}}"#),
                 ),
                 (
                     "a body that is not JSON",
@@ -358,17 +360,37 @@ async fn crash_loop(p: &mut Pipeline, marks: &mut Vec<Mark>, fed: &mut Vec<Fed>)
             .filter(|c| c.query.as_deref() == Some(id.as_str()))
             .count()
     };
+    // Watches the dead letters apart from the loop, so that reading them never delays a kill.
+    let dead = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (dead, config, id) = (dead.clone(), p.config.clone(), id.clone());
+        tokio::spawn(async move {
+            while !dead.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let letters = crate::pipeline::read_dead_letters(&config).await;
+                if letters
+                    .iter()
+                    .any(|l| l.letter.message.to_string().contains(&id))
+                {
+                    dead.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
     let mut crashes = 0;
     while crashes < limit + 2 {
         let tap = p.tap.clone();
         let seen = calls_for(&tap);
         let deadline = Instant::now() + Duration::from_secs(30);
         // Poll fast: the kill must land before the run's first event (200 ms).
-        while calls_for(&tap) == seen && Instant::now() < deadline {
+        while calls_for(&tap) == seen && Instant::now() < deadline && !dead.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if dead.load(Ordering::SeqCst) {
+            mark(marks, "the crashing event is a dead letter");
+            break;
+        }
         if calls_for(&tap) == seen {
-            // No new call within 30 s: the event is no longer being retried (dead letter?).
             mark(marks, "the crashing event was not taken again within 30 s");
             break;
         }
@@ -382,6 +404,7 @@ async fn crash_loop(p: &mut Pipeline, marks: &mut Vec<Mark>, fed: &mut Vec<Fed>)
         );
         p.spawn_worker();
     }
+    watcher.abort();
     mark(
         marks,
         format!("stopped crashing after {crashes} crashes (delivery limit {limit})"),
