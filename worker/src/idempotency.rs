@@ -40,9 +40,11 @@ pub enum Claim {
     /// This worker holds the lease with `token`. `previous` holds the ids an earlier owner
     /// recorded (it died mid-call, or gave the claim back before calling): recover before
     /// calling again.
+    /// `takeovers` counts the workers that died holding this event (their leases lapsed).
     Acquired {
         token: i64,
         previous: Option<RunIds>,
+        takeovers: u32,
     },
 }
 
@@ -64,6 +66,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' then
   return {'done', redis.call('HGET', KEYS[1], 'answer')}
 end
+local takeovers = 0
 if state == 'leased' then
   local until_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   -- A live lease excludes every other claim, also one from the same process: two copies of
@@ -71,6 +74,10 @@ if state == 'leased' then
   if until_ms > now then
     return {'held', tostring(until_ms - now)}
   end
+  -- The lease lapsed with its owner still holding it: that worker died answering this event.
+  takeovers = redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
+else
+  takeovers = tonumber(redis.call('HGET', KEYS[1], 'takeovers') or '0')
 end
 -- Ids a previous owner recorded stay until a new call records its own (or a failed call
 -- clears them): a claim given back before calling must not lose them.
@@ -78,7 +85,7 @@ local previous = redis.call('HGET', KEYS[1], 'ids') or ''
 local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('HSET', KEYS[1], 'state', 'leased', 'owner', ARGV[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'acquired', tostring(token), previous}
+return {'acquired', tostring(token), previous, tostring(takeovers)}
 "#;
 
 // KEYS[1]. ARGV: token, lease_ms. Extends the lease if we still hold it.
@@ -121,7 +128,8 @@ end
 redis.call('HSET', KEYS[1], 'state', 'free')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 if ARGV[2] == '1' then
-  redis.call('HDEL', KEYS[1], 'ids')
+  -- A call that failed (or an event given up) starts afresh: no ids, no crash count.
+  redis.call('HDEL', KEYS[1], 'ids', 'takeovers')
 end
 return 1
 "#;
@@ -246,7 +254,12 @@ fn parse_claim(reply: &[String]) -> Claim {
                 .get(2)
                 .filter(|s| !s.is_empty())
                 .and_then(|s| serde_json::from_str::<RunIds>(s).ok());
-            Claim::Acquired { token, previous }
+            let takeovers = reply.get(3).and_then(|t| t.parse().ok()).unwrap_or(0);
+            Claim::Acquired {
+                token,
+                previous,
+                takeovers,
+            }
         }
     }
 }
@@ -266,10 +279,11 @@ mod tests {
             Claim::Held(Duration::from_millis(1500))
         );
         assert_eq!(
-            parse_claim(&s(&["acquired", "3", ""])),
+            parse_claim(&s(&["acquired", "3", "", "2"])),
             Claim::Acquired {
                 token: 3,
-                previous: None
+                previous: None,
+                takeovers: 2
             }
         );
         let ids = RunIds {
@@ -278,10 +292,11 @@ mod tests {
         };
         let json = serde_json::to_string(&ids).unwrap();
         assert_eq!(
-            parse_claim(&s(&["acquired", "4", &json])),
+            parse_claim(&s(&["acquired", "4", &json, "0"])),
             Claim::Acquired {
                 token: 4,
-                previous: Some(ids)
+                previous: Some(ids),
+                takeovers: 0
             }
         );
         let answer = Answer {

@@ -113,7 +113,19 @@ impl Worker {
                     .increment(1);
                 self.defer(&event, wait + Duration::from_millis(250)).await
             }
-            Claim::Acquired { token, previous } => {
+            Claim::Acquired {
+                token,
+                previous,
+                takeovers,
+            } => {
+                // Workers keep dying on this event: the broker's delivery limit cannot see
+                // that (a held event is re-published, which resets its delivery count), so the
+                // record counts the deaths and the same limit applies.
+                if takeovers >= self.config.broker.delivery_limit {
+                    let _ = self.idem.release_failed(&key, token).await;
+                    let why = format!("{takeovers} workers died while answering this event");
+                    return self.dead_letter(&event, Reason::Poison, &why).await;
+                }
                 let conv = conversation_of(
                     &event.source,
                     &event.conversation,

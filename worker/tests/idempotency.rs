@@ -74,6 +74,7 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
     let Claim::Acquired {
         token: ta,
         previous: None,
+        takeovers: 0,
     } = a.claim(&key).await.unwrap()
     else {
         panic!()
@@ -92,7 +93,14 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let (tb, previous) = loop {
         match b.claim(&key).await.unwrap() {
-            Claim::Acquired { token, previous } => break (token, previous),
+            Claim::Acquired {
+                token,
+                previous,
+                takeovers,
+            } => {
+                assert_eq!(takeovers, 1, "a's death is counted");
+                break (token, previous);
+            }
             _ => assert!(std::time::Instant::now() < deadline),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -186,7 +194,10 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
     };
     assert!(a.record_ids(&key, token, &ids).await.unwrap());
     assert!(a.release(&key, token).await.unwrap());
-    let Claim::Acquired { token, previous } = a.claim(&key).await.unwrap() else {
+    let Claim::Acquired {
+        token, previous, ..
+    } = a.claim(&key).await.unwrap()
+    else {
         panic!()
     };
     assert_eq!(previous, Some(ids), "kept for the next claim to recover");
@@ -198,5 +209,42 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
         ),
         "a failed run's ids are cleared"
     );
+    cleanup(&s, &key).await;
+}
+
+#[tokio::test]
+async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_resets_it() {
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let s = store(&prefix);
+    let w = Idempotency::new(
+        s.clone(),
+        "w".into(),
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    );
+    let key = w.key("src", "evt-crashy");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        // Claim, then "die": the lease lapses without a release.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Claim::Acquired {
+                takeovers, token, ..
+            } = w.claim(&key).await.unwrap()
+            {
+                seen.push((takeovers, token));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+    let token = seen.last().unwrap().1;
+    assert!(w.release_failed(&key, token).await.unwrap());
+    assert!(matches!(
+        w.claim(&key).await.unwrap(),
+        Claim::Acquired { takeovers: 0, .. }
+    ));
     cleanup(&s, &key).await;
 }
