@@ -30,11 +30,66 @@ pub struct IngressArgs {
     #[arg(long, default_value_t = 64)]
     pub rate_connections: usize,
     /// Measured time of each phase.
-    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Unmeasured time before each phase's measurement.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Each phase is run this many times, ceiling and ingress alternating, and pooled: drift
+    /// in the machine's load (other processes) then weighs on both alike.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
+/// One service's results in one phase, added up over the rounds.
+#[derive(Default)]
+struct Pooled {
+    accepted: usize,
+    measured: Duration,
+    latencies_us: Vec<i64>,
+    refused: std::collections::BTreeMap<u16, usize>,
+    errors: usize,
+    first_error: Option<String>,
+    usage: Vec<(String, Option<Usage>)>,
+    commands: std::collections::BTreeMap<String, u64>,
+    sent: u64,
+}
+
+impl Pooled {
+    fn add(
+        &mut self,
+        r: LoadResult,
+        measured: Duration,
+        usage: Vec<(String, Option<Usage>)>,
+        commands: Vec<(String, u64)>,
+    ) {
+        self.accepted += r.accepted;
+        self.measured += measured;
+        self.latencies_us.extend(r.latencies_us);
+        for (status, n) in r.refused {
+            *self.refused.entry(status).or_insert(0) += n;
+        }
+        self.errors += r.errors;
+        if self.first_error.is_none() {
+            self.first_error = r.first_error;
+        }
+        for (name, calls) in commands {
+            *self.commands.entry(name).or_insert(0) += calls;
+        }
+        self.sent += r.sent;
+        // CPU: the mean over the rounds; memory: the last round's.
+        if self.usage.is_empty() {
+            self.usage = usage;
+        } else {
+            for ((_, mine), (_, new)) in self.usage.iter_mut().zip(usage) {
+                if let (Some(m), Some(n)) = (mine.as_mut(), new) {
+                    m.cpu_percent += n.cpu_percent;
+                    m.rss_mb = n.rss_mb;
+                    m.peak_rss_mb = n.peak_rss_mb;
+                }
+            }
+        }
+    }
 }
 
 /// One measured phase of one service.
@@ -157,53 +212,73 @@ async fn measure(
     }
 
     let mut phases = Vec::new();
+    let rounds = args.rounds.max(1);
     for (n, (name, plan)) in plans.iter().enumerate() {
-        let mut ceiling_rate = None;
-        for (service, target_addr, pid) in [
-            ("ceiling", ceiling_addr, ceiling.pid()),
-            ("ingress", addr, ingress.pid()),
-        ] {
-            fixture.purge(&work_queue).await?;
-            fixture.purge(ceiling_queue).await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let target = LoadTarget {
-                addr: target_addr,
-                path: "/hooks/hooks".into(),
-                key: key.clone(),
-                tag: format!("{}-{service}-{n}", fixture.prefix),
-            };
-            let mut watched = vec![
-                (service.to_owned(), pid.to_string()),
-                ("generator".to_owned(), "self".to_owned()),
-            ];
-            watched.extend(common.servers());
-            let redis_before = redis_commands(&common.redis).await;
-            let watch = procs::Watch::start(&watched);
-            let r: LoadResult = load::run(target, plan.clone()).await;
-            let usage = watch.finish(ticks);
-            let commands = commands_between(&redis_before, &redis_commands(&common.redis).await);
-            if service == "ceiling" {
-                ceiling_rate = Some(r.accepted_per_sec);
+        let mut pooled = [Pooled::default(), Pooled::default()];
+        for round in 0..rounds {
+            for (k, (service, target_addr, pid)) in [
+                ("ceiling", ceiling_addr, ceiling.pid()),
+                ("ingress", addr, ingress.pid()),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                fixture.purge(&work_queue).await?;
+                fixture.purge(ceiling_queue).await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let target = LoadTarget {
+                    addr: target_addr,
+                    path: "/hooks/hooks".into(),
+                    key: key.clone(),
+                    tag: format!("{}-{service}-{n}-{round}", fixture.prefix),
+                };
+                let mut watched = vec![
+                    (service.to_owned(), pid.to_string()),
+                    ("generator".to_owned(), "self".to_owned()),
+                ];
+                watched.extend(common.servers());
+                let redis_before = redis_commands(&common.redis).await;
+                let watch = procs::Watch::start(&watched);
+                let r: LoadResult = load::run(target, plan.clone()).await;
+                let usage = watch.finish(ticks);
+                let commands =
+                    commands_between(&redis_before, &redis_commands(&common.redis).await);
+                eprintln!(
+                    "bench ingress: {name}, round {}, {service}: {:.0} accepted/s, p99 {:.1} ms",
+                    round + 1,
+                    r.accepted_per_sec,
+                    r.latency.p99_ms
+                );
+                pooled[k].add(r, plan.duration, usage, commands);
             }
-            eprintln!(
-                "bench ingress: {name}, {service}: {:.0} accepted/s, p99 {:.1} ms",
-                r.accepted_per_sec, r.latency.p99_ms
-            );
+        }
+        let mut ceiling_rate = None;
+        for (service, mut p) in ["ceiling", "ingress"].into_iter().zip(pooled) {
+            let rate = stats::per_second(p.accepted, p.measured);
+            if service == "ceiling" {
+                ceiling_rate = Some(rate);
+            }
+            for (_, u) in &mut p.usage {
+                if let Some(u) = u.as_mut() {
+                    u.cpu_percent /= rounds as f64;
+                }
+            }
+            let commands: Vec<(String, u64)> = p.commands.into_iter().collect();
             phases.push(Phase {
                 phase: name.clone(),
                 service,
                 connections: plan.connections,
-                accepted_per_sec: r.accepted_per_sec,
-                ratio_to_ceiling: ceiling_rate.and_then(|c| stats::ratio(r.accepted_per_sec, c)),
-                latency: r.latency,
-                refused: r.refused,
-                errors: r.errors,
-                first_error: r.first_error,
-                usage,
+                accepted_per_sec: rate,
+                ratio_to_ceiling: ceiling_rate.and_then(|c| stats::ratio(rate, c)),
+                latency: stats::summarize(&mut p.latencies_us),
+                refused: p.refused,
+                errors: p.errors,
+                first_error: p.first_error,
+                usage: p.usage,
                 redis_per_request: commands.iter().map(|(_, c)| *c).sum::<u64>() as f64
-                    / r.sent.max(1) as f64,
+                    / p.sent.max(1) as f64,
                 redis_commands: commands,
-                sent: r.sent,
+                sent: p.sent,
             });
         }
     }
@@ -330,8 +405,9 @@ fn build_report(args: &IngressArgs, phases: &[Phase], machine: Machine) -> Repor
         }
     }
     report.note(format!(
-        "closed-loop phases: {} warm-up then {} measured; fixed rate: latency counts from when \
-         each request was due",
+        "each phase: {} round(s) of {} warm-up then {} measured, ceiling and ingress \
+         alternating, pooled; fixed rate: latency counts from when each request was due",
+        args.rounds.max(1),
         humantime(args.warmup),
         humantime(args.duration)
     ));

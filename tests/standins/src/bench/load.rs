@@ -61,6 +61,8 @@ pub struct LoadResult {
     pub accepted_per_sec: f64,
     /// Ack latency of the accepted requests of the measured window.
     pub latency: Summary,
+    /// The same samples, in microseconds, sorted (to pool several runs).
+    pub latencies_us: Vec<i64>,
     /// Non-2xx answers by status, whole phase.
     pub refused: BTreeMap<u16, usize>,
     /// Requests that got no answer (connection or protocol errors), whole phase.
@@ -143,6 +145,7 @@ pub async fn run(target: LoadTarget, plan: LoadPlan) -> LoadResult {
         accepted: all.accepted,
         accepted_per_sec: stats::per_second(all.accepted, shared.plan.duration),
         latency,
+        latencies_us: all.latencies_us,
         refused: all.refused,
         errors: all.errors,
         first_error: all.first_error,

@@ -47,10 +47,8 @@ pub struct PipelineArgs {
     /// `worker.concurrency` and the app's `concurrency`.
     #[arg(long, default_value_t = 1024)]
     pub worker_concurrency: usize,
-    /// `dispatcher.concurrency`. Not the default 256: at more than half of `redis.pool_size`
-    /// (64) the dispatcher's nested Redis checkouts can exhaust its pool and stall every
-    /// delivery for the pool's 5 s wait (docs/PERFORMANCE.md).
-    #[arg(long, default_value_t = 32)]
+    /// `dispatcher.concurrency`.
+    #[arg(long, default_value_t = 256)]
     pub dispatcher_concurrency: usize,
     /// Events sent first and left out of the latency figures (connections, scripts, caches
     /// warm up); they count in the once-only figures.
