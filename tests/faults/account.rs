@@ -108,6 +108,8 @@ pub struct Outcome {
     pub delivered: usize,
     /// Acknowledged, not delivered, dead-lettered: by reason.
     pub dead: BTreeMap<String, usize>,
+    /// The same, one line per dead letter: the event, its reason and error.
+    pub dead_letters: Vec<String>,
     pub lost: Vec<String>,
     /// Runs Dify started per acknowledged event -> how many events.
     pub runs_per_event: BTreeMap<usize, usize>,
@@ -191,6 +193,7 @@ pub fn account(f: Facts) -> Outcome {
     let refused_calls = f.calls.iter().filter(|c| !c.ran()).count();
 
     let (mut delivered, mut dead, mut lost) = (0, BTreeMap::new(), Vec::new());
+    let mut dead_letters = Vec::new();
     let mut runs_per_event = BTreeMap::new();
     let mut duplicates = Vec::new();
     for s in &acked {
@@ -199,6 +202,12 @@ pub fn account(f: Facts) -> Outcome {
         } else if let Some(ls) = letters_of.get(&s.id) {
             for l in ls {
                 *dead.entry(l.letter.reason.as_str().to_owned()).or_insert(0) += 1;
+                dead_letters.push(format!(
+                    "{}: {} ({})",
+                    s.id,
+                    l.letter.reason.as_str(),
+                    l.letter.error
+                ));
             }
         } else {
             lost.push(s.id.clone());
@@ -260,6 +269,7 @@ pub fn account(f: Facts) -> Outcome {
         refused,
         delivered,
         dead,
+        dead_letters,
         lost,
         runs_per_event,
         refused_calls,
@@ -509,6 +519,9 @@ impl Outcome {
         let mut s = format!("{}:\n", self.fault.name());
         for (t, what) in &self.marks {
             let _ = writeln!(s, "  t={t:6.2}s  {what}");
+        }
+        for d in &self.dead_letters {
+            let _ = writeln!(s, "  acknowledged, dead-lettered: {d}");
         }
         for c in &self.role_counters {
             let _ = writeln!(s, "  {c}");
