@@ -1,6 +1,7 @@
 //! The fault suite (issue 7): the whole pipeline under steady load while one thing at a time
-//! breaks — a worker or a dispatcher SIGKILLed mid-work, the broker restarted, Redis restarted
-//! empty, the receiver or Dify down for a while, poison fed to the queues. After each, the
+//! breaks — a worker or a dispatcher SIGKILLed mid-work, the broker restarted or crashed, Redis
+//! restarted empty, the receiver or Dify down for a while, poison fed to the queues, an event
+//! that crashes every worker answering it. After each, the
 //! suite drains and accounts for every event the ingress acknowledged: delivered, or a dead
 //! letter with its reason; lost must be 0, and every duplicate must fall in a window that
 //! docs/GUARANTEES.md names. Results: docs/RELIABILITY.md.
