@@ -288,9 +288,14 @@ impl Broker {
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             ev = events.next() => match ev {
-                                Some(lapin::Event::Error(e)) => {
+                                // lapin reports channel errors here too (a refused declaration, a
+                                // publish to a bad queue): only a connection that is down is lost.
+                                Some(lapin::Event::Error(e)) if !live.conn.status().connected() => {
                                     tracing::warn!(error = %e, "broker connection lost");
                                     break;
+                                }
+                                Some(lapin::Event::Error(e)) => {
+                                    tracing::debug!(error = %e, "a channel failed; the connection is fine");
                                 }
                                 Some(_) => {}
                                 None => break,
@@ -332,8 +337,20 @@ impl Broker {
         .await
         .map_err(|_| BrokerError::ConfirmTimeout(Duration::from_secs(10)))??;
         let events: EventStream = Box::pin(conn.events_listener());
+        // The streams on a channel of their own, and not fatal: a stream the broker cannot serve
+        // (seen after a crash right after its creation) must not stop events and jobs from
+        // flowing; dead letters then wait in their queues until it is back.
+        let streams = conn.create_channel().await?;
+        match self.inner.topology.declare_streams(&streams).await {
+            Ok(()) => {
+                let _ = streams.close(200, "declared".into()).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot declare the dead-letter streams; events and jobs flow on, dead letters wait")
+            }
+        }
         let setup = conn.create_channel().await?;
-        self.inner.topology.declare(&setup).await?;
+        self.inner.topology.declare_queues(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;
         let mut channels = Vec::with_capacity(self.inner.pool_size);
         for _ in 0..self.inner.pool_size {

@@ -132,14 +132,14 @@ impl Topology {
         q
     }
 
-    /// Declares every queue. Idempotent: the same arguments on every call.
+    /// Declares every queue and stream. Idempotent: the same arguments on every call.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions {
-            // Survive broker restarts: an acknowledged event must never be lost.
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        // Streams first: the stage queues dead-letter into them.
+        self.declare_streams(channel).await?;
+        self.declare_queues(channel).await
+    }
+
+    /// Declares the dead-letter and replay streams.
+    pub async fn declare_streams(&self, channel: &Channel) -> lapin::Result<()> {
         for (name, bytes) in [
             (self.dead_letters(), self.dead_letter_max_bytes),
             (self.replays(), 1 << 30),
@@ -160,9 +160,14 @@ impl Topology {
                 AMQPValue::LongLongInt(64 << 20),
             );
             channel
-                .queue_declare(name.as_str().into(), durable, args)
+                .queue_declare(name.as_str().into(), DURABLE, args)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Declares the stage queues and their delay queues: what events and jobs move through.
+    pub async fn declare_queues(&self, channel: &Channel) -> lapin::Result<()> {
         for stage in [Stage::Work, Stage::Deliver] {
             let mut args = quorum();
             // A message that makes consumers crash or hang keeps coming back; past this many
@@ -180,7 +185,7 @@ impl Topology {
             args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             args.insert("x-overflow".into(), long("reject-publish"));
             channel
-                .queue_declare(self.stage_queue(stage).as_str().into(), durable, args)
+                .queue_declare(self.stage_queue(stage).as_str().into(), DURABLE, args)
                 .await?;
             for level in self.levels(stage) {
                 let mut args = quorum();
@@ -200,7 +205,7 @@ impl Topology {
                 channel
                     .queue_declare(
                         self.delay_queue(stage, *level).as_str().into(),
-                        durable,
+                        DURABLE,
                         args,
                     )
                     .await?;
@@ -222,6 +227,15 @@ impl Topology {
         Ok(())
     }
 }
+
+/// Survive broker restarts: an acknowledged event must never be lost.
+const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
 
 fn levels(schedule: &[Duration]) -> Vec<Duration> {
     let set: BTreeSet<Duration> = schedule

@@ -83,3 +83,51 @@ async fn publish_confirms_and_delay_queues_return_messages_to_their_stage() {
     topo.delete(&ch).await.unwrap();
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_stream_the_broker_cannot_serve_does_not_stop_events_from_flowing() {
+    use lapin::options::QueueDeclareOptions;
+    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
+    let cfg = config(&prefix);
+    // Something else already holds the dead-letter stream's name (as a classic queue), so the
+    // stream's declaration fails, as it does for a stream broken by a broker crash.
+    let conn = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dl = format!("{prefix}.dead-letters");
+    ch.queue_declare(
+        dl.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let services = Services::start(&cfg, "test", shutdown.clone()).unwrap();
+    let broker = services.broker.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never connected: a failing stream must not block"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let work = broker.topology().stage_queue(Stage::Work);
+    broker
+        .publish(&work, b"{}", Publish::default())
+        .await
+        .unwrap();
+    let topo = broker.topology().clone();
+    let ch2 = conn.create_channel().await.unwrap();
+    for q in topo.all_queues() {
+        let _ = ch2
+            .queue_delete(q.as_str().into(), Default::default())
+            .await;
+    }
+    shutdown.cancel();
+}
