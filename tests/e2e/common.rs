@@ -285,6 +285,16 @@ impl TestApp {
         read_dead_letters(&self.config).await
     }
 
+    /// Waits until the receiver accepted at least `n` answers.
+    pub async fn wait_answers(&self, what: &str, n: usize) {
+        let r = self.receiver.clone();
+        wait_for(what, Duration::from_secs(40), || {
+            let r = r.clone();
+            async move { r.accepted() >= n }
+        })
+        .await;
+    }
+
     /// Starts one more in-process worker (another "process" as far as Redis and the broker see).
     pub fn add_worker(&mut self) {
         self.tasks.spawn(worker::run(

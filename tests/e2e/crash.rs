@@ -39,12 +39,8 @@ async fn a_worker_given_sigterm_mid_call_finishes_that_call_and_dify_is_called_o
         status.success(),
         "the worker exits cleanly after draining: {status}"
     );
-    let r = app.receiver.clone();
-    wait_for("the answer of the call that was in flight", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the answer of the call that was in flight", 1)
+        .await;
     let event_id = app.receiver.received()[0].body["event_id"]
         .as_str()
         .unwrap()
@@ -79,12 +75,7 @@ async fn a_worker_killed_mid_stream_is_recovered_from_dify_not_repeated() {
     worker.kill9().await;
     // Another worker takes over once the dead one's lease lapses.
     app.add_worker();
-    let r = app.receiver.clone();
-    wait_for("the recovered answer", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the recovered answer", 1).await;
     let got = &app.receiver.received()[0];
     let event_id = got.body["event_id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -118,12 +109,7 @@ async fn a_multi_turn_conversation_keeps_its_conversation_id_across_a_worker_res
             .status(),
         202
     );
-    let r = app.receiver.clone();
-    wait_for("the first answer", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the first answer", 1).await;
     first.terminate();
     assert!(first.wait(T).await.success());
     let _second = app.spawn_child("worker");
@@ -133,12 +119,7 @@ async fn a_multi_turn_conversation_keeps_its_conversation_id_across_a_worker_res
             .status(),
         202
     );
-    let r = app.receiver.clone();
-    wait_for("the second answer", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 2 }
-    })
-    .await;
+    app.wait_answers("the second answer", 2).await;
     let got = app.receiver.received();
     let c1 = got[0].body["answer"]["conversation_id"]
         .as_str()

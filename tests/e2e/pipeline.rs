@@ -15,12 +15,7 @@ async fn a_signed_event_is_answered_and_arrives_signed_at_the_receiver() {
         .send_signed("evt-1", r#"{"text":"hello","sender_id":"u1"}"#)
         .await;
     assert_eq!(resp.status(), 202);
-    let r = app.receiver.clone();
-    wait_for("the answer at the receiver", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the answer at the receiver", 1).await;
     let got = &app.receiver.received()[0];
     assert!(
         got.signature_ok,
@@ -51,12 +46,7 @@ async fn the_same_event_sent_twice_calls_dify_once() {
     let app = TestApp::spawn(Options::default()).await;
     let body = r#"{"text":"twice","sender_id":"u2"}"#;
     assert_eq!(app.send_signed("evt-dup", body).await.status(), 202);
-    let r = app.receiver.clone();
-    wait_for("the first answer", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the first answer", 1).await;
     // The platform retries: same id. Answered as success, not enqueued again.
     assert_eq!(app.send_signed("evt-dup", body).await.status(), 202);
     let (d, r) = (app.dify.clone(), app.receiver.clone());
@@ -77,12 +67,7 @@ async fn an_event_redelivered_after_its_answer_was_recorded_is_not_sent_to_dify_
             .status(),
         202
     );
-    let r = app.receiver.clone();
-    wait_for("the answer", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the answer", 1).await;
     // The broker redelivers the same event (same dedup key), bypassing the door.
     let first = app.receiver.received()[0].body.clone();
     let event = shared::InboundEvent {
@@ -132,12 +117,7 @@ async fn a_receiver_failing_twice_gets_the_answer_on_the_third_attempt() {
             .status(),
         202
     );
-    let r = app.receiver.clone();
-    wait_for("delivery on the third attempt", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("delivery on the third attempt", 1).await;
     let id = app.receiver.received()[0].webhook_id.clone();
     assert_eq!(
         app.receiver.requests_for(&id),
@@ -328,11 +308,6 @@ async fn with_the_broker_unreachable_the_ingress_answers_503_and_recovers_by_its
             .status(),
         202
     );
-    let r = app.receiver.clone();
-    wait_for("the answer after recovery", T, || {
-        let r = r.clone();
-        async move { r.accepted() == 1 }
-    })
-    .await;
+    app.wait_answers("the answer after recovery", 1).await;
     app.shutdown().await;
 }

@@ -8,12 +8,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 
 async fn answered(app: &TestApp, n: usize) {
-    let r = app.receiver.clone();
-    wait_for("answers at the receiver", T, || {
-        let r = r.clone();
-        async move { r.accepted() >= n }
-    })
-    .await;
+    app.wait_answers("answers at the receiver", n).await;
 }
 
 fn event_id(app: &TestApp, i: usize) -> String {
