@@ -285,6 +285,19 @@ impl TestApp {
         read_dead_letters(&self.config).await
     }
 
+    /// Waits until the dead-letter store holds at least one dead letter, and returns them all.
+    pub async fn wait_dead_letters(&self) -> Vec<DeadLetter> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let letters = self.dead_letters().await;
+            if !letters.is_empty() {
+                return letters;
+            }
+            assert!(Instant::now() < deadline, "no dead letter within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the receiver accepted at least `n` answers.
     pub async fn wait_answers(&self, what: &str, n: usize) {
         let r = self.receiver.clone();

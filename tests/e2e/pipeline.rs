@@ -139,11 +139,7 @@ async fn a_receiver_answering_400_yields_a_dead_letter_with_the_attempt_history(
             .status(),
         202
     );
-    let mut letters = Vec::new();
-    let deadline = std::time::Instant::now() + T;
-    while letters.is_empty() && std::time::Instant::now() < deadline {
-        letters = app.dead_letters().await;
-    }
+    let letters = app.wait_dead_letters().await;
     assert_eq!(letters.len(), 1, "one dead letter");
     let dl = &letters[0];
     assert_eq!((dl.stage, dl.reason), (Stage::Deliver, Reason::Permanent));

@@ -5,12 +5,6 @@ use crate::common::*;
 use shared::envelope::{encode, Reason, Stage};
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(30);
-
-async fn answered(app: &TestApp, n: usize) {
-    app.wait_answers("answers at the receiver", n).await;
-}
-
 fn event_id(app: &TestApp, i: usize) -> String {
     app.receiver.received()[i].body["event_id"]
         .as_str()
@@ -28,7 +22,7 @@ async fn dify_429_then_success_is_retried_and_answered() {
             .status(),
         202
     );
-    answered(&app, 1).await;
+    app.wait_answers("answers at the receiver", 1).await;
     let id = event_id(&app, 0);
     assert_eq!(app.dify.calls_for(&id), 2, "one refused call, one answered");
     app.shutdown().await;
@@ -44,7 +38,7 @@ async fn an_error_mid_stream_is_retried_and_answered() {
             .status(),
         202
     );
-    answered(&app, 1).await;
+    app.wait_answers("answers at the receiver", 1).await;
     assert_eq!(app.dify.calls_for(&event_id(&app, 0)), 2);
     app.shutdown().await;
 }
@@ -58,7 +52,7 @@ async fn a_conversation_dify_forgot_is_recovered_with_a_new_conversation() {
             .status(),
         202
     );
-    answered(&app, 1).await;
+    app.wait_answers("answers at the receiver", 1).await;
     let old = app.receiver.received()[0].body["answer"]["conversation_id"]
         .as_str()
         .unwrap()
@@ -70,7 +64,7 @@ async fn a_conversation_dify_forgot_is_recovered_with_a_new_conversation() {
             .status(),
         202
     );
-    answered(&app, 2).await;
+    app.wait_answers("answers at the receiver", 2).await;
     let new = app.receiver.received()[1].body["answer"]["conversation_id"]
         .as_str()
         .unwrap()
@@ -95,11 +89,7 @@ async fn a_permanent_dify_error_becomes_a_dead_letter_with_dify_code() {
             .status(),
         202
     );
-    let mut letters = Vec::new();
-    let deadline = std::time::Instant::now() + T;
-    while letters.is_empty() && std::time::Instant::now() < deadline {
-        letters = app.dead_letters().await;
-    }
+    let letters = app.wait_dead_letters().await;
     assert_eq!(letters.len(), 1);
     let dl = &letters[0];
     assert_eq!((dl.stage, dl.reason), (Stage::Work, Reason::Permanent));
@@ -120,11 +110,7 @@ async fn exhausted_retries_become_a_dead_letter_with_every_attempt() {
             .status(),
         202
     );
-    let mut letters = Vec::new();
-    let deadline = std::time::Instant::now() + T;
-    while letters.is_empty() && std::time::Instant::now() < deadline {
-        letters = app.dead_letters().await;
-    }
+    let letters = app.wait_dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, Reason::Exhausted);
     assert_eq!(
@@ -151,7 +137,7 @@ async fn blocking_mode_answers_too() {
             .status(),
         202
     );
-    answered(&app, 1).await;
+    app.wait_answers("answers at the receiver", 1).await;
     assert_eq!(
         app.dify.records()[0].response_mode.as_deref(),
         Some("blocking")
@@ -193,7 +179,7 @@ async fn two_workers_racing_for_the_same_redelivered_event_call_dify_once() {
             .await
             .unwrap();
     }
-    answered(&app, 1).await;
+    app.wait_answers("answers at the receiver", 1).await;
     let (d, r) = (app.dify.clone(), app.receiver.clone());
     assert!(
         stays(Duration::from_secs(3), || d.calls() == 1
