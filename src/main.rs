@@ -47,7 +47,7 @@ enum Command {
     /// Dead letters: list, show, export, stats, replay, audit.
     Dlq {
         #[command(subcommand)]
-        command: Box<dispatcher::deadletter::DlqCommand>,
+        command: Box<deadletters::cli::DlqCommand>,
     },
 }
 
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                 command: ConfigCommand::Check,
             } => Ok(config_check(&config, &cli.config)),
             Command::Topology => topology(&config).await,
-            Command::Dlq { command } => dispatcher::deadletter::run(*command, &config).await,
+            Command::Dlq { command } => deadletters::cli::run(*command, &config).await,
             Command::Ingress => serve(config, Roles::Ingress).await,
             Command::Worker => serve(config, Roles::Worker).await,
             Command::Dispatcher => serve(config, Roles::Dispatcher).await,

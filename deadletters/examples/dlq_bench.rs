@@ -5,12 +5,12 @@
 //! prefix's queues. The commands run in-process through `run_with`, output kept in memory.
 //!
 //! ```text
-//! cargo run --release -p dispatcher --example dlq_bench -- --count 100000
-//! cargo run -p dispatcher --example dlq_bench -- --count 50 --print   # see the output
+//! cargo run --release -p deadletters --example dlq_bench -- --count 100000
+//! cargo run -p deadletters --example dlq_bench -- --count 50 --print   # see the output
 //! ```
 use chrono::{Duration as Span, Utc};
 use clap::Parser;
-use dispatcher::deadletter::{run_with, Console, DlqCli};
+use deadletters::cli::{run_with, Console, DlqCli};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

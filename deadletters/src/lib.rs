@@ -3,10 +3,12 @@
 //! envelopes from the worker and the dispatcher, and raw messages the broker gave up on
 //! (poison) — and are read from any offset or time without being consumed. Every replay
 //! appends its record to the `{prefix}.replays` stream, which `dlq audit` lists and `dlq list`
-//! joins. This module never publishes dead letters (the stages do) and never deletes any.
+//! joins. This crate never publishes dead letters (the stages do, through `shared`) and never
+//! deletes any; it uses nothing of the roles, and the binary mounts its command line.
 //!
 //! Pure logic (reading entries, filters, replay plans, records, rendering) is kept apart from
 //! the broker I/O ([`store`], [`execute`]) and the command line ([`cli`]).
+#![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
@@ -16,8 +18,6 @@ pub mod record;
 pub mod render;
 pub mod replay;
 pub mod store;
-
-pub use cli::{run, run_with, Captured, Console, DlqCli, DlqCommand};
 
 use std::process::ExitCode;
 

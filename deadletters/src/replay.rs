@@ -111,8 +111,8 @@ pub fn due(n: u64, interval: Option<Duration>) -> Duration {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::deadletter::audit::{ReplayRecord, RunState, Selection};
-    use crate::deadletter::record::Origin;
+    use crate::audit::{ReplayRecord, RunState, Selection};
+    use crate::record::Origin;
     use chrono::Utc;
     use shared::envelope::{
         Answer, AnswerPayload, Attempt, ChatType, Conversation, Destination, Reason, Timings,

@@ -8,7 +8,7 @@
 
 use chrono::{Duration as Days, Utc};
 use clap::Parser;
-use dispatcher::deadletter::{run_with, Console, DlqCli};
+use deadletters::cli::{run_with, Console, DlqCli};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions,

@@ -413,7 +413,7 @@ pub async fn cleanup(services: &Services, prefix: &str) {
 /// Every dead letter in a config's store, read to the stream's definite end (not consumed),
 /// through the same reader `switchboard dlq` uses.
 pub async fn read_dead_letters(config: &Config) -> Vec<DeadLetter> {
-    use dispatcher::deadletter::{filter::Start, store::Store};
+    use deadletters::{filter::Start, store::Store};
     let store = Store::connect(config).await.expect("dead-letter store");
     let stream = shared::topology::Topology::from_config(config).dead_letters();
     let mut out = Vec::new();

@@ -9,7 +9,7 @@
 use crate::load::Sent;
 use crate::pipeline::Drain;
 use crate::tap::TapCall;
-use dispatcher::deadletter::record::Letter;
+use deadletters::record::Letter;
 use standins::receiver::Received;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -8,9 +8,9 @@
 use crate::env::{free_port, Isolated};
 use crate::roles::RoleProc;
 use crate::tap::Tap;
-use dispatcher::deadletter::filter::Start;
-use dispatcher::deadletter::record::{self, Kind, Letter, Names};
-use dispatcher::deadletter::store::Store as DlqStore;
+use deadletters::filter::Start;
+use deadletters::record::{self, Kind, Letter, Names};
+use deadletters::store::Store as DlqStore;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use shared::{Config, Services};
