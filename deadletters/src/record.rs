@@ -89,6 +89,14 @@ impl Names {
         }
     }
 
+    /// The queue a letter of this stage is replayed to.
+    pub fn queue(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Work => &self.work,
+            Stage::Deliver => &self.deliver,
+        }
+    }
+
     fn stage_of_queue(&self, queue: &str) -> Option<Stage> {
         if queue == self.work || queue.ends_with(".work") {
             Some(Stage::Work)

@@ -72,6 +72,17 @@ pub struct ListItem {
     pub replays: Vec<Mark>,
 }
 
+impl ListItem {
+    /// A summary with the replays the ledger has of it.
+    pub fn new(summary: Summary, replays: &[Mark]) -> Self {
+        Self {
+            replayed: !replays.is_empty(),
+            replays: replays.to_vec(),
+            summary,
+        }
+    }
+}
+
 fn replayed_cell(marks: &[Mark]) -> String {
     match marks.last() {
         None => "-".to_owned(),
