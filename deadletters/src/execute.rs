@@ -7,7 +7,8 @@ use chrono::Utc;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use shared::envelope::Stage;
+use lapin::PublisherConfirm;
+use shared::envelope::DeadLetter;
 use shared::units::Rate;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::audit::{Failure, ReplayRecord, RunState, Selection};
+use super::record::Names;
 use super::replay::{due, rearm, Plan};
 use super::store::{settle, Store};
 use super::DlqError;
@@ -66,7 +68,25 @@ struct Recorder<'a> {
     last: Instant,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    fn new(store: &'a Store, plan: &Plan, spec: &'a RunSpec) -> Self {
+        Self {
+            store,
+            stream: store.topology().replays(),
+            spec,
+            replay_id: Uuid::now_v7(),
+            started_at: Utc::now(),
+            part: 0,
+            matched: (plan.send.len() + plan.skipped.len()) as u64,
+            sent: 0,
+            skipped: plan.skipped.len() as u64,
+            failed: 0,
+            sent_ids: Vec::new(),
+            failures: Vec::new(),
+            last: Instant::now(),
+        }
+    }
+
     async fn write(&mut self, state: RunState) -> Result<(), DlqError> {
         let record = ReplayRecord {
             replay_id: self.replay_id,
@@ -112,6 +132,18 @@ impl Recorder<'_> {
         self.failed += 1;
         self.failures.push(Failure { id, error });
     }
+
+    fn outcome(&self, state: RunState, sending: Duration) -> Outcome {
+        Outcome {
+            replay_id: self.replay_id,
+            state,
+            matched: self.matched,
+            sent: self.sent,
+            skipped: self.skipped,
+            failed: self.failed,
+            sending,
+        }
+    }
 }
 
 /// Sends a plan. Returns once every publish is settled and the final part is on record.
@@ -122,26 +154,10 @@ pub async fn execute(
     progress: &ProgressBar,
     stop: &CancellationToken,
 ) -> Result<Outcome, DlqError> {
-    let topology = store.topology();
-    let mut rec = Recorder {
-        store,
-        stream: topology.replays(),
-        spec,
-        replay_id: Uuid::now_v7(),
-        started_at: Utc::now(),
-        part: 0,
-        matched: (plan.send.len() + plan.skipped.len()) as u64,
-        sent: 0,
-        skipped: plan.skipped.len() as u64,
-        failed: 0,
-        sent_ids: Vec::new(),
-        failures: Vec::new(),
-        last: Instant::now(),
-    };
+    let mut rec = Recorder::new(store, plan, spec);
     // On record before anything goes: if this fails, nothing is sent.
     rec.write(RunState::Running).await?;
-    let work_queue = topology.stage_queue(Stage::Work);
-    let deliver_queue = topology.stage_queue(Stage::Deliver);
+    let names = Names::of(store.topology());
     let interval = spec.rate.map(|r| r.interval());
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -154,29 +170,23 @@ pub async fn execute(
             _ = tokio::time::sleep_until(wait_until) => {}
         }
         let dead = &letter.letter;
-        let queue = match dead.stage {
-            Stage::Work => &work_queue,
-            Stage::Deliver => &deliver_queue,
-        };
-        match rearm(dead) {
-            Err(e) => {
-                rec.fail(dead.id, e.to_string());
+        let queue = names.queue(dead.stage);
+        match publish(store, queue, dead).await {
+            Sent::Publishing(confirm) => {
+                let id = dead.id;
+                let queue = queue.to_owned();
+                in_flight.push(async move { (id, settle(confirm, &queue).await) });
+            }
+            Sent::Unsendable(e) => {
+                rec.fail(dead.id, e);
                 progress.inc(1);
             }
-            Ok(body) => match store.publish(queue, &body, &dead.id.to_string()).await {
-                Ok(confirm) => {
-                    let id = dead.id;
-                    let queue = queue.clone();
-                    in_flight.push(async move { (id, settle(confirm, &queue).await) });
-                }
-                Err(e) => {
-                    // The channel or connection is gone: nothing more can be sent.
-                    rec.fail(dead.id, e.to_string());
-                    progress.inc(1);
-                    interrupted = true;
-                    break;
-                }
-            },
+            Sent::Broken(e) => {
+                rec.fail(dead.id, e);
+                progress.inc(1);
+                interrupted = true;
+                break;
+            }
         }
         while in_flight.len() >= WINDOW {
             if let Some((id, r)) = in_flight.next().await {
@@ -197,15 +207,27 @@ pub async fn execute(
         RunState::Done
     };
     rec.write(state).await?;
-    Ok(Outcome {
-        replay_id: rec.replay_id,
-        state,
-        matched: rec.matched,
-        sent: rec.sent,
-        skipped: rec.skipped,
-        failed: rec.failed,
-        sending,
-    })
+    Ok(rec.outcome(state, sending))
+}
+
+/// What became of one dead letter's publish.
+enum Sent {
+    /// Published; its confirm settles later.
+    Publishing(PublisherConfirm),
+    /// Its message cannot be rebuilt: a failure on record, and the run goes on.
+    Unsendable(String),
+    /// The channel or connection is gone: nothing more can be sent.
+    Broken(String),
+}
+
+async fn publish(store: &Store, queue: &str, dead: &DeadLetter) -> Sent {
+    match rearm(dead) {
+        Err(e) => Sent::Unsendable(e.to_string()),
+        Ok(body) => match store.publish(queue, &body, &dead.id.to_string()).await {
+            Ok(confirm) => Sent::Publishing(confirm),
+            Err(e) => Sent::Broken(e.to_string()),
+        },
+    }
 }
 
 fn settled(rec: &mut Recorder<'_>, id: Uuid, r: Result<(), DlqError>, progress: &ProgressBar) {

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod record;
 pub mod render;
 pub mod replay;
+pub mod report;
 pub mod store;
 
 use std::process::ExitCode;

@@ -1,14 +1,15 @@
-//! How dead letters, stats and replay records read on a terminal and in files: the list table,
-//! one letter with its attempts as a timeline, stats, the audit table, and the JSON shapes of
-//! `list --json` and `export`. Pure: every function returns text; the caller writes it.
+//! How dead letters, stats and replay records read on a terminal: the list table, one letter
+//! with its attempts as a timeline, stats, the audit table and one replay run in full. Pure:
+//! every function returns text; the caller writes it. The data behind them, and the JSON of
+//! `list --json` and `export`, are [`crate::report`]'s.
 use chrono::{DateTime, Utc};
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use serde::{Deserialize, Serialize};
-use shared::envelope::{DeadLetter, Envelope};
+use shared::envelope::DeadLetter;
 use std::collections::BTreeMap;
 
 use super::audit::{Mark, Run};
-use super::record::{Letter, Origin, Summary};
+use super::record::{Letter, Origin};
+use super::report::{or_dash, ListItem, Stats};
 
 /// Times in tables: UTC to the second; the epoch means "unknown".
 pub fn time(t: DateTime<Utc>) -> String {
@@ -55,34 +56,6 @@ fn short(s: &str, max: usize) -> String {
     }
 }
 
-fn or_dash(s: &str) -> &str {
-    if s.is_empty() {
-        "-"
-    } else {
-        s
-    }
-}
-
-/// One row of `dlq list`, as printed by `--json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ListItem {
-    #[serde(flatten)]
-    pub summary: Summary,
-    pub replayed: bool,
-    pub replays: Vec<Mark>,
-}
-
-impl ListItem {
-    /// A summary with the replays the ledger has of it.
-    pub fn new(summary: Summary, replays: &[Mark]) -> Self {
-        Self {
-            replayed: !replays.is_empty(),
-            replays: replays.to_vec(),
-            summary,
-        }
-    }
-}
-
 fn replayed_cell(marks: &[Mark]) -> String {
     match marks.last() {
         None => "-".to_owned(),
@@ -114,40 +87,6 @@ pub fn list_table(items: &[ListItem], width: Option<u16>) -> String {
     finish(&t)
 }
 
-/// Where a letter sits in the store and what replays it had, next to it in `export`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreInfo {
-    pub offset: u64,
-    pub origin: Origin,
-    pub replays: Vec<Mark>,
-}
-
-/// One line of `dlq export`: the `DeadLetter` envelope, every field as stored, plus `store`.
-/// `shared::envelope::decode::<DeadLetter>` reads it back (unknown keys are ignored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExportLine {
-    pub envelope: String,
-    pub v: u16,
-    #[serde(flatten)]
-    pub letter: DeadLetter,
-    pub store: StoreInfo,
-}
-
-impl ExportLine {
-    pub fn new(l: &Letter, replays: &[Mark]) -> Self {
-        Self {
-            envelope: DeadLetter::KIND.to_owned(),
-            v: DeadLetter::VERSION,
-            letter: l.letter.clone(),
-            store: StoreInfo {
-                offset: l.offset,
-                origin: l.origin,
-                replays: replays.to_vec(),
-            },
-        }
-    }
-}
-
 /// `+850ms`, `+5s`, `+5m 2s`, `+2h 3m`: the time since the first attempt, to a useful grain.
 fn since(d: chrono::Duration) -> String {
     let ms = d.num_milliseconds().max(0);
@@ -165,6 +104,14 @@ fn since(d: chrono::Duration) -> String {
 
 /// `dlq show`: the record, its replays, the attempts as a timeline and the original message.
 pub fn show(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
+    let mut body = fields(l, marks, stage_queue);
+    body.push_str(&timeline(&l.letter));
+    body.push_str(&original(&l.letter));
+    body
+}
+
+/// The record's fields, one a line, then the replays it had.
+fn fields(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
     let d = &l.letter;
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<14} {v}\n"));
@@ -217,7 +164,12 @@ pub fn show(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
             m.replay_id
         ));
     }
-    body.push_str(&format!("\nAttempts ({})\n", d.attempts.len()));
+    body
+}
+
+/// The attempts as a timeline, each with its distance from the first, then where it gave up.
+fn timeline(d: &DeadLetter) -> String {
+    let mut body = format!("\nAttempts ({})\n", d.attempts.len());
     if d.attempts.is_empty() {
         body.push_str("  none recorded\n");
     }
@@ -253,7 +205,12 @@ pub fn show(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
         time(d.dead_at),
         d.reason.as_str()
     ));
-    body.push_str("\nOriginal message\n");
+    body
+}
+
+/// The original message, as pretty JSON.
+fn original(d: &DeadLetter) -> String {
+    let mut body = "\nOriginal message\n".to_owned();
     let pretty = serde_json::to_string_pretty(&d.message).unwrap_or_default();
     for l in pretty.lines() {
         body.push_str("  ");
@@ -261,41 +218,6 @@ pub fn show(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
         body.push('\n');
     }
     body
-}
-
-/// Counts for `dlq stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    pub total: u64,
-    pub replayed: u64,
-    pub by_reason: BTreeMap<String, u64>,
-    pub by_stage: BTreeMap<String, u64>,
-    pub by_source: BTreeMap<String, u64>,
-    pub by_target: BTreeMap<String, u64>,
-    pub by_day: BTreeMap<String, u64>,
-}
-
-impl Stats {
-    pub fn add(&mut self, s: &Summary, replayed: bool) {
-        self.total += 1;
-        self.replayed += u64::from(replayed);
-        *self.by_reason.entry(s.reason.as_str().into()).or_default() += 1;
-        *self.by_stage.entry(s.stage.as_str().into()).or_default() += 1;
-        *self
-            .by_source
-            .entry(or_dash(&s.source).to_owned())
-            .or_default() += 1;
-        *self
-            .by_target
-            .entry(s.target.clone().unwrap_or_else(|| "-".into()))
-            .or_default() += 1;
-        let day = if s.dead_at == DateTime::<Utc>::UNIX_EPOCH {
-            "unknown".to_owned()
-        } else {
-            s.dead_at.format("%Y-%m-%d").to_string()
-        };
-        *self.by_day.entry(day).or_default() += 1;
-    }
 }
 
 /// `dlq stats` as text: a total, then one small table per dimension (largest first; days in
@@ -404,6 +326,7 @@ pub fn run_detail(r: &Run) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::record::Summary;
     use chrono::TimeZone;
     use shared::envelope::{Attempt, Reason, Stage};
     use uuid::Uuid;
@@ -479,25 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn export_lines_round_trip_every_field() {
-        let l = letter();
-        let marks = vec![Mark {
-            replay_id: Uuid::from_u128(9),
-            at: at(400),
-            actor: "alice".into(),
-        }];
-        let line = serde_json::to_string(&ExportLine::new(&l, &marks)).unwrap();
-        assert!(!line.contains('\n'));
-        assert_eq!(
-            shared::envelope::decode::<DeadLetter>(line.as_bytes()).unwrap(),
-            l.letter
-        );
-        let back: ExportLine = serde_json::from_str(&line).unwrap();
-        assert_eq!(back, ExportLine::new(&l, &marks));
-    }
-
-    #[test]
-    fn stats_count_by_each_dimension() {
+    fn stats_read_as_a_total_and_a_table_per_dimension() {
         let mut s = Stats::default();
         let a = Summary::of(&letter());
         let mut b = a.clone();
@@ -508,15 +413,12 @@ mod tests {
         s.add(&a, true);
         s.add(&a, false);
         s.add(&b, false);
-        assert_eq!((s.total, s.replayed), (3, 1));
-        assert_eq!(s.by_reason.get("exhausted"), Some(&2));
-        assert_eq!(s.by_target.get("-"), Some(&1));
-        assert_eq!(s.by_source.get("-"), Some(&1));
-        assert_eq!(s.by_day.get("2023-11-14"), Some(&2));
-        assert_eq!(s.by_day.get("unknown"), Some(&1));
         let text = stats(&s, None);
         assert!(text.starts_with("3 dead letter(s), 1 replayed"), "{text}");
-        assert!(text.contains("exhausted"));
+        // Largest first within a dimension; days in order, the unknown one last.
+        let reasons = text.find("exhausted").unwrap();
+        assert!(reasons < text.find("poison").unwrap(), "{text}");
+        assert!(text.find("2023-11-14").unwrap() < text.find("unknown").unwrap());
     }
 
     #[test]

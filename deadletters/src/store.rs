@@ -14,7 +14,9 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
+};
 use shared::topology::Topology;
 use shared::Config;
 use std::ops::ControlFlow;
@@ -129,30 +131,8 @@ impl Store {
             return Err(DlqError::NoStream(stream.to_owned()));
         }
         let ch = self.conn.create_channel().await.map_err(broker)?;
-        // Streams require a prefetch; it bounds how far the broker reads ahead of our acks.
-        ch.basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(broker)?;
-        let mut args = FieldTable::default();
-        // Where to attach: the first retained entry, or the chunk holding a point in time.
-        args.insert(
-            "x-stream-offset".into(),
-            match start {
-                Start::First => AMQPValue::LongString("first".into()),
-                Start::Timestamp(secs) => AMQPValue::Timestamp(secs),
-            },
-        );
         let tag = format!("switchboard-dlq-{}", Uuid::now_v7().simple());
-        let mut consumer = ch
-            .basic_consume(
-                stream.into(),
-                tag.as_str().into(),
-                // Manual acks: streams refuse automatic ones (acks only return credit here).
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(broker)?;
+        let mut consumer = attach(&ch, stream, start, &tag).await?;
         // The consumer is attached (consume-ok came back), so the marker lands after its
         // starting point and is bound to come back to it.
         let marker = Uuid::now_v7().to_string();
@@ -262,6 +242,32 @@ impl Store {
         let _ = self.publisher.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// Attaches a consumer to `stream` at `start` on a channel of its own.
+async fn attach(ch: &Channel, stream: &str, start: Start, tag: &str) -> Result<Consumer, DlqError> {
+    // Streams require a prefetch; it bounds how far the broker reads ahead of our acks.
+    ch.basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let mut args = FieldTable::default();
+    // Where to attach: the first retained entry, or the chunk holding a point in time.
+    args.insert(
+        "x-stream-offset".into(),
+        match start {
+            Start::First => AMQPValue::LongString("first".into()),
+            Start::Timestamp(secs) => AMQPValue::Timestamp(secs),
+        },
+    );
+    ch.basic_consume(
+        stream.into(),
+        tag.into(),
+        // Manual acks: streams refuse automatic ones (acks only return credit here).
+        BasicConsumeOptions::default(),
+        args,
+    )
+    .await
+    .map_err(broker)
 }
 
 /// Waits for a publish's confirm and says whether the broker kept the message.

@@ -13,7 +13,7 @@ use super::{Console, ExportArgs};
 use crate::audit::Ledger;
 use crate::filter::Filter;
 use crate::record::{self, Names};
-use crate::render::ExportLine;
+use crate::report::ExportLine;
 use crate::store::Store;
 use crate::DlqError;
 

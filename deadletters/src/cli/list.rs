@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use super::read::{none_found, open, select};
 use super::{Console, ListArgs};
 use crate::filter::Filter;
-use crate::render::{self, ListItem};
+use crate::render;
+use crate::report::ListItem;
 use crate::DlqError;
 
 pub(super) async fn list(

@@ -14,8 +14,9 @@ use crate::audit::{Ledger, RunState, Selection};
 use crate::execute::{execute, Outcome, RunSpec};
 use crate::filter::Filter;
 use crate::record::{self, Letter, Names};
-use crate::render::{self, ListItem};
+use crate::render;
 use crate::replay::{plan, Plan};
+use crate::report::ListItem;
 use crate::store::Store;
 use crate::DlqError;
 

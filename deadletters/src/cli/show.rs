@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use super::read::{by_ids, open};
 use super::{Console, ShowArgs};
-use crate::render::{self, ExportLine};
+use crate::render;
+use crate::report::ExportLine;
 use crate::DlqError;
 
 pub(super) async fn show(a: &ShowArgs, config: &Config, c: &mut Console) -> Result<(), DlqError> {

@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use super::read::{open, select};
 use super::{Console, StatsArgs};
 use crate::filter::Filter;
-use crate::render::{self, Stats};
+use crate::render;
+use crate::report::Stats;
 use crate::DlqError;
 
 pub(super) async fn stats(
