@@ -176,7 +176,7 @@ fn timeline(d: &DeadLetter) -> String {
     let first = d.attempts.first().map(|a| a.at);
     for (n, a) in d.attempts.iter().enumerate() {
         let offset = first.map(|f| since(a.at - f)).unwrap_or_default();
-        let mut what = a.outcome.clone();
+        let mut what = a.outcome.to_string();
         if let Some(s) = a.status {
             what.push_str(&format!(" {s}"));
         }

@@ -10,7 +10,7 @@ use deadpool_redis::redis::AsyncCommands;
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
 use shared::config::Config;
-use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
+use shared::envelope::{decode, AttemptOutcome, DeadLetter, Destination, DispatchJob, Reason};
 use shared::retry::{RetryDecision, RetryPolicy};
 use shared::stage::{self, Settle};
 use shared::topology::Stage;
@@ -240,7 +240,7 @@ impl Dispatcher {
         };
         metrics::histogram!("switchboard_delivery_seconds", "kind" => route.target.kind())
             .record(outcome.attempt.duration_ms as f64 / 1000.0);
-        tracing::info!(verdict = target::verdict_word(&outcome.verdict), status = ?outcome.attempt.status, code = ?outcome.attempt.code, "attempt");
+        tracing::info!(verdict = %outcome.attempt.outcome, status = ?outcome.attempt.status, code = ?outcome.attempt.code, "attempt");
         let verdict = outcome.verdict.clone();
         job.attempts.push(outcome.attempt);
         // The breaker watches whether the receiver is reachable and working: a refusal or a
@@ -354,7 +354,12 @@ impl Dispatcher {
 fn failed_attempts(job: &DispatchJob) -> usize {
     job.attempts
         .iter()
-        .filter(|a| matches!(a.outcome.as_str(), "retry" | "token_invalid" | "permanent"))
+        .filter(|a| {
+            matches!(
+                a.outcome,
+                AttemptOutcome::Retry | AttemptOutcome::TokenInvalid | AttemptOutcome::Permanent
+            )
+        })
         .count()
 }
 
@@ -365,7 +370,7 @@ fn last_error(job: &DispatchJob) -> String {
             (_, _, Some(e)) => e.clone(),
             (Some(s), Some(c), None) => format!("HTTP {s}, code {c}"),
             (Some(s), None, None) => format!("HTTP {s}"),
-            _ => a.outcome.clone(),
+            _ => a.outcome.to_string(),
         })
         .unwrap_or_else(|| "no attempt".into())
 }

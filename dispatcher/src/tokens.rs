@@ -7,7 +7,7 @@
 //! Tokens are secrets: they live in [`Secret`]s and never reach a log line, an error or an
 //! attempt record. What a platform's token request and answer look like is its reply module's
 //! business ([`TokenSource`]); this module owns caching and the once-only retry.
-use crate::target::{describe_transport_error, verdict_word, Context, Outcome, Verdict};
+use crate::target::{describe_transport_error, Context, Outcome, Verdict};
 use deadpool_redis::redis;
 use futures_util::future::BoxFuture;
 use shared::envelope::Attempt;
@@ -80,7 +80,7 @@ impl TokenError {
         Outcome {
             attempt: Attempt {
                 at: chrono::Utc::now(),
-                outcome: verdict_word(&verdict).into(),
+                outcome: verdict.outcome(),
                 status,
                 code,
                 error: Some(format!("access token: {self}")),
@@ -316,7 +316,7 @@ pub async fn send_with_token<'a>(
     let mut second = send(token).await;
     if second.verdict == Verdict::TokenInvalid {
         second.verdict = Verdict::Retry { retry_after: None };
-        second.attempt.outcome = verdict_word(&second.verdict).into();
+        second.attempt.outcome = second.verdict.outcome();
         second.attempt.error = Some("access token refused again right after a refresh".into());
     } else if second.attempt.error.is_none() && second.verdict != Verdict::Delivered {
         second.attempt.error = Some("after refreshing the access token".into());

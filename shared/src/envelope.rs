@@ -163,8 +163,7 @@ impl Envelope for InboundEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attempt {
     pub at: DateTime<Utc>,
-    /// `ok`, `retry`, `permanent`, `rate_limited`, …
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// The platform's or Dify's error code from the answer body.
@@ -177,6 +176,79 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excerpt: Option<String>,
     pub duration_ms: u64,
+}
+
+/// What one attempt came to. On the wire it is a word (`ok`, `retry`, …): jobs, events and dead
+/// letters already in queues and streams carry these words, so they never change, and a word this
+/// version does not know (written by a newer or an older one) is kept as it is, not refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// `ok`: the receiver took the job.
+    Delivered,
+    /// `retry`: failed this time; tried again on the schedule.
+    Retry,
+    /// `wait`: the platform asked us to slow down or paused the target; not a failed attempt.
+    Wait,
+    /// `partial`: some parts of a split answer went out; the rest waits for its admission.
+    Partial,
+    /// `token_invalid`: the platform refused the access token.
+    TokenInvalid,
+    /// `permanent`: refused for good.
+    Permanent,
+    /// `conversation_lost`: Dify no longer knew the conversation (worker stage).
+    ConversationLost,
+    /// Any other word, kept as written.
+    Other(String),
+}
+
+impl AttemptOutcome {
+    /// The word on the wire and in the audit.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttemptOutcome::Delivered => "ok",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Wait => "wait",
+            AttemptOutcome::Partial => "partial",
+            AttemptOutcome::TokenInvalid => "token_invalid",
+            AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::ConversationLost => "conversation_lost",
+            AttemptOutcome::Other(word) => word,
+        }
+    }
+}
+
+impl From<&str> for AttemptOutcome {
+    fn from(word: &str) -> Self {
+        match word {
+            "ok" => AttemptOutcome::Delivered,
+            "retry" => AttemptOutcome::Retry,
+            "wait" => AttemptOutcome::Wait,
+            "partial" => AttemptOutcome::Partial,
+            "token_invalid" => AttemptOutcome::TokenInvalid,
+            "permanent" => AttemptOutcome::Permanent,
+            "conversation_lost" => AttemptOutcome::ConversationLost,
+            other => AttemptOutcome::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AttemptOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        Ok(AttemptOutcome::from(word.as_str()))
+    }
 }
 
 /// Dify's answer to one event, as recorded and as fanned out.
@@ -431,6 +503,91 @@ mod tests {
             decode::<InboundEvent>(b"{}"),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    /// A job as this version's predecessor wrote it to the deliver queue, attempts as words.
+    const OLD_JOB: &str = r#"{"envelope":"dispatch_job","v":1,
+        "id":"0190a3c4-0000-5000-8000-000000000001",
+        "destination":{"type":"target","id":"crm"},
+        "payload":{"event_id":"0190a3c4-0000-7000-8000-000000000002","source":"crm",
+            "platform":"bearer","conversation":{"chat_id":"c","chat_type":"single","sender_id":"u"},
+            "query":"hi","answer":{"text":"hello"},
+            "timings":{"received_at":null,"dify_started_at":null,"dify_ms":null,"answered_at":null}},
+        "attempts":[
+            {"at":"2024-07-01T10:00:00Z","outcome":"retry","status":503,"duration_ms":12},
+            {"at":"2024-07-01T10:00:05Z","outcome":"partial","error":"part 1/3 delivered","duration_ms":0},
+            {"at":"2024-07-01T10:00:06Z","outcome":"wait","duration_ms":3},
+            {"at":"2024-07-01T10:00:07Z","outcome":"token_invalid","code":"40014","duration_ms":9},
+            {"at":"2024-07-01T10:00:08Z","outcome":"rate_limited","duration_ms":1},
+            {"at":"2024-07-01T10:00:09Z","outcome":"ok","status":200,"duration_ms":30}]}"#;
+
+    #[test]
+    fn attempt_outcomes_read_and_write_the_words_already_on_the_wire() {
+        let job = decode::<DispatchJob>(OLD_JOB.as_bytes()).unwrap();
+        let outcomes: Vec<AttemptOutcome> =
+            job.attempts.iter().map(|a| a.outcome.clone()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                AttemptOutcome::Retry,
+                AttemptOutcome::Partial,
+                AttemptOutcome::Wait,
+                AttemptOutcome::TokenInvalid,
+                AttemptOutcome::Other("rate_limited".into()),
+                AttemptOutcome::Delivered,
+            ]
+        );
+        // Written back, every word is the one that was read, the unknown one included.
+        let again: serde_json::Value = serde_json::from_slice(&encode(&job)).unwrap();
+        let old: serde_json::Value = serde_json::from_str(OLD_JOB).unwrap();
+        assert_eq!(again["attempts"], old["attempts"]);
+        let words = [
+            (AttemptOutcome::Delivered, "ok"),
+            (AttemptOutcome::Retry, "retry"),
+            (AttemptOutcome::Wait, "wait"),
+            (AttemptOutcome::Partial, "partial"),
+            (AttemptOutcome::TokenInvalid, "token_invalid"),
+            (AttemptOutcome::Permanent, "permanent"),
+            (AttemptOutcome::ConversationLost, "conversation_lost"),
+            (AttemptOutcome::Other("later".into()), "later"),
+        ];
+        for (outcome, word) in words {
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), word);
+            assert_eq!(AttemptOutcome::from(word), outcome, "{word}");
+        }
+    }
+
+    #[test]
+    fn an_old_dead_letter_still_parses() {
+        // A worker-stage dead letter as the stream holds it, its event inside as the message.
+        let letter = r#"{"envelope":"dead_letter","v":1,
+            "id":"0190a3c4-0000-7000-8000-000000000009","stage":"work","reason":"exhausted",
+            "error":"Dify answered 503","source":"crm",
+            "event_id":"0190a3c4-0000-7000-8000-000000000002",
+            "message":{"id":"0190a3c4-0000-7000-8000-000000000002","source":"crm",
+                "platform":"bearer","dedup_key":"k1","kind":"message",
+                "received_at":"2024-07-01T09:59:59Z",
+                "conversation":{"chat_id":"c","chat_type":"group","sender_id":"u"},
+                "text":"hi","payload":{},
+                "attempts":[{"at":"2024-07-01T10:00:00Z","outcome":"conversation_lost","duration_ms":5}]},
+            "attempts":[
+                {"at":"2024-07-01T10:00:00Z","outcome":"conversation_lost","duration_ms":5},
+                {"at":"2024-07-01T10:00:01Z","outcome":"permanent","status":400,"code":"invalid_param","duration_ms":7}],
+            "first_attempt_at":"2024-07-01T10:00:00Z","last_attempt_at":"2024-07-01T10:00:01Z",
+            "dead_at":"2024-07-01T10:00:02Z"}"#;
+        let dl = decode::<DeadLetter>(letter.as_bytes()).unwrap();
+        assert_eq!(
+            dl.attempts
+                .iter()
+                .map(|a| a.outcome.as_str())
+                .collect::<Vec<_>>(),
+            ["conversation_lost", "permanent"]
+        );
+        let event: InboundEvent = serde_json::from_value(dl.message.clone()).unwrap();
+        assert_eq!(event.attempts[0].outcome, AttemptOutcome::ConversationLost);
+        let again: serde_json::Value = serde_json::from_slice(&encode(&dl)).unwrap();
+        let old: serde_json::Value = serde_json::from_str(letter).unwrap();
+        assert_eq!(again, old, "written back unchanged");
     }
 
     #[test]

@@ -20,6 +20,6 @@ pub mod topology;
 pub mod units;
 
 pub use config::Config;
-pub use envelope::{Attempt, DeadLetter, DispatchJob, InboundEvent};
+pub use envelope::{Attempt, AttemptOutcome, DeadLetter, DispatchJob, InboundEvent};
 pub use secret::Secret;
 pub use services::Services;

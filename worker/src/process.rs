@@ -12,8 +12,8 @@ use lapin::options::BasicRejectOptions;
 use shared::broker::Publish;
 use shared::config::{AppConfig, Config, SourceConfig};
 use shared::envelope::{
-    decode, encode, Answer, AnswerPayload, Attempt, DeadLetter, Destination, DispatchJob,
-    InboundEvent, Reason, Timings,
+    decode, encode, Answer, AnswerPayload, Attempt, AttemptOutcome, DeadLetter, Destination,
+    DispatchJob, InboundEvent, Reason, Timings,
 };
 use shared::retry::{RetryDecision, RetryPolicy};
 use shared::stage::{self, Settle};
@@ -535,7 +535,11 @@ fn attempt_of(
 ) -> Attempt {
     Attempt {
         at,
-        outcome: class_word(class).into(),
+        outcome: match class {
+            ErrorClass::Retry { .. } => AttemptOutcome::Retry,
+            ErrorClass::Permanent => AttemptOutcome::Permanent,
+            ErrorClass::ConversationLost => AttemptOutcome::ConversationLost,
+        },
         status: error.status(),
         code: error.code().map(str::to_owned),
         error: Some(error.to_string()),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use shared::config::{ConfigIssue, SourceConfig, TargetConfig};
-use shared::envelope::{Attempt, DispatchJob};
+use shared::envelope::{Attempt, AttemptOutcome, DispatchJob};
 use shared::store::Store;
 use shared::units::Rate;
 use std::sync::Arc;
@@ -41,6 +41,19 @@ pub enum Verdict {
     TokenInvalid,
     /// Refused for good: dead letter.
     Permanent,
+}
+
+impl Verdict {
+    /// What the attempt that came to this verdict is recorded as.
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            Verdict::Retry { .. } => AttemptOutcome::Retry,
+            Verdict::Wait { .. } => AttemptOutcome::Wait,
+            Verdict::TokenInvalid => AttemptOutcome::TokenInvalid,
+            Verdict::Permanent => AttemptOutcome::Permanent,
+        }
+    }
 }
 
 /// A receiver's answer, as the classifiers see it.
@@ -179,7 +192,7 @@ pub async fn send(
             let verdict = classify(&answer);
             let attempt = Attempt {
                 at,
-                outcome: verdict_word(&verdict).into(),
+                outcome: verdict.outcome(),
                 status: Some(status),
                 code: errcode(&answer.body),
                 error: None,
@@ -192,7 +205,7 @@ pub async fn send(
             let error = describe_transport_error(&e);
             let attempt = Attempt {
                 at,
-                outcome: "retry".into(),
+                outcome: AttemptOutcome::Retry,
                 status: None,
                 code: None,
                 error: Some(error),
@@ -246,16 +259,6 @@ pub fn describe_transport_error(e: &reqwest::Error) -> String {
         what.to_owned()
     } else {
         format!("{what}: {cause}")
-    }
-}
-
-pub fn verdict_word(v: &Verdict) -> &'static str {
-    match v {
-        Verdict::Delivered => "ok",
-        Verdict::Retry { .. } => "retry",
-        Verdict::Wait { .. } => "wait",
-        Verdict::TokenInvalid => "token_invalid",
-        Verdict::Permanent => "permanent",
     }
 }
 

@@ -6,7 +6,7 @@
 use super::{Context, Outcome, Verdict};
 use deadpool_redis::redis;
 use futures_util::future::BoxFuture;
-use shared::envelope::{Attempt, DispatchJob};
+use shared::envelope::{Attempt, AttemptOutcome, DispatchJob};
 use std::time::Duration;
 
 /// How long progress is remembered: longer than any retry schedule runs.
@@ -60,7 +60,7 @@ pub async fn deliver_parts<'a>(
                 },
                 format!("part {i}/{n} delivered; the rest waits its turn"),
             );
-            outcome.attempt.outcome = "partial".into();
+            outcome.attempt.outcome = AttemptOutcome::Partial;
             return outcome;
         }
         let mut outcome = send(i, part.clone()).await;
@@ -108,7 +108,7 @@ pub fn local_outcome(verdict: Verdict, error: impl Into<String>) -> Outcome {
     Outcome {
         attempt: Attempt {
             at: chrono::Utc::now(),
-            outcome: super::verdict_word(&verdict).into(),
+            outcome: verdict.outcome(),
             status: None,
             code: None,
             error: Some(error.into()),
