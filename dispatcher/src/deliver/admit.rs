@@ -1,0 +1,140 @@
+//! Admission of one job: its target's circuit breaker, then its rate limit. A job that is not
+//! admitted waits in a delay queue without counting an attempt. The breaker may pick the job as
+//! its one probe; [`Admitted`] holds that probe until the attempt's verdict is reported and gives
+//! it back when dropped unreported (the job was parked after all, another dispatcher held its
+//! lock, the token was refused), so that another process may probe at once instead of after the
+//! probe's lease. This module never sends, parks or acks.
+use super::{Dispatcher, Route, STORE_WAIT};
+use crate::breaker::{Breaker, Gate};
+use crate::ratelimit::Admission;
+use crate::target::Verdict;
+use shared::envelope::{Destination, DispatchJob};
+use std::time::Duration;
+
+/// A job let through to its attempt.
+pub(super) struct Admitted<'a> {
+    breaker: &'a Breaker,
+    /// The target's name for the breaker and the limiter.
+    target: String,
+    /// This job is the breaker's probe and its verdict has not been reported yet.
+    probe: bool,
+}
+
+impl Admitted<'_> {
+    /// Tells the breaker what the attempt said about the receiver (see [`receiver_alive`]); a
+    /// verdict that says nothing leaves the breaker alone and gives a probe back.
+    pub(super) async fn report(mut self, verdict: &Verdict) {
+        if let Some(alive) = receiver_alive(verdict) {
+            self.probe = false;
+            let _ = self.breaker.record(&self.target, alive).await;
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.probe {
+            return;
+        }
+        // A drop cannot wait: the probe is given back by a task of its own. Should that fail
+        // (no runtime, Redis away), the probe's lease frees it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let breaker = self.breaker.clone();
+        let target = std::mem::take(&mut self.target);
+        runtime.spawn(async move {
+            let _ = breaker.release_probe(&target).await;
+        });
+    }
+}
+
+/// What a verdict says about the receiver (pure). The breaker watches whether the receiver is
+/// reachable and working: a refusal or a "slow down" is an answer (alive), a retryable failure
+/// is not, and a refused access token says nothing about the receiver.
+pub(super) fn receiver_alive(verdict: &Verdict) -> Option<bool> {
+    match verdict {
+        Verdict::Delivered | Verdict::Wait { .. } | Verdict::Permanent => Some(true),
+        Verdict::Retry { .. } => Some(false),
+        Verdict::TokenInvalid => None,
+    }
+}
+
+/// The name a job's target goes by in the breaker and the limiter: a target's id, or
+/// `reply:<source>` for a source's reply channel.
+pub(super) fn target_name(job: &DispatchJob) -> String {
+    match &job.destination {
+        Destination::Target { id } => id.clone(),
+        Destination::Reply { .. } => format!("reply:{}", job.payload.source),
+    }
+}
+
+impl Dispatcher {
+    /// Asks the breaker, then the limiter; `Err(wait)`: park the job for `wait` without
+    /// counting an attempt. A breaker that cannot be read lets the job through (it protects the
+    /// receiver, not a promise); a limiter that cannot be read parks it (the platform's limit
+    /// is a promise: a robot that sends too fast is muted).
+    pub(super) async fn admit(
+        &self,
+        job: &DispatchJob,
+        route: &Route,
+    ) -> Result<Admitted<'_>, Duration> {
+        let target = target_name(job);
+        let probe = match self.breaker.gate(&target).await {
+            Ok(Gate::Open { wait }) => {
+                tracing::info!(?wait, "target paused by its circuit breaker");
+                return Err(wait);
+            }
+            Ok(gate) => gate == Gate::Probe,
+            Err(e) => {
+                tracing::warn!(error = %e, "breaker state unavailable; delivering anyway");
+                false
+            }
+        };
+        // From here on a probe that is not used goes back when `admitted` is dropped.
+        let admitted = Admitted {
+            breaker: &self.breaker,
+            target,
+            probe,
+        };
+        if route.rates.is_empty() {
+            return Ok(admitted);
+        }
+        match self.limiter.acquire(&admitted.target, &route.rates).await {
+            Ok(Admission::Go) => Ok(admitted),
+            Ok(Admission::Wait(wait)) => {
+                metrics::counter!("switchboard_dispatch_total", "outcome" => "rate_limited")
+                    .increment(1);
+                Err(wait)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; job waits");
+                Err(STORE_WAIT)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_verdicts_tell_the_breaker() {
+        let cases = [
+            (Verdict::Delivered, Some(true)),
+            (
+                Verdict::Wait {
+                    wait: Duration::from_secs(60),
+                },
+                Some(true),
+            ),
+            (Verdict::Permanent, Some(true)),
+            (Verdict::Retry { retry_after: None }, Some(false)),
+            (Verdict::TokenInvalid, None),
+        ];
+        for (verdict, want) in cases {
+            assert_eq!(receiver_alive(&verdict), want, "{verdict:?}");
+        }
+    }
+}

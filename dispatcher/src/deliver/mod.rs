@@ -1,0 +1,184 @@
+//! Delivering one `DispatchJob`, in named steps: **already delivered?** (a broker redelivery is
+//! acked without posting) → **admit** (the target's circuit breaker and rate limit; a job not
+//! admitted waits in a delay queue without counting an attempt) → **lock** (one dispatcher at a
+//! time per job) → **attempt** (one delivery through the target's kind) → **settle** (mark it
+//! delivered, schedule a retry with jitter, or dead-letter it with its whole history). The job
+//! is acked only after that outcome is durable.
+//!
+//! When Redis fails, each step decides once what that means:
+//!
+//! | step | on a Redis error | why |
+//! |---|---|---|
+//! | already delivered? | the job waits 5 s | a copy arriving after its delivery is common (every redelivery after a crash): posting it unchecked would repeat the delivery |
+//! | admit: breaker | the job goes on | the breaker protects the receiver; it promises nothing |
+//! | admit: rate limit | the job waits 5 s | the platform's limit is a promise: a robot that sends too fast is muted |
+//! | lock | the job goes on | see `marks::Lock::from_reply`: the lock guards a rare race the delivered check mostly covers, and waiting could lock a job out by its own lock |
+//! | settle: mark delivered | the job is acked | it was delivered; a redelivered copy would be posted again (the window in docs/GUARANTEES.md) |
+//! | settle: unlock | nothing | the lock lapses after `lock_ttl` |
+//!
+//! The steps live in `admit`, `marks` (the delivered mark and the lock) and `settle`; the
+//! routes a dispatcher knows in `routes`.
+mod admit;
+mod marks;
+mod routes;
+mod settle;
+
+pub use routes::{build_routes, Route, Routes};
+
+use crate::breaker::Breaker;
+use crate::ratelimit::RateLimiter;
+use crate::target::{Context, Outcome};
+use lapin::message::Delivery;
+use lapin::options::BasicRejectOptions;
+use marks::{Lock, Marks};
+use shared::config::Config;
+use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
+use shared::stage::{self, Settle};
+use shared::topology::Stage;
+use shared::Services;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long a job waits when Redis cannot answer a question it must have answered.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
+/// The dispatcher of one process.
+pub struct Dispatcher {
+    services: Services,
+    ctx: Context,
+    targets: HashMap<String, Route>,
+    /// Reply channels by source id.
+    replies: HashMap<String, Route>,
+    limiter: RateLimiter,
+    breaker: Breaker,
+    delivered_ttl: Duration,
+    lock_ttl: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(config: &Config, services: Services) -> anyhow::Result<Self> {
+        let Routes { targets, replies } =
+            build_routes(config).map_err(shared::config::ConfigError)?;
+        let d = &config.dispatcher;
+        Ok(Self {
+            ctx: Context {
+                http: crate::ssrf::client(d)?,
+                store: services.store.clone(),
+                allow_private: d.allow_private.clone(),
+                part_budget: None,
+            },
+            limiter: RateLimiter::new(services.store.clone()),
+            breaker: Breaker::new(services.store.clone(), Default::default()),
+            delivered_ttl: d.delivered_ttl,
+            // Longer than any one delivery can take, so two dispatchers never post the same
+            // job at once, and short enough that a crashed holder does not stall the job.
+            lock_ttl: d.request_timeout * 3,
+            services,
+            targets,
+            replies,
+        })
+    }
+
+    pub async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let job = match decode::<DispatchJob>(&delivery.data) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable message on the deliver queue; dead-lettering it");
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("job", job_id = %job.id, event_id = %job.payload.event_id, target = %job.destination.name());
+        self.process(job)
+            .instrument(span)
+            .await
+            .apply(&delivery.acker)
+            .await;
+    }
+
+    fn route(&self, job: &DispatchJob) -> Option<&Route> {
+        match &job.destination {
+            Destination::Target { id } => self.targets.get(id),
+            Destination::Reply { .. } => self.replies.get(&job.payload.source),
+        }
+    }
+
+    /// One job, step by step; a step that does not let the job through settles it.
+    async fn process(&self, job: DispatchJob) -> Settle {
+        let marks = Marks::of(&self.services.store, &job);
+        match marks.is_delivered().await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("already delivered; not posting again");
+                metrics::counter!("switchboard_dispatch_total", "outcome" => "duplicate_suppressed").increment(1);
+                return Settle::Ack;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unavailable; job waits");
+                return self.defer(&job, STORE_WAIT).await;
+            }
+        }
+        let Some(route) = self.route(&job) else {
+            return self
+                .dead_letter(&job, Reason::Permanent, "the target is not configured")
+                .await;
+        };
+        let admitted = match self.admit(&job, route).await {
+            Ok(admitted) => admitted,
+            Err(wait) => return self.defer(&job, wait).await,
+        };
+        // One dispatcher at a time per job: a redelivery while the first is still posting waits.
+        if marks.lock(self.lock_ttl).await == Lock::Busy {
+            // The job is not sent: a probe goes back before it is parked.
+            drop(admitted);
+            return self.defer(&job, STORE_WAIT).await;
+        }
+        let outcome = self.attempt(&job, route).await;
+        self.settle(job, route, admitted, outcome, &marks).await
+    }
+
+    /// Delivers the job once through its target's kind. A rate-limited target sends one message
+    /// per admission, so a split answer spends one admission per part and no window exceeds
+    /// the limit.
+    async fn attempt(&self, job: &DispatchJob, route: &Route) -> Outcome {
+        let outcome = if route.rates.is_empty() {
+            route.target.deliver(job, &self.ctx).await
+        } else {
+            let ctx = Context {
+                part_budget: Some(1),
+                ..self.ctx.clone()
+            };
+            route.target.deliver(job, &ctx).await
+        };
+        metrics::histogram!("switchboard_delivery_seconds", "kind" => route.target.kind())
+            .record(outcome.attempt.duration_ms as f64 / 1000.0);
+        tracing::info!(verdict = %outcome.attempt.outcome, status = ?outcome.attempt.status, code = ?outcome.attempt.code, "attempt");
+        outcome
+    }
+
+    async fn defer(&self, job: &DispatchJob, wait: Duration) -> Settle {
+        let parked = stage::park(
+            &self.services.broker,
+            Stage::Deliver,
+            job,
+            job.id.to_string(),
+            wait,
+        )
+        .await;
+        Settle::after(parked, "park the job")
+    }
+
+    async fn dead_letter(&self, job: &DispatchJob, reason: Reason, error: &str) -> Settle {
+        let dl = DeadLetter::from_job(job, reason, error);
+        tracing::error!(reason = reason.as_str(), error, dead_letter_id = %dl.id, "job dead-lettered");
+        Settle::after(
+            stage::bury(&self.services.broker, &dl).await,
+            "dead-letter the job",
+        )
+    }
+}
