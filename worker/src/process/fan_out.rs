@@ -1,0 +1,95 @@
+//! The last steps for an answered event: **record** the answer (and the conversation Dify keeps
+//! it in) so that a redelivered copy is answered from the record without calling Dify again,
+//! then **fan out** one `DispatchJob` per destination — the reply into the conversation and every
+//! target of the source — each confirmed by the broker before the event is acked. Must not call
+//! Dify.
+use super::{Claimed, Worker};
+use shared::broker::Publish;
+use shared::config::SourceConfig;
+use shared::envelope::{
+    encode, Answer, AnswerPayload, Destination, DispatchJob, InboundEvent, Timings,
+};
+use shared::stage::Settle;
+use shared::topology::Stage;
+
+impl Worker {
+    /// Records the answer under the claim; a record that cannot be written is logged, and the
+    /// jobs still go out (their ids are derived from the event, so the dispatcher dedups them).
+    pub(super) async fn record(&self, claimed: &Claimed, answer: &Answer) {
+        // Store the conversation before the next message of it may be sent (we hold its turn).
+        if let Some(cid) = &answer.conversation_id {
+            if let Err(e) = self.conversations.set(&claimed.conv, cid).await {
+                tracing::warn!(error = %e, "could not store the conversation id");
+            }
+        }
+        match self.idem.complete(&claimed.key, claimed.token, answer).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("lease was taken over before the answer was recorded; dispatching anyway (job ids dedup)"),
+            Err(e) => tracing::warn!(error = %e, "could not record the answer"),
+        }
+        metrics::counter!("switchboard_worker_events_total", "outcome" => "answered").increment(1);
+    }
+
+    /// One job per destination: the reply into the conversation and every fan-out target.
+    pub(super) async fn fan_out(
+        &self,
+        event: &InboundEvent,
+        source: &SourceConfig,
+        answer: &Answer,
+        timings: Timings,
+    ) -> Settle {
+        let payload = AnswerPayload {
+            event_id: event.id,
+            source: event.source.clone(),
+            platform: event.platform.clone(),
+            conversation: event.conversation.clone(),
+            query: event.text.clone(),
+            answer: answer.clone(),
+            timings,
+        };
+        let queue = self.services.broker.topology().stage_queue(Stage::Deliver);
+        for destination in destinations(source, event) {
+            let job = DispatchJob {
+                id: DispatchJob::job_id(event.id, &destination),
+                destination,
+                payload: payload.clone(),
+                attempts: Vec::new(),
+                replay_of: None,
+            };
+            let opts = Publish {
+                message_id: Some(job.id.to_string()),
+                ..Default::default()
+            };
+            if let Err(e) = self
+                .services
+                .broker
+                .publish(&queue, &encode(&job), opts)
+                .await
+            {
+                // The answer is recorded: the redelivered event dispatches from the record.
+                tracing::warn!(error = %e, "could not publish a job; the event will come back");
+                return Settle::Requeue;
+            }
+        }
+        Settle::Ack
+    }
+}
+
+/// The destinations of an event's answer (pure).
+pub fn destinations(source: &SourceConfig, event: &InboundEvent) -> Vec<Destination> {
+    let mut out = Vec::new();
+    if source.reply {
+        if let Some(handle) = &event.reply {
+            out.push(Destination::Reply {
+                handle: handle.clone(),
+            });
+        }
+    }
+    out.extend(
+        source
+            .targets
+            .iter()
+            .map(|id| Destination::Target { id: id.clone() }),
+    );
+    out
+}

@@ -1,0 +1,215 @@
+//! Handling one `InboundEvent`, in named steps: **claim and turn** (claim the event in the
+//! idempotency record, or find its answer recorded there; take its conversation's turn) →
+//! **resume** (recover a run a dead worker left behind before considering a new call) → **call**
+//! Dify once (starting a new conversation once if Dify forgot the stored one) → **record** the
+//! answer → **fan out** one `DispatchJob` per destination. A failed call becomes an attempt on
+//! the event: transient failures wait in a delay queue, permanent or exhausted ones become dead
+//! letters. The message is acked only after its outcome is durable (jobs, delay or dead letter
+//! confirmed by the broker).
+//!
+//! The steps live in `claim`, `resume`, `call` and `fan_out`; this module strings them together
+//! and owns parking and dead-lettering.
+mod call;
+mod claim;
+mod fan_out;
+mod resume;
+
+pub use fan_out::destinations;
+
+use crate::conversation::{ConversationKey, Conversations};
+use crate::dify::DifyClient;
+use crate::idempotency::{Idempotency, RunIds};
+use call::Failed;
+use lapin::message::Delivery;
+use lapin::options::BasicRejectOptions;
+use resume::Resume;
+use shared::config::{AppConfig, Config, SourceConfig};
+use shared::envelope::{decode, Answer, DeadLetter, InboundEvent, Reason, Timings};
+use shared::retry::RetryPolicy;
+use shared::stage::{self, Settle};
+use shared::topology::Stage;
+use shared::Services;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long an event waits when Redis cannot answer a question it must have answered.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+/// How long an event waits for a run that may still be going in Dify.
+const RUN_WAIT: Duration = Duration::from_secs(2);
+
+/// The worker of one process.
+pub struct Worker {
+    config: Arc<Config>,
+    services: Services,
+    dify: DifyClient,
+    idem: Idempotency,
+    conversations: Conversations,
+    policy: RetryPolicy,
+}
+
+/// This worker's hold on an event: the idempotency claim and the conversation's turn.
+#[derive(Debug, Clone)]
+struct Claimed {
+    key: String,
+    token: i64,
+    conv: ConversationKey,
+    /// Who holds the conversation's turn: unique per claim.
+    holder: String,
+}
+
+/// What claiming an event gave.
+// One per event, moved once: boxing the turn would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Hold {
+    /// The answer is recorded already: fan it out without calling Dify.
+    Recorded(Box<Answer>),
+    /// The event is this worker's, and so is its conversation's turn; `previous` holds the ids
+    /// of the run a dead worker started, if it recorded any.
+    Turn {
+        claimed: Claimed,
+        previous: Option<RunIds>,
+    },
+}
+
+impl Worker {
+    pub fn new(config: Arc<Config>, services: Services, dify: DifyClient, owner: String) -> Self {
+        let w = &config.worker;
+        Self {
+            idem: Idempotency::new(services.store.clone(), owner, w.lease, w.answer_ttl),
+            conversations: Conversations::new(services.store.clone(), w.conversation_ttl),
+            policy: RetryPolicy::new(w.retry_schedule.clone(), w.jitter),
+            dify,
+            services,
+            config,
+        }
+    }
+
+    /// Handles one delivery from the work queue and settles it.
+    pub async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let event = match decode::<InboundEvent>(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                // Unreadable: reject without requeue; the queue dead-letters it, raw, to the
+                // dead-letter stream, where auditors see it as poison.
+                tracing::error!(error = %e, "unreadable message on the work queue; dead-lettering it");
+                metrics::counter!("switchboard_worker_events_total", "outcome" => "invalid")
+                    .increment(1);
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("event", event_id = %event.id, source = %event.source);
+        self.process(event)
+            .instrument(span)
+            .await
+            .apply(&delivery.acker)
+            .await;
+    }
+
+    /// One event, step by step; a step that does not let the event through settles it.
+    async fn process(&self, event: InboundEvent) -> Settle {
+        let Some(source) = self.config.source(&event.source) else {
+            let why = "the source is no longer configured";
+            return self.dead_letter(&event, Reason::Permanent, why).await;
+        };
+        let Some(app) = self.config.app(&source.app) else {
+            let why = "the source's app is no longer configured";
+            return self.dead_letter(&event, Reason::Permanent, why).await;
+        };
+        match self.claim_and_turn(&event, source).await {
+            Err(settled) => settled,
+            Ok(Hold::Recorded(answer)) => {
+                self.fan_out(&event, source, &answer, Timings::default())
+                    .await
+            }
+            Ok(Hold::Turn { claimed, previous }) => {
+                let settle = self.answer(event, source, app, &claimed, previous).await;
+                let _ = self
+                    .conversations
+                    .end_turn(&claimed.conv, &claimed.holder)
+                    .await;
+                settle
+            }
+        }
+    }
+
+    /// Answers a claimed event: from the previous claim's run if it can be recovered, else by
+    /// one call; then records the answer and fans it out.
+    async fn answer(
+        &self,
+        mut event: InboundEvent,
+        source: &SourceConfig,
+        app: &AppConfig,
+        claimed: &Claimed,
+        previous: Option<RunIds>,
+    ) -> Settle {
+        let (key, token) = (claimed.key.as_str(), claimed.token);
+        if let Some(prev) = previous.filter(RunIds::identifies_run) {
+            match self.resume(app, key, token, &prev).await {
+                Resume::Answer(answer) => {
+                    self.record(claimed, &answer).await;
+                    return self
+                        .fan_out(&event, source, &answer, Timings::default())
+                        .await;
+                }
+                Resume::Wait => {
+                    // The run may still be going in Dify: don't start a second one. The ids
+                    // stay recorded for the next claim, which asks Dify again.
+                    tracing::info!("the previous run may still be going in Dify; waiting for it");
+                    let _ = self.idem.release(key, token).await;
+                    return self.defer(&event, RUN_WAIT).await;
+                }
+                Resume::CallAgain => {}
+            }
+        }
+        let conversation_id = match self.conversations.get(&claimed.conv).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.idem.release(key, token).await;
+                tracing::warn!(error = %e, "conversation store unavailable; deferring");
+                return self.defer(&event, STORE_WAIT).await;
+            }
+        };
+        match self.call(&event, app, claimed, conversation_id).await {
+            Ok((answer, timings)) => {
+                self.record(claimed, &answer).await;
+                self.fan_out(&event, source, &answer, timings).await
+            }
+            Err(Failed {
+                error,
+                class,
+                attempt,
+            }) => {
+                let _ = self.idem.release_failed(key, token).await;
+                event.attempts.push(attempt);
+                self.retry_or_give_up(&event, &error, class).await
+            }
+        }
+    }
+
+    /// Parks the event in a delay queue (or back on the work queue) for `wait`.
+    async fn defer(&self, event: &InboundEvent, wait: Duration) -> Settle {
+        let parked = stage::park(
+            &self.services.broker,
+            Stage::Work,
+            event,
+            event.id.to_string(),
+            wait,
+        )
+        .await;
+        Settle::after(parked, "park the event")
+    }
+
+    async fn dead_letter(&self, event: &InboundEvent, reason: Reason, error: &str) -> Settle {
+        let dl = DeadLetter::from_event(event, reason, error);
+        tracing::error!(reason = reason.as_str(), error, dead_letter_id = %dl.id, "event dead-lettered");
+        Settle::after(
+            stage::bury(&self.services.broker, &dl).await,
+            "dead-letter the event",
+        )
+    }
+}
