@@ -4,9 +4,10 @@
 //! title; default the answer's first line), `at_mobiles`, `at_user_ids`, `at_all`. DingTalk
 //! allows 20 messages a minute per robot and mutes a robot that sends faster for 10 minutes
 //! (130101): the target then waits rather than burning attempts.
+use super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::parts::deliver_parts;
-use super::{errcode, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use crate::split::Limit;
 use async_trait::async_trait;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -87,11 +88,6 @@ impl DingtalkRobot {
         k.finish(built)
     }
 
-    /// DingTalk refuses messages over 20 000 bytes.
-    pub fn limit(&self) -> Limit {
-        Limit::bytes(20_000)
-    }
-
     /// The body of one message; at-mentions go with the first part only.
     pub fn render(&self, content: &str, first: bool) -> Value {
         let mut body = match self.msgtype {
@@ -125,7 +121,7 @@ fn title_of(content: &str) -> String {
     title
 }
 
-/// DingTalk's answer:
+/// DingTalk's answer (HTTP 200; anything else is judged as plain HTTP):
 ///
 /// | errcode | meaning | verdict |
 /// |---|---|---|
@@ -135,17 +131,18 @@ fn title_of(content: &str) -> String {
 /// | 310000 | keyword, IP, timestamp or signature refused | Permanent |
 /// | 300001 | no such robot token | Permanent |
 /// | any other | refused | Permanent |
+pub const ERRCODES: Errcodes = Errcodes {
+    keys: ERRCODE_KEYS,
+    only_on_200: true,
+    table: &[
+        ("130101", Verdict::Wait { wait: MUTED_WAIT }),
+        ("-1", Verdict::Retry { retry_after: None }),
+    ],
+};
+
+/// Classifies DingTalk's answer with [`ERRCODES`].
 pub fn classify(answer: &Answer) -> Verdict {
-    if answer.status != 200 {
-        return super::classify_http(answer);
-    }
-    match errcode(&answer.body).as_deref() {
-        Some("0") => Verdict::Delivered,
-        Some("130101") => Verdict::Wait { wait: MUTED_WAIT },
-        Some("-1") => Verdict::Retry { retry_after: None },
-        Some(_) => Verdict::Permanent,
-        None => Verdict::Retry { retry_after: None },
-    }
+    ERRCODES.classify(answer)
 }
 
 #[async_trait]
@@ -161,12 +158,13 @@ impl Target for DingtalkRobot {
         })
     }
 
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, self.limit()).len()
+    /// DingTalk refuses messages over 20 000 bytes.
+    fn message_limit(&self) -> Option<Limit> {
+        Some(Limit::bytes(20_000))
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = split(&job.payload.answer.text, self.limit());
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |i, part| {
             let body = self.render(&part, i == 0);
             // Each part is signed at its own send time: DingTalk refuses stale timestamps.

@@ -3,6 +3,7 @@
 //! body then carries `timestamp` and `sign`), `msg_type` (`text` | `post` | `interactive`) and
 //! `title` (post and card title). Limits: 5 messages a second and 100 a minute per bot; a body
 //! of at most 20 KB, so long answers are split until every rendered body fits.
+use super::errcode::Errcodes;
 use super::parts::deliver_parts;
 use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::{split, Limit};
@@ -94,23 +95,6 @@ impl FeishuBot {
         }
         body
     }
-
-    /// The answer split so that every rendered body fits [`MAX_BODY`] (pure).
-    pub fn parts(&self, text: &str) -> Vec<String> {
-        // Start from the text's own budget; shrink while markup (post lines) overflows a body.
-        // A real timestamp is longer than the 0 measured here: keep room for it.
-        let mut budget = MAX_BODY - 1_000;
-        loop {
-            let parts = split(text, Limit::json_bytes(budget));
-            let fits = parts
-                .iter()
-                .all(|p| self.render(p, 0).to_string().len() + 16 <= MAX_BODY);
-            if fits || budget < 2_000 {
-                return parts;
-            }
-            budget = budget * 3 / 4;
-        }
-    }
 }
 
 /// Feishu's answer (`code`, or `StatusCode` in the bot's older answers):
@@ -123,36 +107,27 @@ impl FeishuBot {
 /// | 19001, 19024, 9499 … | bad hook, keyword/IP refused, bad request | Permanent |
 /// | any other code | refused | Permanent |
 ///
-/// Without a code the HTTP status decides.
-pub fn classify(answer: &Answer) -> Verdict {
-    let v: Option<Value> = serde_json::from_slice(&answer.body).ok();
-    let code = v
-        .as_ref()
-        .and_then(|v| v.get("code").or_else(|| v.get("StatusCode")))
-        .and_then(Value::as_i64);
-    match code {
-        Some(0) if (200..300).contains(&answer.status) => Verdict::Delivered,
-        Some(11232) => Verdict::Wait {
+/// Any other code with a 5xx is retried; without a code the HTTP status decides.
+pub const ERRCODES: Errcodes = Errcodes {
+    keys: &["code", "StatusCode"],
+    only_on_200: false,
+    table: &[(
+        "11232",
+        Verdict::Wait {
             wait: RATE_LIMITED_WAIT,
         },
-        Some(_) if answer.status >= 500 => Verdict::Retry { retry_after: None },
-        Some(_) => Verdict::Permanent,
-        None if (200..300).contains(&answer.status) => Verdict::Retry { retry_after: None },
-        None => super::classify_http(answer),
-    }
+    )],
+};
+
+/// Classifies Feishu's answer with [`ERRCODES`].
+pub fn classify(answer: &Answer) -> Verdict {
+    ERRCODES.classify(answer)
 }
 
 #[async_trait]
 impl Target for FeishuBot {
     fn kind(&self) -> &'static str {
         self.kind
-    }
-
-    fn default_rate(&self) -> Option<Rate> {
-        Some(Rate {
-            count: 5,
-            per: Duration::from_secs(1),
-        })
     }
 
     fn default_rates(&self) -> Vec<Rate> {
@@ -168,8 +143,21 @@ impl Target for FeishuBot {
         ]
     }
 
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        self.parts(&job.payload.answer.text).len()
+    /// The answer split so that every rendered body fits [`MAX_BODY`] (pure).
+    fn parts(&self, text: &str) -> Vec<String> {
+        // Start from the text's own budget; shrink while markup (post lines) overflows a body.
+        // A real timestamp is longer than the 0 measured here: keep room for it.
+        let mut budget = MAX_BODY - 1_000;
+        loop {
+            let parts = split(text, Limit::json_bytes(budget));
+            let fits = parts
+                .iter()
+                .all(|p| self.render(p, 0).to_string().len() + 16 <= MAX_BODY);
+            if fits || budget < 2_000 {
+                return parts;
+            }
+            budget = budget * 3 / 4;
+        }
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {

@@ -1,8 +1,11 @@
 //! Target kinds: one module each, behind the [`Target`] trait. A kind owns its config keys, its
-//! rendering, its platform limits and a pure classifier of the receiver's answer (HTTP status
-//! *and* the platform's errcode in the body) into a [`Verdict`]. The delivery loop
-//! (`crate::deliver`) owns everything around a kind: rate limits, retries, dead letters, the
-//! delivered marker. A kind never retries or sleeps by itself.
+//! rendering, its URL, its platform limits and a pure classifier of the receiver's answer (HTTP
+//! status *and* the platform's errcode in the body) into a [`Verdict`] — for the errcode
+//! platforms, just its table for [`errcode::Errcodes`]. What every kind would otherwise repeat
+//! is the trait's: no rate of its own, the answer split to the kind's message limit and counted
+//! from those parts. The delivery loop (`crate::deliver`) owns everything around a kind: rate
+//! limits, retries, dead letters, the delivered marker. A kind never retries or sleeps by itself.
+use crate::split::{split, Limit};
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod dingtalk_robot;
+pub mod errcode;
 pub mod feishu_bot;
 pub(crate) mod keys;
 pub mod parts;
@@ -90,18 +94,31 @@ pub struct Context {
 pub trait Target: Send + Sync + std::fmt::Debug {
     /// The kind word (`webhook`, `wecom_robot`, …).
     fn kind(&self) -> &'static str;
-    /// The platform's own limit, used when the target sets no `rate`.
-    fn default_rate(&self) -> Option<Rate>;
+    /// The platform's own limit, used when the target sets no `rate` (none: not paced).
+    fn default_rate(&self) -> Option<Rate> {
+        None
+    }
     /// Every platform limit (Feishu has two: per second and per minute); the limiter holds all.
     fn default_rates(&self) -> Vec<Rate> {
         self.default_rate().into_iter().collect()
     }
-    /// How many platform messages the job becomes (a long answer is split): what a delivery
-    /// spends of the platform's limit.
-    fn message_count(&self, _job: &DispatchJob) -> usize {
-        1
+    /// The most one message may hold (none: the answer goes whole, in one message).
+    fn message_limit(&self) -> Option<Limit> {
+        None
     }
-    /// Renders and sends the job once; classifies the answer.
+    /// The messages an answer goes out as (pure): split to the message limit.
+    fn parts(&self, text: &str) -> Vec<String> {
+        match self.message_limit() {
+            Some(limit) => split(text, limit),
+            None => vec![text.to_owned()],
+        }
+    }
+    /// How many platform messages the job becomes: what a delivery spends of the platform's
+    /// limit.
+    fn message_count(&self, job: &DispatchJob) -> usize {
+        self.parts(&job.payload.answer.text).len()
+    }
+    /// Renders and sends the job once (the parts not yet delivered); classifies the answer.
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;
 }
 

@@ -4,12 +4,11 @@
 //! `Message_MaxAllowedSize` of 5 000 characters, so longer answers are split.
 use super::parts::deliver_parts;
 use super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
-use shared::units::Rate;
 use shared::Secret;
 
 pub const KIND: &str = "rocketchat";
@@ -63,16 +62,12 @@ impl Target for RocketChat {
         KIND
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
             let request = ctx.http.post(self.url.expose()).json(&self.render(&part));
             Box::pin(async move { send(ctx, request, classify).await.0 })

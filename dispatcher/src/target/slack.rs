@@ -8,7 +8,7 @@ use super::parts::deliver_parts;
 use super::{
     classify_http, keys::Keys, retry_after, send, Answer, Context, Outcome, Target, Verdict,
 };
-use crate::split::{split, Limit};
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
@@ -173,12 +173,12 @@ impl Target for Slack {
         })
     }
 
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
             let body = self.render(&part);
             let (request, classify): (_, fn(&Answer) -> Verdict) = match &self.mode {

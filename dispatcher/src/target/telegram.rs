@@ -8,7 +8,7 @@ use super::parts::deliver_parts;
 use super::{
     classify_http, keys::Keys, retry_after, send, Answer, Context, Outcome, Target, Verdict,
 };
-use crate::split::{split, Limit};
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
@@ -112,12 +112,12 @@ impl Target for Telegram {
         }
     }
 
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         let url = send_message_url(&self.api_base, &self.token);
         deliver_parts(job, ctx, &parts, |_, part| {
             let request = ctx.http.post(&url).json(&self.render(&part));

@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
 use shared::signing::SigningKey;
-use shared::units::Rate;
 use shared::Secret;
 
 #[derive(Debug)]
@@ -118,10 +117,6 @@ impl Webhook {
 impl Target for Webhook {
     fn kind(&self) -> &'static str {
         "webhook"
-    }
-
-    fn default_rate(&self) -> Option<Rate> {
-        None
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {

@@ -4,9 +4,10 @@
 //! `mentioned_mobile_list` (text only: the platform ignores them elsewhere). WeCom answers
 //! HTTP 200 whatever happened; the outcome is the body's `errcode` (see [`classify`]). Limits:
 //! 20 messages a minute per robot, failed sends included; text 2048 bytes, markdown 4096 bytes.
+use super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::parts::deliver_parts;
-use super::{errcode, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
@@ -54,14 +55,6 @@ impl WecomRobot {
         k.finish(built)
     }
 
-    /// WeCom counts UTF-8 bytes of the content.
-    pub fn limit(&self) -> Limit {
-        match self.msgtype {
-            "text" => Limit::bytes(2048),
-            _ => Limit::bytes(4096),
-        }
-    }
-
     /// The body of one message; mentions go with the first part only.
     pub fn render(&self, content: &str, first: bool) -> Value {
         match self.msgtype {
@@ -80,7 +73,7 @@ impl WecomRobot {
     }
 }
 
-/// WeCom's answer (always HTTP 200):
+/// WeCom's answer (always HTTP 200; anything else is a proxy's, judged as plain HTTP):
 ///
 /// | errcode | meaning | verdict |
 /// |---|---|---|
@@ -91,22 +84,23 @@ impl WecomRobot {
 /// | 93004 | robot removed from the group | Permanent |
 /// | 40058, 44004, 40008 … | content too long / empty / bad type | Permanent |
 /// | any other | refused | Permanent |
-///
-/// A non-200 (a proxy in between) is classified as plain HTTP.
+pub const ERRCODES: Errcodes = Errcodes {
+    keys: ERRCODE_KEYS,
+    only_on_200: true,
+    table: &[
+        (
+            "45009",
+            Verdict::Wait {
+                wait: RATE_LIMITED_WAIT,
+            },
+        ),
+        ("-1", Verdict::Retry { retry_after: None }),
+    ],
+};
+
+/// Classifies WeCom's answer with [`ERRCODES`].
 pub fn classify(answer: &Answer) -> Verdict {
-    if answer.status != 200 {
-        return super::classify_http(answer);
-    }
-    match errcode(&answer.body).as_deref() {
-        Some("0") => Verdict::Delivered,
-        Some("45009") => Verdict::Wait {
-            wait: RATE_LIMITED_WAIT,
-        },
-        Some("-1") => Verdict::Retry { retry_after: None },
-        Some(_) => Verdict::Permanent,
-        // 200 without an errcode is not WeCom's answer (a captive portal, a wrong host).
-        None => Verdict::Retry { retry_after: None },
-    }
+    ERRCODES.classify(answer)
 }
 
 #[async_trait]
@@ -122,12 +116,16 @@ impl Target for WecomRobot {
         })
     }
 
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, self.limit()).len()
+    /// WeCom counts UTF-8 bytes of the content.
+    fn message_limit(&self) -> Option<Limit> {
+        Some(match self.msgtype {
+            "text" => Limit::bytes(2048),
+            _ => Limit::bytes(4096),
+        })
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = split(&job.payload.answer.text, self.limit());
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |i, part| {
             let body = self.render(&part, i == 0);
             let request = ctx.http.post(self.url.expose()).json(&body);
@@ -209,14 +207,14 @@ mod tests {
             r.render("more", false),
             json!({"msgtype": "text", "text": {"content": "more"}})
         );
-        assert_eq!(r.limit(), Limit::bytes(2048));
+        assert_eq!(r.message_limit(), Some(Limit::bytes(2048)));
         for msgtype in ["markdown", "markdown_v2"] {
             let r = robot(&format!("msgtype = \"{msgtype}\"")).unwrap();
             assert_eq!(
                 r.render("**hi**", true),
                 json!({"msgtype": msgtype, msgtype: {"content": "**hi**"}})
             );
-            assert_eq!(r.limit(), Limit::bytes(4096));
+            assert_eq!(r.message_limit(), Some(Limit::bytes(4096)));
         }
     }
 

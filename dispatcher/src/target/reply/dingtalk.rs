@@ -9,13 +9,12 @@
 use super::super::dingtalk_robot;
 use super::super::parts::{deliver_parts, local_outcome};
 use super::super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
-use shared::envelope::{ChatType, Destination, DispatchJob, ReplyHandle};
-use shared::units::Rate;
+use shared::envelope::{ChatType, DispatchJob, ReplyHandle};
 use shared::Secret;
 use std::time::Duration;
 
@@ -205,23 +204,16 @@ impl Target for DingtalkReply {
         "dingtalk_reply"
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Destination::Reply {
-            handle: handle @ ReplyHandle::Dingtalk { .. },
-        } = &job.destination
-        else {
+        let Some(handle @ ReplyHandle::Dingtalk { .. }) = super::handle(job) else {
             return super::wrong_handle("dingtalk");
         };
         let chat_type = job.payload.conversation.chat_type;
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
             // Decided per part: the session webhook may expire between two parts.
             let route = self.route(

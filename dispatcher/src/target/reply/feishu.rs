@@ -3,15 +3,15 @@
 //! `app_secret`, then `im/v1/messages/{message_id}/reply` with a text message, so the answer
 //! sits under the question. Keys (shared with the ingress): `app_id`, `app_secret`, `api_base`
 //! (default `https://open.feishu.cn`, Lark `https://open.larksuite.com`).
+use super::super::errcode::Errcodes;
 use super::super::parts::{deliver_parts, local_outcome};
-use super::super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use super::super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
-use shared::envelope::{Destination, DispatchJob, ReplyHandle};
-use shared::units::Rate;
+use shared::envelope::{DispatchJob, ReplyHandle};
 use shared::Secret;
 use std::time::Duration;
 
@@ -111,33 +111,39 @@ impl FeishuReply {
 /// | 99991400 | API frequency limit | Wait (`x-ogw-ratelimit-reset`, else 1 s) |
 /// | 230020 | message frequency limit in the chat | Wait 5 s |
 /// | 230002, 230011, 230001, 230099 … | bot not in chat, message withdrawn, bad request … | Permanent |
-/// | any code with a 5xx | platform trouble | Retry |
-pub fn classify(answer: &Answer) -> Verdict {
-    let v: Option<Value> = serde_json::from_slice(&answer.body).ok();
-    let code = v
-        .as_ref()
-        .and_then(|v| v.get("code"))
-        .and_then(Value::as_i64);
-    match code {
-        Some(0) if (200..300).contains(&answer.status) => Verdict::Delivered,
-        Some(99991663 | 99991668) => Verdict::TokenInvalid,
-        Some(99991400) => {
-            let reset = answer
-                .headers
-                .get("x-ogw-ratelimit-reset")
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.trim().parse::<u64>().ok())
-                .unwrap_or(1);
+/// | any other code with a 5xx | platform trouble | Retry |
+/// | any other code | refused | Permanent |
+pub const ERRCODES: Errcodes = Errcodes {
+    keys: &["code"],
+    only_on_200: false,
+    table: &[
+        ("99991663", Verdict::TokenInvalid),
+        ("99991668", Verdict::TokenInvalid),
+        (
+            "230020",
             Verdict::Wait {
-                wait: Duration::from_secs(reset.max(1)),
-            }
-        }
-        Some(230020) => Verdict::Wait {
-            wait: Duration::from_secs(5),
-        },
-        Some(_) if answer.status >= 500 => Verdict::Retry { retry_after: None },
-        Some(_) => Verdict::Permanent,
-        None => classify_http(answer),
+                wait: Duration::from_secs(5),
+            },
+        ),
+    ],
+};
+
+/// The API frequency limit's code: the wait is in the answer's `x-ogw-ratelimit-reset`.
+const API_RATE_LIMITED: &str = "99991400";
+
+/// Classifies an API answer with [`ERRCODES`], and [`API_RATE_LIMITED`] by its header.
+pub fn classify(answer: &Answer) -> Verdict {
+    if ERRCODES.code(&answer.body).as_deref() != Some(API_RATE_LIMITED) {
+        return ERRCODES.classify(answer);
+    }
+    let reset = answer
+        .headers
+        .get("x-ogw-ratelimit-reset")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Verdict::Wait {
+        wait: Duration::from_secs(reset.max(1)),
     }
 }
 
@@ -151,22 +157,15 @@ impl Target for FeishuReply {
         }
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Destination::Reply {
-            handle: ReplyHandle::Feishu { message_id, .. },
-        } = &job.destination
-        else {
+        let Some(ReplyHandle::Feishu { message_id, .. }) = super::handle(job) else {
             return super::wrong_handle("feishu");
         };
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
             let rendered = self.render(message_id, &part);
             Box::pin(async move {

@@ -8,6 +8,7 @@
 use super::parts::local_outcome;
 use super::{Outcome, Target, Verdict};
 use shared::config::{ConfigIssue, SourceConfig};
+use shared::envelope::{Destination, DispatchJob, ReplyHandle};
 use std::sync::Arc;
 
 pub mod dingtalk;
@@ -32,6 +33,15 @@ pub fn build(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>>
                  (wecom, dingtalk, feishu, lark, slack and telegram have)"
             ),
         }]),
+    }
+}
+
+/// The reply handle a job carries; a channel matches it against its own platform's and answers
+/// any other with [`wrong_handle`].
+pub(crate) fn handle(job: &DispatchJob) -> Option<&ReplyHandle> {
+    match &job.destination {
+        Destination::Reply { handle } => Some(handle),
+        Destination::Target { .. } => None,
     }
 }
 

@@ -8,12 +8,11 @@ use super::super::slack::{
     classify_api, classify_webhook, post_message_body, DEFAULT_API_BASE, LIMIT,
 };
 use super::super::{keys::Keys, send, Context, Outcome, Target, Verdict};
-use crate::split::split;
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::json;
 use shared::config::{ConfigIssue, SourceConfig};
-use shared::envelope::{Destination, DispatchJob, ReplyHandle};
-use shared::units::Rate;
+use shared::envelope::{DispatchJob, ReplyHandle};
 use shared::Secret;
 
 #[derive(Debug)]
@@ -37,27 +36,20 @@ impl Target for SlackReply {
         "slack_reply"
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Destination::Reply {
-            handle:
-                ReplyHandle::Slack {
-                    channel,
-                    thread_ts,
-                    response_url,
-                },
-        } = &job.destination
+        let Some(ReplyHandle::Slack {
+            channel,
+            thread_ts,
+            response_url,
+        }) = super::handle(job)
         else {
             return super::wrong_handle("slack");
         };
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
             let request = match (response_url, &self.token) {
                 // A slash command: its response_url answers in the channel without a bot token.

@@ -5,12 +5,11 @@
 use super::super::parts::deliver_parts;
 use super::super::telegram::{classify, send_message_url, DEFAULT_API_BASE, LIMIT};
 use super::super::{keys::Keys, send, Context, Outcome, Target};
-use crate::split::split;
+use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
-use shared::envelope::{Destination, DispatchJob, ReplyHandle};
-use shared::units::Rate;
+use shared::envelope::{DispatchJob, ReplyHandle};
 use shared::Secret;
 
 #[derive(Debug)]
@@ -53,22 +52,15 @@ impl Target for TelegramReply {
         "telegram_reply"
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Destination::Reply {
-            handle:
-                ReplyHandle::Telegram {
-                    chat_id,
-                    message_id,
-                },
-        } = &job.destination
+        let Some(ReplyHandle::Telegram {
+            chat_id,
+            message_id,
+        }) = super::handle(job)
         else {
             return super::wrong_handle("telegram");
         };
@@ -78,7 +70,7 @@ impl Target for TelegramReply {
             .thread_id
             .as_deref()
             .and_then(|t| t.parse::<i64>().ok());
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         let url = send_message_url(&self.api_base, &self.token);
         deliver_parts(job, ctx, &parts, |i, part| {
             let request =

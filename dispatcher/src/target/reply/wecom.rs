@@ -3,15 +3,15 @@
 //! who wrote, through `agent_id` (the message's own `AgentID` when it carried one). Keys
 //! (shared with the ingress): `receive_id`, `corp_secret`, `agent_id`, `api_base` (default
 //! `https://qyapi.weixin.qq.com`). Text is limited to 2 048 bytes.
+use super::super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::super::parts::{deliver_parts, local_outcome};
-use super::super::{errcode, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
-use crate::split::{split, Limit};
+use super::super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
-use shared::envelope::{Destination, DispatchJob, ReplyHandle};
-use shared::units::Rate;
+use shared::envelope::{DispatchJob, ReplyHandle};
 use shared::Secret;
 use std::time::Duration;
 
@@ -108,20 +108,25 @@ impl WecomReply {
 /// | 45009 | API frequency limit | Wait 60 s |
 /// | -1 | system busy | Retry |
 /// | 81013, 60020, 301002 … | user not in the app's scope, IP not allowed … | Permanent |
+pub const ERRCODES: Errcodes = Errcodes {
+    keys: ERRCODE_KEYS,
+    only_on_200: true,
+    table: &[
+        ("40014", Verdict::TokenInvalid),
+        ("42001", Verdict::TokenInvalid),
+        (
+            "45009",
+            Verdict::Wait {
+                wait: RATE_LIMITED_WAIT,
+            },
+        ),
+        ("-1", Verdict::Retry { retry_after: None }),
+    ],
+};
+
+/// Classifies `message/send`'s answer with [`ERRCODES`].
 pub fn classify(answer: &Answer) -> Verdict {
-    if answer.status != 200 {
-        return super::super::classify_http(answer);
-    }
-    match errcode(&answer.body).as_deref() {
-        Some("0") => Verdict::Delivered,
-        Some("40014" | "42001") => Verdict::TokenInvalid,
-        Some("45009") => Verdict::Wait {
-            wait: RATE_LIMITED_WAIT,
-        },
-        Some("-1") => Verdict::Retry { retry_after: None },
-        Some(_) => Verdict::Permanent,
-        None => Verdict::Retry { retry_after: None },
-    }
+    ERRCODES.classify(answer)
 }
 
 #[async_trait]
@@ -130,25 +135,18 @@ impl Target for WecomReply {
         "wecom_reply"
     }
 
-    fn default_rate(&self) -> Option<Rate> {
-        None
-    }
-
-    fn message_count(&self, job: &DispatchJob) -> usize {
-        split(&job.payload.answer.text, LIMIT).len()
+    fn message_limit(&self) -> Option<Limit> {
+        Some(LIMIT)
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Destination::Reply {
-            handle: ReplyHandle::Wecom { to_user, agent_id },
-        } = &job.destination
-        else {
+        let Some(ReplyHandle::Wecom { to_user, agent_id }) = super::handle(job) else {
             return super::wrong_handle("wecom");
         };
         if to_user.is_empty() {
             return local_outcome(Verdict::Permanent, "the reply handle names no user");
         }
-        let parts = split(&job.payload.answer.text, LIMIT);
+        let parts = self.parts(&job.payload.answer.text);
         let url = format!("{}/cgi-bin/message/send", self.token.api_base);
         deliver_parts(job, ctx, &parts, |_, part| {
             let body = self.render(to_user, agent_id.as_deref(), &part);
