@@ -10,7 +10,7 @@ use super::sender::SignedRequest;
 use super::verify::{
     check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
 };
-use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use super::{HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::Method;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -93,25 +93,13 @@ impl Platform for Dingtalk {
             check_window_ms(ts_ms, req.now, self.window_secs)?;
         }
         let payload = json_body(&req.body)?;
-        match self.normalise(&payload)? {
-            Ok(mut event) => {
-                event.payload = payload;
-                Ok(Intake::Event {
-                    event,
-                    reply: HookReply::ok_empty(),
-                })
-            }
-            Err(reason) => Ok(Intake::Ignore {
-                reason,
-                reply: HookReply::ok_empty(),
-            }),
-        }
+        Ok(Intake::answered_empty(self.normalise(&payload)?, payload))
     }
 }
 
 impl Dingtalk {
     /// The event of a robot message, or why it is dropped.
-    fn normalise(&self, body: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+    fn normalise(&self, body: &Value) -> Result<Normalised, Rejection> {
         let msg_id = json_str(body, "msgId").ok_or_else(|| Rejection::malformed("no msgId"))?;
         let conversation_id = json_str(body, "conversationId")
             .ok_or_else(|| Rejection::malformed("no conversationId"))?;

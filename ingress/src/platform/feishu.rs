@@ -10,7 +10,7 @@ use super::sender::SignedRequest;
 use super::verify::{
     check_window_text, ct_eq, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
 };
-use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use axum::http::{Method, StatusCode};
@@ -139,19 +139,7 @@ impl Platform for Feishu {
         } else {
             self.normalise_v1(&body)?
         };
-        match normalised {
-            Ok(mut event) => {
-                event.payload = body;
-                Ok(Intake::Event {
-                    event,
-                    reply: HookReply::ok_empty(),
-                })
-            }
-            Err(reason) => Ok(Intake::Ignore {
-                reason,
-                reply: HookReply::ok_empty(),
-            }),
-        }
+        Ok(Intake::answered_empty(normalised, body))
     }
 }
 
@@ -192,7 +180,7 @@ impl Feishu {
     }
 
     /// Schema 2.0: `header.event_type`, `im.message.receive_v1` carries the message.
-    fn normalise_v2(&self, body: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+    fn normalise_v2(&self, body: &Value) -> Result<Normalised, Rejection> {
         let event_id = json_at(body, "/header/event_id")
             .ok_or_else(|| Rejection::malformed("no header.event_id"))?;
         let event_type = json_at(body, "/header/event_type").unwrap_or_default();
@@ -248,7 +236,7 @@ impl Feishu {
     }
 
     /// Schema 1.0: top-level `uuid`, `event.type == "message"`.
-    fn normalise_v1(&self, body: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+    fn normalise_v1(&self, body: &Value) -> Result<Normalised, Rejection> {
         let uuid = json_str(body, "uuid")
             .ok_or_else(|| Rejection::malformed("no uuid (schema 1.0) or schema 2.0"))?;
         let event = body

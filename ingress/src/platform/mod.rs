@@ -130,6 +130,26 @@ pub enum Intake {
     Event { event: NewEvent, reply: HookReply },
 }
 
+/// What a platform made of a verified message: a user message, or the reason it is dropped
+/// (a metric label).
+pub type Normalised = Result<NewEvent, &'static str>;
+
+impl Intake {
+    /// The intake of a verified message that the platform expects answered with 200 and an
+    /// empty body whatever became of it: the event, carrying the platform's `payload`, or the
+    /// reason it is ignored.
+    pub fn answered_empty(normalised: Normalised, payload: serde_json::Value) -> Self {
+        let reply = HookReply::ok_empty();
+        match normalised {
+            Ok(mut event) => {
+                event.payload = payload;
+                Intake::Event { event, reply }
+            }
+            Err(reason) => Intake::Ignore { reason, reply },
+        }
+    }
+}
+
 /// Why a request was refused. The reason string is machine-readable, goes in the body and the
 /// metrics, and never carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

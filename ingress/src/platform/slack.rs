@@ -11,7 +11,7 @@ use super::sender::SignedRequest;
 use super::verify::{
     check_window_text, ct_eq, hmac_sha256, json_body, json_str, looks_like_json, SourceKeys,
 };
-use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
@@ -103,25 +103,13 @@ impl Platform for Slack {
                 None => return Err(Rejection::malformed("no type")),
             }
         };
-        match normalised {
-            Ok(mut event) => {
-                event.payload = payload;
-                Ok(Intake::Event {
-                    event,
-                    reply: HookReply::ok_empty(),
-                })
-            }
-            Err(reason) => Ok(Intake::Ignore {
-                reason,
-                reply: HookReply::ok_empty(),
-            }),
-        }
+        Ok(Intake::answered_empty(normalised, payload))
     }
 }
 
 impl Slack {
     /// An Events API `event_callback`.
-    fn event(&self, body: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+    fn event(&self, body: &Value) -> Result<Normalised, Rejection> {
         let event_id =
             json_str(body, "event_id").ok_or_else(|| Rejection::malformed("no event_id"))?;
         let event = body
@@ -194,7 +182,7 @@ impl Slack {
     }
 
     /// A slash command (form fields as a JSON object).
-    fn command(&self, form: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+    fn command(&self, form: &Value) -> Result<Normalised, Rejection> {
         if form.get("ssl_check").is_some() {
             return Ok(Err("ssl_check"));
         }

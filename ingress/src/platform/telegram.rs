@@ -7,7 +7,7 @@
 //! dispatcher (accepted and ignored here). It must not do I/O.
 use super::sender::SignedRequest;
 use super::verify::{ct_eq, json_body, json_str, SourceKeys};
-use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use super::{HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::Method;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
@@ -63,24 +63,12 @@ impl Platform for Telegram {
             return Err(Rejection::BadToken);
         }
         let update = json_body(&req.body)?;
-        match normalise(&update)? {
-            Ok(mut event) => {
-                event.payload = update;
-                Ok(Intake::Event {
-                    event,
-                    reply: HookReply::ok_empty(),
-                })
-            }
-            Err(reason) => Ok(Intake::Ignore {
-                reason,
-                reply: HookReply::ok_empty(),
-            }),
-        }
+        Ok(Intake::answered_empty(normalise(&update)?, update))
     }
 }
 
 /// The event of an `Update`, or why it is dropped.
-fn normalise(update: &Value) -> Result<Result<NewEvent, &'static str>, Rejection> {
+fn normalise(update: &Value) -> Result<Normalised, Rejection> {
     let update_id = update
         .get("update_id")
         .and_then(Value::as_i64)

@@ -15,7 +15,7 @@ pub use crypto::{signature, AesKey, DecryptError, Opened};
 
 use super::sender::SignedRequest;
 use super::verify::{ct_eq, json_at, json_str, SourceKeys};
-use super::{xml, HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
+use super::{xml, HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
 use shared::config::{ConfigIssue, SourceConfig};
@@ -123,19 +123,10 @@ impl Wecom {
         let plain = self.open(&encrypted)?;
         let plain = std::str::from_utf8(&plain).map_err(|_| Rejection::Undecryptable)?;
         let payload = parse_inner(plain)?;
-        match normalise(&payload, self.agent_id.as_deref())? {
-            Normalised::Event(mut event) => {
-                event.payload = payload;
-                Ok(Intake::Event {
-                    event: *event,
-                    reply: HookReply::ok_empty(),
-                })
-            }
-            Normalised::Ignore(reason) => Ok(Intake::Ignore {
-                reason,
-                reply: HookReply::ok_empty(),
-            }),
-        }
+        Ok(Intake::answered_empty(
+            normalise(&payload, self.agent_id.as_deref())?,
+            payload,
+        ))
     }
 }
 
@@ -183,11 +174,6 @@ fn parse_inner(plain: &str) -> Result<Value, Rejection> {
     }
 }
 
-enum Normalised {
-    Event(Box<NewEvent>),
-    Ignore(&'static str),
-}
-
 /// Reads an app message (`MsgType`, `Content`, …) or an AI-bot message (`msgtype`, `text.content`, …).
 fn normalise(msg: &Value, agent_id: Option<&str>) -> Result<Normalised, Rejection> {
     if msg.get("MsgType").is_none() && msg.get("msgtype").is_some() {
@@ -197,16 +183,14 @@ fn normalise(msg: &Value, agent_id: Option<&str>) -> Result<Normalised, Rejectio
     let from =
         json_str(msg, "FromUserName").ok_or_else(|| Rejection::malformed("no FromUserName"))?;
     if msg_type == "event" {
-        return Ok(Normalised::Ignore(event_reason(
-            json_str(msg, "Event").as_deref(),
-        )));
+        return Ok(Err(event_reason(json_str(msg, "Event").as_deref())));
     }
     if msg_type != "text" {
-        return Ok(Normalised::Ignore("not_text"));
+        return Ok(Err("not_text"));
     }
     let text = json_str(msg, "Content").unwrap_or_default();
     if text.trim().is_empty() {
-        return Ok(Normalised::Ignore("empty"));
+        return Ok(Err("empty"));
     }
     // Events carry no MsgId; the sender and the second they were made identify them.
     let dedup_key = match json_str(msg, "MsgId") {
@@ -214,7 +198,7 @@ fn normalise(msg: &Value, agent_id: Option<&str>) -> Result<Normalised, Rejectio
         None => format!("{from}:{}", json_str(msg, "CreateTime").unwrap_or_default()),
     };
     let agent_id = json_str(msg, "AgentID").or_else(|| agent_id.map(str::to_owned));
-    Ok(Normalised::Event(Box::new(NewEvent {
+    Ok(Ok(NewEvent {
         dedup_key,
         kind: "message".into(),
         // An app conversation is one user talking to the app.
@@ -231,27 +215,27 @@ fn normalise(msg: &Value, agent_id: Option<&str>) -> Result<Normalised, Rejectio
             agent_id,
         }),
         payload: Value::Null,
-    })))
+    }))
 }
 
 /// The AI-bot (智能机器人) JSON layout: `msgid`, `chatid`, `chattype`, `from.userid`, `text.content`.
 fn normalise_ai_bot(msg: &Value) -> Result<Normalised, Rejection> {
     let msg_type = json_str(msg, "msgtype").unwrap_or_default();
     if msg_type == "event" {
-        return Ok(Normalised::Ignore("event"));
+        return Ok(Err("event"));
     }
     if msg_type != "text" {
-        return Ok(Normalised::Ignore("not_text"));
+        return Ok(Err("not_text"));
     }
     let from =
         json_at(msg, "/from/userid").ok_or_else(|| Rejection::malformed("no from.userid"))?;
     let text = json_at(msg, "/text/content").unwrap_or_default();
     if text.trim().is_empty() {
-        return Ok(Normalised::Ignore("empty"));
+        return Ok(Err("empty"));
     }
     let dedup_key = json_str(msg, "msgid").ok_or_else(|| Rejection::malformed("no msgid"))?;
     let group = json_str(msg, "chattype").as_deref() == Some("group");
-    Ok(Normalised::Event(Box::new(NewEvent {
+    Ok(Ok(NewEvent {
         dedup_key,
         kind: "message".into(),
         conversation: Conversation {
@@ -271,7 +255,7 @@ fn normalise_ai_bot(msg: &Value) -> Result<Normalised, Rejection> {
             agent_id: None,
         }),
         payload: Value::Null,
-    })))
+    }))
 }
 
 /// The metric label of an event that is not a user message.
