@@ -116,6 +116,12 @@ fn role_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = ingress::validate(config);
     issues.extend(worker::validate(config));
     issues.extend(dispatcher::validate(config));
+    // A source block is read by the ingress (its platform's keys) and by the dispatcher (its
+    // reply channel's): a key neither declares is a typo.
+    for source in &config.sources {
+        let reply_keys = dispatcher::target::reply::keys(&source.platform);
+        issues.extend(ingress::platform::unknown_keys(source, reply_keys));
+    }
     issues
 }
 

@@ -17,6 +17,20 @@ fn switchboard(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// `config check` of a config written to a fresh temporary file (removed afterwards).
+fn config_check(text: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let result = switchboard(
+        &["--config", path.to_str().unwrap(), "config", "check"],
+        &[],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    result
+}
+
 #[test]
 fn the_shipped_configs_pass_config_check() {
     let (code, out, err) = switchboard(
@@ -60,11 +74,7 @@ fn the_shipped_configs_pass_config_check() {
 
 #[test]
 fn a_broken_config_names_every_key_and_echoes_no_secret() {
-    let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
-    std::fs::write(
-        &path,
+    let (code, out, err) = config_check(
         r#"
 [broker]
 url = "amqp://guest:hunter2@127.0.0.1:5672/%2f"
@@ -88,11 +98,6 @@ id = "s"
 platform = "slak"
 app = "a"
 "#,
-    )
-    .unwrap();
-    let (code, out, err) = switchboard(
-        &["--config", path.to_str().unwrap(), "config", "check"],
-        &[],
     );
     assert_eq!(code, 2, "{out}{err}");
     for key in [
@@ -108,18 +113,13 @@ app = "a"
             "{secret} leaked: {err}"
         );
     }
+    let missing = std::env::temp_dir().join(format!("sb-cli-{}.toml", uuid::Uuid::now_v7()));
     let (code, _, err) = switchboard(
-        &[
-            "--config",
-            dir.join("missing.toml").to_str().unwrap(),
-            "config",
-            "check",
-        ],
+        &["--config", missing.to_str().unwrap(), "config", "check"],
         &[],
     );
     assert_eq!(code, 2);
     assert!(err.contains("no config file"), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -130,4 +130,59 @@ fn a_missing_secret_reference_is_named() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("api_key"), "{err}");
+}
+
+/// A source block is read by two roles: the ingress (the platform's keys) and the dispatcher
+/// (the reply channel's). `config check` accepts the keys either declares, and only those.
+#[test]
+fn a_source_block_holds_its_platform_and_reply_keys_and_nothing_else() {
+    let (code, out, err) = config_check(
+        r#"
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[apps]]
+id = "a"
+base_url = "http://127.0.0.1:1/v1"
+api_key = "app-x"
+kind = "chat"
+[[sources]]
+id = "sl"
+platform = "slack"
+signing_secret = "s"
+bot_user_id = "U1"
+bot_token = "xoxb-1"
+api_base = "https://slack.example.com/api"
+app = "a"
+reply = true
+[[sources]]
+id = "typo"
+platform = "slack"
+signing_secret = "s"
+bot_tokn = "xoxb-1"
+app = "a"
+[[sources]]
+id = "crm"
+platform = "bearer"
+token = "t"
+bot_token = "xoxb-1"
+app = "a"
+"#,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    let named: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("- ").split(':').next())
+        .filter(|k| k.starts_with("sources."))
+        .collect();
+    assert_eq!(
+        named,
+        ["sources.typo.bot_tokn", "sources.crm.bot_token"],
+        "{err}"
+    );
+    assert!(
+        err.contains("known: signing_secret, bot_user_id, bot_token, api_base"),
+        "the message lists both roles' keys: {err}"
+    );
 }

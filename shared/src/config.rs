@@ -648,22 +648,6 @@ fn check_schedule(push: &mut impl FnMut(String, String), key: &str, schedule: &[
     }
 }
 
-/// Reads a key from a platform or target settings table as a string, naming the key on error.
-pub fn setting_str(
-    table: &toml::Table,
-    owner: &str,
-    key: &str,
-) -> Result<Option<String>, ConfigIssue> {
-    match table.get(key) {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ConfigIssue {
-            key: format!("{owner}.{key}"),
-            problem: format!("must be a string, not {}", other.type_str()),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod consumer;
 pub mod envelope;
+pub mod keys;
 pub mod retry;
 pub mod secret;
 pub mod services;

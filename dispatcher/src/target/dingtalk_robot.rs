@@ -6,7 +6,7 @@
 //! (130101): the target then waits rather than burning attempts.
 use super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::parts::deliver_parts;
-use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::{send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use base64::Engine;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::units::Rate;
 use shared::Secret;
 use std::time::Duration;
@@ -56,19 +57,16 @@ pub fn signed_url(url: &str, secret: &str, timestamp_ms: i64) -> Result<url::Url
 
 impl DingtalkRobot {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(
-            KIND,
-            &[
-                "url",
-                "secret",
-                "msgtype",
-                "title",
-                "at_mobiles",
-                "at_user_ids",
-                "at_all",
-            ],
-        );
+        let mut k = Keys::target(t);
+        k.only(&[
+            "url",
+            "secret",
+            "msgtype",
+            "title",
+            "at_mobiles",
+            "at_user_ids",
+            "at_all",
+        ]);
         let url = k.secret_url("url");
         let secret = k.secret("secret");
         let msgtype = k.choice("msgtype", &["text", "markdown"]);

@@ -5,7 +5,7 @@
 //! of at most 20 KB, so long answers are split until every rendered body fits.
 use super::errcode::Errcodes;
 use super::parts::deliver_parts;
-use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::{send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::{split, Limit};
 use async_trait::async_trait;
 use base64::Engine;
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::units::Rate;
 use shared::Secret;
 use std::time::Duration;
@@ -45,8 +46,8 @@ pub fn sign(timestamp: i64, secret: &str) -> String {
 impl FeishuBot {
     /// `kind` is `feishu_bot` or `lark_bot`; they differ only in the host the URL names.
     pub fn from_config(t: &TargetConfig, kind: &'static str) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(kind, &["url", "secret", "msg_type", "title"]);
+        let mut k = Keys::target(t);
+        k.only(&["url", "secret", "msg_type", "title"]);
         let url = k.secret_url("url");
         let secret = k.secret("secret");
         let msg_type = k.choice("msg_type", &["text", "post", "interactive"]);

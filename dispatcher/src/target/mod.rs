@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 pub mod dingtalk_robot;
 pub mod errcode;
 pub mod feishu_bot;
-pub(crate) mod keys;
 pub mod parts;
 pub mod reply;
 pub mod rocketchat;

@@ -3,12 +3,13 @@
 //! `emoji` (the avatar, `:robot:`). Rocket.Chat refuses messages over its default
 //! `Message_MaxAllowedSize` of 5 000 characters, so longer answers are split.
 use super::parts::deliver_parts;
-use super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::{classify_http, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::Secret;
 
 pub const KIND: &str = "rocketchat";
@@ -23,8 +24,8 @@ pub struct RocketChat {
 
 impl RocketChat {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(KIND, &["url", "alias", "emoji"]);
+        let mut k = Keys::target(t);
+        k.only(&["url", "alias", "emoji"]);
         let url = k.secret_url("url");
         let alias = k.str("alias");
         let emoji = k.str("emoji");

@@ -5,14 +5,13 @@
 //! failures as `{"ok": false, "error": …}` with HTTP 200 (see [`classify_api`]). Text is split at
 //! 4 000 characters, Slack's advice for readable messages (it truncates at 40 000).
 use super::parts::deliver_parts;
-use super::{
-    classify_http, keys::Keys, retry_after, send, Answer, Context, Outcome, Target, Verdict,
-};
+use super::{classify_http, retry_after, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::units::Rate;
 use shared::Secret;
 use std::time::Duration;
@@ -41,15 +40,9 @@ pub struct Slack {
 
 impl Slack {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(
-            KIND,
-            &["url", "bot_token", "channel", "thread_ts", "api_base"],
-        );
-        let mode = match (
-            t.settings.contains_key("url"),
-            t.settings.contains_key("bot_token"),
-        ) {
+        let mut k = Keys::target(t);
+        k.only(&["url", "bot_token", "channel", "thread_ts", "api_base"]);
+        let mode = match (k.has("url"), k.has("bot_token")) {
             (true, false) => k.secret_url("url").map(|url| Mode::Webhook { url }),
             (false, true) => {
                 let token = k.required_secret("bot_token");

@@ -5,14 +5,13 @@
 //! message a second per chat and 20 a minute per group, and answers 429 with
 //! `parameters.retry_after` beyond.
 use super::parts::deliver_parts;
-use super::{
-    classify_http, keys::Keys, retry_after, send, Answer, Context, Outcome, Target, Verdict,
-};
+use super::{classify_http, retry_after, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::units::Rate;
 use shared::Secret;
 use std::time::Duration;
@@ -30,10 +29,10 @@ pub struct Telegram {
 
 impl Telegram {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(KIND, &["bot_token", "chat_id", "api_base"]);
+        let mut k = Keys::target(t);
+        k.only(&["bot_token", "chat_id", "api_base"]);
         let token = k.required_secret("bot_token");
-        let chat_id = match t.settings.get("chat_id") {
+        let chat_id = match k.value("chat_id") {
             Some(toml::Value::Integer(i)) => Some(json!(i)),
             Some(toml::Value::String(s)) => Some(match s.parse::<i64>() {
                 Ok(i) => json!(i),

@@ -6,6 +6,7 @@ use super::{classify_http, send, Context, Outcome, Target};
 use async_trait::async_trait;
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::signing::SigningKey;
 use shared::Secret;
 
@@ -18,64 +19,28 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut issues = Vec::new();
-        let issue = |key: &str, problem: String| ConfigIssue {
-            key: format!("targets.{}.{key}", t.id),
-            problem,
-        };
-        for k in t.settings.keys() {
-            if !["url", "secret", "secrets", "headers"].contains(&k.as_str()) {
-                issues.push(issue(
-                    k,
-                    "is not a key of kind `webhook` (known: url, secret, secrets, headers)".into(),
-                ));
-            }
-        }
-        let url = match t.settings.get("url").and_then(|v| v.as_str()) {
-            Some(u) => match Secret::resolve_embedded(u) {
-                Ok(s)
-                    if url::Url::parse(s.expose())
-                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https")) =>
-                {
-                    Some(s)
-                }
-                Ok(_) => {
-                    issues.push(issue("url", "must be an http:// or https:// URL".into()));
-                    None
-                }
-                Err(e) => {
-                    issues.push(issue("url", e.to_string()));
-                    None
-                }
-            },
-            None => {
-                issues.push(issue("url", "is required for kind `webhook`".into()));
-                None
-            }
-        };
-        let mut refs: Vec<String> = Vec::new();
-        if let Some(s) = t.settings.get("secret").and_then(|v| v.as_str()) {
-            refs.push(s.to_owned());
-        }
-        if let Some(list) = t.settings.get("secrets").and_then(|v| v.as_array()) {
-            refs.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
-        }
+        let mut k = Keys::target(t);
+        k.only(&["url", "secret", "secrets", "headers"]);
+        let url = k.secret_url("url");
+        let mut refs: Vec<String> = k.str("secret").into_iter().collect();
+        refs.extend(k.list("secrets"));
         let mut keys = Vec::new();
         for r in &refs {
             match Secret::resolve(r)
                 .map_err(|e| e.to_string())
                 .and_then(|s| SigningKey::parse(s.expose()))
             {
-                Ok(k) => keys.push(k),
-                Err(e) => issues.push(issue("secret", e)),
+                Ok(key) => keys.push(key),
+                Err(e) => k.issue("secret", e),
             }
         }
         if refs.is_empty() {
-            issues.push(issue(
+            k.issue(
                 "secret",
-                "is required: receivers verify our signature (`whsec_…`)".into(),
-            ));
+                "is required: receivers verify our signature (`whsec_…`)",
+            );
         }
+        // Extra static headers: string values only.
         let headers = t
             .settings
             .get("headers")
@@ -86,10 +51,7 @@ impl Webhook {
                     .collect()
             })
             .unwrap_or_default();
-        match url {
-            Some(url) if issues.is_empty() => Ok(Self { url, keys, headers }),
-            _ => Err(issues),
-        }
+        k.finish(url.map(|url| Self { url, keys, headers }))
     }
 
     /// The body and headers of one delivery (pure, for tests).

@@ -6,12 +6,13 @@
 //! 20 messages a minute per robot, failed sends included; text 2048 bytes, markdown 4096 bytes.
 use super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::parts::deliver_parts;
-use super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::{send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
+use shared::keys::Keys;
 use shared::units::Rate;
 use shared::Secret;
 use std::time::Duration;
@@ -31,11 +32,8 @@ pub struct WecomRobot {
 
 impl WecomRobot {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("targets.{}", t.id), &t.settings);
-        k.only(
-            KIND,
-            &["url", "msgtype", "mentioned_list", "mentioned_mobile_list"],
-        );
+        let mut k = Keys::target(t);
+        k.only(&["url", "msgtype", "mentioned_list", "mentioned_mobile_list"]);
         let url = k.secret_url("url");
         let msgtype = k.choice("msgtype", &["text", "markdown", "markdown_v2"]);
         let mentioned = k.list("mentioned_list");

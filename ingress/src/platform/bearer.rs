@@ -4,12 +4,16 @@
 //! else the body's `id`, else a hash of the body (the same body twice is the same event).
 //! Keys: `token`.
 use super::standard::generic_event;
-use super::verify::{ct_eq, json_body, json_str, only_keys, required_secret};
+use super::verify::{ct_eq, json_body, json_str};
 use super::{HookReply, HookRequest, Intake, Platform, Rejection};
 use axum::http::Method;
 use sha2::{Digest, Sha256};
 use shared::config::{ConfigIssue, SourceConfig};
+use shared::keys::Keys;
 use shared::Secret;
+
+/// The keys this module reads.
+pub const KEYS: &[&str] = &["token"];
 
 #[derive(Debug)]
 pub struct Bearer {
@@ -18,15 +22,9 @@ pub struct Bearer {
 
 impl Bearer {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut issues = only_keys(source, &["token"]);
-        match required_secret(source, "token") {
-            Ok(token) if issues.is_empty() => Ok(Self { token }),
-            Ok(_) => Err(issues),
-            Err(e) => {
-                issues.push(e);
-                Err(issues)
-            }
-        }
+        let mut keys = Keys::source(source);
+        let value = keys.required_secret("token").map(|token| Self { token });
+        keys.finish(value)
     }
 }
 

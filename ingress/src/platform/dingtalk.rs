@@ -4,11 +4,12 @@
 //! (`msgId`, `conversationId`, `conversationType` 1 single / 2 group, `senderStaffId`,
 //! `text.content`, `sessionWebhook` and its expiry), answered with 200 and an empty body. The
 //! session webhook and its expiry go into the reply handle; the dispatcher falls back to the robot
-//! API with `app_key`/`robot_code`/`api_base`/`oapi_base`, keys this module accepts and ignores.
+//! API with keys its reply channel declares (`app_key`, `robot_code`, …); `robot_code` is also
+//! this module's, for handles whose message carries none.
 //! Note that DingTalk signs the timestamp, not the body. It must not do I/O.
 use super::sender::SignedRequest;
 use super::verify::{
-    check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
+    check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, B64_LENIENT,
 };
 use super::{HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::Method;
@@ -17,15 +18,11 @@ use base64::Engine;
 use serde_json::Value;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 
-const KEYS: &[&str] = &[
-    "app_secret",
-    "app_key",
-    "robot_code",
-    "api_base",
-    "oapi_base",
-];
+/// The keys this module reads (the reply channel declares its own).
+pub const KEYS: &[&str] = &["app_secret", "robot_code"];
 
 /// DingTalk's own rule: a callback more than an hour off is refused.
 const PLATFORM_WINDOW_SECS: u64 = 3600;
@@ -40,9 +37,9 @@ pub struct Dingtalk {
 
 impl Dingtalk {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let app_secret = keys.secret("app_secret");
-        let robot_code = keys.optional_str("robot_code");
+        let mut keys = Keys::source(source);
+        let app_secret = keys.required_secret("app_secret");
+        let robot_code = keys.str("robot_code");
         // DingTalk signs with a one-hour tolerance; a narrower window would refuse its own retries.
         let window_secs = match source.max_skew_secs {
             0 => 0,
@@ -190,7 +187,7 @@ pub fn text_message(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+    use crate::platform::testkit::{at, event, issue_keys, outcome, problems, source};
     use serde_json::json;
 
     #[test]
@@ -363,8 +360,9 @@ mod tests {
             ),
             (json!({"app_secret": 5}), "sources.src.app_secret"),
         ] {
+            let src = source("dingtalk", 300, settings);
             assert_eq!(
-                issue_keys(&Dingtalk::from_config(&source("dingtalk", 300, settings)).unwrap_err()),
+                issue_keys(&problems(Dingtalk::from_config(&src), &src)),
                 [key]
             );
         }

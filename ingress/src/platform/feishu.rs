@@ -7,9 +7,7 @@
 //! `content` is a JSON string inside the event. Replies go through the open API (the dispatcher,
 //! with `app_id`/`app_secret`/`api_base`, accepted and ignored here). It must not do I/O.
 use super::sender::SignedRequest;
-use super::verify::{
-    check_window_text, ct_eq, json_at, json_body, json_str, SourceKeys, B64_LENIENT,
-};
+use super::verify::{check_window_text, ct_eq, json_at, json_body, json_str, B64_LENIENT};
 use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
@@ -20,15 +18,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 
-const KEYS: &[&str] = &[
-    "verification_token",
-    "encrypt_key",
-    "app_id",
-    "app_secret",
-    "api_base",
-];
+/// The keys this module reads (the reply channel declares its own).
+pub const KEYS: &[&str] = &["verification_token", "encrypt_key"];
 
 pub const TIMESTAMP_HEADER: &str = "x-lark-request-timestamp";
 pub const NONCE_HEADER: &str = "x-lark-request-nonce";
@@ -45,9 +39,9 @@ pub struct Feishu {
 impl Feishu {
     /// A `feishu` source, or a `lark` one when `lark` is set (the reply then goes to Lark's host).
     pub fn from_config(source: &SourceConfig, lark: bool) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let verification_token = keys.secret("verification_token");
-        let encrypt_key = keys.optional_secret("encrypt_key");
+        let mut keys = Keys::source(source);
+        let verification_token = keys.required_secret("verification_token");
+        let encrypt_key = keys.secret("encrypt_key");
         let value = verification_token.map(|verification_token| Self {
             lark,
             verification_token,

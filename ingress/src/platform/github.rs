@@ -7,12 +7,13 @@
 //! payload is kept whole for workflows. GitHub has no reply handle: answers go to targets. It
 //! must not do I/O.
 use super::sender::SignedRequest;
-use super::verify::{ct_eq, hmac_sha256, json_at, json_body, json_str, SourceKeys};
+use super::verify::{ct_eq, hmac_sha256, json_at, json_body, json_str};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::Method;
 use serde_json::Value;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation};
+use shared::keys::Keys;
 use shared::Secret;
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -22,6 +23,9 @@ pub const DELIVERY_HEADER: &str = "x-github-delivery";
 /// Pushed commits listed in a summary; the payload has them all.
 const MAX_COMMITS: usize = 20;
 
+/// The keys this module reads.
+pub const KEYS: &[&str] = &["secret"];
+
 #[derive(Debug)]
 pub struct Github {
     secret: Secret,
@@ -29,8 +33,8 @@ pub struct Github {
 
 impl Github {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, &["secret"]);
-        let value = keys.secret("secret").map(|secret| Self { secret });
+        let mut keys = Keys::source(source);
+        let value = keys.required_secret("secret").map(|secret| Self { secret });
         keys.finish(value)
     }
 }
@@ -230,7 +234,7 @@ pub fn request(secret: &str, event: &str, delivery: &str, body: &str) -> SignedR
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+    use crate::platform::testkit::{at, event, issue_keys, outcome, problems, source};
     use serde_json::json;
 
     #[test]
@@ -389,8 +393,9 @@ mod tests {
             (json!({}), "sources.src.secret"),
             (json!({"secret": "s", "token": "t"}), "sources.src.token"),
         ] {
+            let src = source("github", 0, settings);
             assert_eq!(
-                issue_keys(&Github::from_config(&source("github", 0, settings)).unwrap_err()),
+                issue_keys(&problems(Github::from_config(&src), &src)),
                 [key]
             );
         }

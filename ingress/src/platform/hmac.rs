@@ -8,9 +8,7 @@
 //! [`super::standard::generic_event`]. It must not do I/O.
 use super::sender::SignedRequest;
 use super::standard::generic_event;
-use super::verify::{
-    check_window, check_window_ms, ct_eq, json_body, json_str, SourceKeys, B64_LENIENT,
-};
+use super::verify::{check_window, check_window_ms, ct_eq, json_body, json_str, B64_LENIENT};
 use super::{HookReply, HookRequest, Intake, Platform, Rejection};
 use axum::http::{HeaderName, Method};
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
@@ -19,9 +17,11 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use shared::config::{ConfigIssue, SourceConfig};
+use shared::keys::Keys;
 use shared::Secret;
 
-const KEYS: &[&str] = &[
+/// The keys this module reads.
+pub const KEYS: &[&str] = &[
     "secret",
     "header",
     "algorithm",
@@ -161,18 +161,18 @@ pub struct HmacSource {
 
 impl HmacSource {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let secret = keys.secret("secret");
-        let header_key = |keys: &mut SourceKeys, key: &str, required: bool| {
+        let mut keys = Keys::source(source);
+        let secret = keys.required_secret("secret");
+        let header_key = |keys: &mut Keys, key: &str, required: bool| {
             let value = if required {
                 keys.required_str(key)
             } else {
-                keys.optional_str(key)
+                keys.str(key)
             }?;
             match HeaderName::from_bytes(value.trim().as_bytes()) {
                 Ok(name) => Some(name.as_str().to_owned()),
                 Err(_) => {
-                    keys.problem(key, format!("`{value}` is not an HTTP header name"));
+                    keys.issue(key, format!("`{value}` is not an HTTP header name"));
                     None
                 }
             }
@@ -182,7 +182,7 @@ impl HmacSource {
         let id_header = header_key(&mut keys, "id_header", false);
         let algorithm = keys.required_str("algorithm").and_then(|a| {
             Algorithm::parse(&a).or_else(|| {
-                keys.problem(
+                keys.issue(
                     "algorithm",
                     format!("`{a}` is not one of sha1, sha256, sha512"),
                 );
@@ -191,11 +191,11 @@ impl HmacSource {
         });
         let encoding = keys.required_str("encoding").and_then(|e| {
             Encoding::parse(&e).or_else(|| {
-                keys.problem("encoding", format!("`{e}` is not one of hex, base64"));
+                keys.issue("encoding", format!("`{e}` is not one of hex, base64"));
                 None
             })
         });
-        let prefix = keys.optional_str("prefix").unwrap_or_default();
+        let prefix = keys.str("prefix").unwrap_or_default();
         let value = match (secret, header, algorithm, encoding) {
             (Some(secret), Some(header), Some(algorithm), Some(encoding)) => Some(Self {
                 secret,

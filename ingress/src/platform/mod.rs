@@ -1,6 +1,8 @@
 //! The platforms a source can be: one module each, behind the [`Platform`] trait. A platform owns
-//! its config keys, its handshake, its verification over the raw body, its normalisation into a
-//! [`NewEvent`] and the answer the platform expects. It is pure: no I/O, the clock comes in the
+//! its config keys (declared in its `KEYS`, read with `shared::keys::Keys`; the dispatcher's reply
+//! channel declares its own keys of the same block, and the binary refuses keys neither reads),
+//! its handshake, its verification over the raw body, its normalisation into a [`NewEvent`] and
+//! the answer the platform expects. It is pure: no I/O, the clock comes in the
 //! request, so every scheme is tested with official vectors and no network. The HTTP server
 //! (`crate::server`) does the I/O around it: broker, door dedup, metrics.
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -214,7 +216,41 @@ pub const PLATFORMS: &[&str] = &[
     "hmac",
 ];
 
-/// Builds the platform of a source from its config, checking the platform's own keys.
+/// The keys the platform of that word reads from a source's block (`None`: no such platform).
+pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
+    Some(match platform {
+        "standard" => standard::KEYS,
+        "bearer" => bearer::KEYS,
+        "wecom" => wecom::KEYS,
+        "dingtalk" => dingtalk::KEYS,
+        "feishu" | "lark" => feishu::KEYS,
+        "slack" => slack::KEYS,
+        "telegram" => telegram::KEYS,
+        "github" => github::KEYS,
+        "hmac" => hmac::KEYS,
+        _ => return None,
+    })
+}
+
+/// The keys of a source's block that its platform does not read and `also` does not list (what
+/// other roles read of the same block: the reply channel's keys): a typo must not pass silently.
+/// A platform word that is not known is `build`'s to report.
+pub fn unknown_keys(source: &SourceConfig, also: &[&str]) -> Vec<ConfigIssue> {
+    let Some(own) = keys(&source.platform) else {
+        return Vec::new();
+    };
+    let mut known: Vec<&str> = own.to_vec();
+    known.extend(also.iter().filter(|k| !own.contains(k)));
+    shared::keys::unknown(
+        &format!("sources.{}", source.id),
+        &format!("platform `{}`", source.platform),
+        &source.settings,
+        &known,
+    )
+}
+
+/// Builds the platform of a source from its config, reading the platform's own keys (keys it
+/// does not read are [`unknown_keys`]'s to report).
 pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue>> {
     match source.platform.as_str() {
         "standard" => Ok(Box::new(standard::Standard::from_config(source)?)),
@@ -281,11 +317,19 @@ mod tests {
                 issue_keys(&issues).contains(&format!("sources.src.{first_required}")),
                 "{word}: {issues:?}"
             );
+            assert!(unknown_keys(&source(word, 300, settings.clone()), &[]).is_empty());
             let mut typo = settings;
             typo["sekret"] = json!("x");
+            typo["bot_token"] = json!("x");
+            let typo = source(word, 300, typo);
             assert_eq!(
-                issue_keys(&build(&source(word, 300, typo)).unwrap_err()),
+                issue_keys(&unknown_keys(&typo, &["bot_token"])),
                 ["sources.src.sekret"],
+                "{word}: another role's keys are known when it says so"
+            );
+            assert_eq!(
+                issue_keys(&unknown_keys(&typo, &[])),
+                ["sources.src.bot_token", "sources.src.sekret"],
                 "{word}"
             );
         }

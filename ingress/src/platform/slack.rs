@@ -5,20 +5,20 @@
 //! commands (form-encoded). It drops what must not be answered: the bot's own messages (or it
 //! answers itself forever), edits, deletions, joins and other subtypes. Dedup is on `event_id`
 //! (slash commands: `trigger_id`); a retry (`X-Slack-Retry-Num`) keeps the key, so the server's
-//! door dedup answers it as a success. Replies use `bot_token`/`api_base` in the dispatcher
-//! (accepted and ignored here). It must not do I/O.
+//! door dedup answers it as a success. Replies use keys the dispatcher's reply channel declares
+//! (`bot_token`, `api_base`). It must not do I/O.
 use super::sender::SignedRequest;
-use super::verify::{
-    check_window_text, ct_eq, hmac_sha256, json_body, json_str, looks_like_json, SourceKeys,
-};
+use super::verify::{check_window_text, ct_eq, hmac_sha256, json_body, json_str, looks_like_json};
 use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 
-const KEYS: &[&str] = &["signing_secret", "bot_user_id", "bot_token", "api_base"];
+/// The keys this module reads (the reply channel declares its own).
+pub const KEYS: &[&str] = &["signing_secret", "bot_user_id"];
 
 pub const TIMESTAMP_HEADER: &str = "x-slack-request-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-slack-signature";
@@ -33,9 +33,9 @@ pub struct Slack {
 
 impl Slack {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let signing_secret = keys.secret("signing_secret");
-        let bot_user_id = keys.optional_str("bot_user_id").filter(|s| !s.is_empty());
+        let mut keys = Keys::source(source);
+        let signing_secret = keys.required_secret("signing_secret");
+        let bot_user_id = keys.str("bot_user_id");
         let value = signing_secret.map(|signing_secret| Self {
             signing_secret,
             bot_user_id,

@@ -3,12 +3,16 @@
 //! secret's decoded bytes. The event is the JSON body; its `text` (or `message`, `content`)
 //! field is the query, its `chat_id`/`sender_id` fields the conversation when present. Dedup on
 //! `webhook-id`. Keys: `secret` (`whsec_…`).
-use super::verify::{check_window, json_body, json_str, only_keys, required_secret};
+use super::verify::{check_window, json_body, json_str};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::Method;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation};
+use shared::keys::Keys;
 pub use shared::signing::SigningKey;
+
+/// The keys this module reads.
+pub const KEYS: &[&str] = &["secret"];
 
 #[derive(Debug)]
 pub struct Standard {
@@ -18,25 +22,17 @@ pub struct Standard {
 
 impl Standard {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut issues = only_keys(source, &["secret"]);
-        let key = match required_secret(source, "secret") {
-            Ok(s) => SigningKey::parse(s.expose()).map_err(|problem| ConfigIssue {
-                key: format!("sources.{}.secret", source.id),
-                problem,
-            }),
-            Err(e) => Err(e),
-        };
-        match key {
-            Ok(key) if issues.is_empty() => Ok(Self {
-                key,
-                max_skew_secs: source.max_skew_secs,
-            }),
-            Ok(_) => Err(issues),
-            Err(e) => {
-                issues.push(e);
-                Err(issues)
-            }
-        }
+        let mut keys = Keys::source(source);
+        let key = keys.required_secret("secret").and_then(|s| {
+            SigningKey::parse(s.expose())
+                .map_err(|problem| keys.issue("secret", problem))
+                .ok()
+        });
+        let value = key.map(|key| Self {
+            key,
+            max_skew_secs: source.max_skew_secs,
+        });
+        keys.finish(value)
     }
 }
 

@@ -3,18 +3,20 @@
 //! `X-Telegram-Bot-Api-Secret-Token` header; and the `Update` body: text messages of private
 //! chats (single) and groups/supergroups (group), deduplicated on `update_id`. Edits, channel
 //! posts, joins, stickers and other updates are dropped by rule. Telegram signs nothing and sends
-//! no timestamp: the secret token is the only proof. Replies use `bot_token`/`api_base` in the
-//! dispatcher (accepted and ignored here). It must not do I/O.
+//! no timestamp: the secret token is the only proof. Replies use keys the dispatcher's reply
+//! channel declares (`bot_token`, `api_base`). It must not do I/O.
 use super::sender::SignedRequest;
-use super::verify::{ct_eq, json_body, json_str, SourceKeys};
+use super::verify::{ct_eq, json_body, json_str};
 use super::{HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::Method;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 
-const KEYS: &[&str] = &["secret_token", "bot_token", "api_base"];
+/// The keys this module reads (the reply channel declares its own).
+pub const KEYS: &[&str] = &["secret_token"];
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
@@ -25,8 +27,8 @@ pub struct Telegram {
 
 impl Telegram {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let secret_token = keys.secret("secret_token").and_then(|s| {
+        let mut keys = Keys::source(source);
+        let secret_token = keys.required_secret("secret_token").and_then(|s| {
             let v = s.expose();
             // Telegram's own rule for setWebhook's secret_token; another value could never be sent.
             let valid = (1..=256).contains(&v.len())
@@ -35,7 +37,7 @@ impl Telegram {
             if valid {
                 Some(s)
             } else {
-                keys.problem(
+                keys.issue(
                     "secret_token",
                     "must be 1 to 256 characters of A-Z, a-z, 0-9, `_` and `-`",
                 );
@@ -183,7 +185,7 @@ pub fn text_update(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+    use crate::platform::testkit::{at, event, issue_keys, outcome, problems, source};
 
     #[test]
     fn receive_table() {
@@ -325,7 +327,8 @@ mod tests {
                 "sources.src.token",
             ),
         ] {
-            let issues = Telegram::from_config(&source("telegram", 0, settings)).unwrap_err();
+            let src = source("telegram", 0, settings);
+            let issues = problems(Telegram::from_config(&src), &src);
             assert_eq!(issue_keys(&issues), [key]);
             assert!(
                 !format!("{issues:?}").contains("has space"),

@@ -39,6 +39,14 @@ pub fn outcome(result: &Result<Intake, Rejection>) -> String {
     }
 }
 
+/// Every problem a config check finds in a source of one platform: what building it reported
+/// and the keys the platform does not read.
+pub fn problems<T>(built: Result<T, Vec<ConfigIssue>>, source: &SourceConfig) -> Vec<ConfigIssue> {
+    let mut issues = built.err().unwrap_or_default();
+    issues.extend(super::unknown_keys(source, &[]));
+    issues
+}
+
 /// The keys config issues are about.
 pub fn issue_keys(issues: &[ConfigIssue]) -> Vec<String> {
     issues.iter().map(|i| i.key.clone()).collect()

@@ -8,16 +8,25 @@
 //! `https://oapi.dingtalk.com`). Without `app_key` only the session webhook is used.
 use super::super::dingtalk_robot;
 use super::super::parts::{deliver_parts, local_outcome};
-use super::super::{classify_http, keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::super::{classify_http, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, DispatchJob, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 use std::time::Duration;
 
+/// The keys this channel reads from the source's block.
+pub const KEYS: &[&str] = &[
+    "app_key",
+    "app_secret",
+    "robot_code",
+    "api_base",
+    "oapi_base",
+];
 pub const DEFAULT_API_BASE: &str = "https://api.dingtalk.com";
 pub const DEFAULT_OAPI_BASE: &str = "https://oapi.dingtalk.com";
 pub const LIMIT: Limit = Limit::bytes(20_000);
@@ -79,7 +88,7 @@ pub enum Route {
 
 impl DingtalkReply {
     pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
+        let mut k = Keys::reply(s);
         let app_key = k.str("app_key");
         let secret = k.secret("app_secret");
         let robot_code = k.str("robot_code");

@@ -5,16 +5,19 @@
 //! (default `https://open.feishu.cn`, Lark `https://open.larksuite.com`).
 use super::super::errcode::Errcodes;
 use super::super::parts::{deliver_parts, local_outcome};
-use super::super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::super::{send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{DispatchJob, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 use std::time::Duration;
 
+/// The keys this channel reads from the source's block.
+pub const KEYS: &[&str] = &["app_id", "app_secret", "api_base"];
 pub const FEISHU_API_BASE: &str = "https://open.feishu.cn";
 pub const LARK_API_BASE: &str = "https://open.larksuite.com";
 /// A text message's content may reach 150 KB; the text is escaped twice in the body (content
@@ -64,7 +67,7 @@ pub struct FeishuReply {
 
 impl FeishuReply {
     pub fn from_source(s: &SourceConfig, lark: bool) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
+        let mut k = Keys::reply(s);
         let app_id = k.required_str("app_id");
         let secret = k.required_secret("app_secret");
         let api_base = k.base_url(

@@ -1,10 +1,10 @@
 //! Replies into the conversation an event came from (`Destination::Reply`): one channel per
-//! source with `reply = true`, built from the source's own keys (the same keys the ingress reads
-//! for that platform, so unknown keys are the ingress's to refuse, not ours). Each platform
-//! module renders the answer, sends it with the job's [`ReplyHandle`] (fetching the app's access
-//! token through [`crate::tokens`] where the platform needs one) and classifies the answer.
-//!
-//! [`ReplyHandle`]: shared::envelope::ReplyHandle
+//! source with `reply = true`, built from keys of the source's own block — the block the ingress
+//! reads for the platform. Each channel declares the keys it reads ([`keys`]); the block may hold
+//! those and the platform's, and nothing else (the binary checks the union, so neither role needs
+//! to know the other's keys). Each platform module renders the answer, sends it with the job's
+//! [`ReplyHandle`] (fetching the app's access token through [`crate::tokens`] where the platform
+//! needs one) and classifies the answer.
 use super::parts::local_outcome;
 use super::{Outcome, Target, Verdict};
 use shared::config::{ConfigIssue, SourceConfig};
@@ -16,6 +16,19 @@ pub mod feishu;
 pub mod slack;
 pub mod telegram;
 pub mod wecom;
+
+/// The keys the reply channel of `platform` reads from its source's block (none for a platform
+/// without one).
+pub fn keys(platform: &str) -> &'static [&'static str] {
+    match platform {
+        "wecom" => wecom::KEYS,
+        "dingtalk" => dingtalk::KEYS,
+        "feishu" | "lark" => feishu::KEYS,
+        "slack" => slack::KEYS,
+        "telegram" => telegram::KEYS,
+        _ => &[],
+    }
+}
 
 /// Builds the reply channel of a source that answers into its conversations.
 pub fn build(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {

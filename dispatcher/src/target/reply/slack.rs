@@ -7,13 +7,17 @@ use super::super::parts::{deliver_parts, local_outcome};
 use super::super::slack::{
     classify_api, classify_webhook, post_message_body, DEFAULT_API_BASE, LIMIT,
 };
-use super::super::{keys::Keys, send, Context, Outcome, Target, Verdict};
+use super::super::{send, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::json;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{DispatchJob, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
+
+/// The keys this channel reads from the source's block.
+pub const KEYS: &[&str] = &["bot_token", "api_base"];
 
 #[derive(Debug)]
 pub struct SlackReply {
@@ -23,7 +27,7 @@ pub struct SlackReply {
 
 impl SlackReply {
     pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
+        let mut k = Keys::reply(s);
         let token = k.secret("bot_token");
         let api_base = k.base_url("api_base", DEFAULT_API_BASE);
         k.finish(Some(Self { token, api_base }))

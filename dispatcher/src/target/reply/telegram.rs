@@ -4,13 +4,17 @@
 //! ingress): `bot_token`, `api_base` (default `https://api.telegram.org`).
 use super::super::parts::deliver_parts;
 use super::super::telegram::{classify, send_message_url, DEFAULT_API_BASE, LIMIT};
-use super::super::{keys::Keys, send, Context, Outcome, Target};
+use super::super::{send, Context, Outcome, Target};
 use crate::split::Limit;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{DispatchJob, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
+
+/// The keys this channel reads from the source's block.
+pub const KEYS: &[&str] = &["bot_token", "api_base"];
 
 #[derive(Debug)]
 pub struct TelegramReply {
@@ -20,7 +24,7 @@ pub struct TelegramReply {
 
 impl TelegramReply {
     pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
+        let mut k = Keys::reply(s);
         let token = k.required_secret("bot_token");
         let api_base = k.base_url("api_base", DEFAULT_API_BASE);
         k.finish(token.map(|token| Self { token, api_base }))

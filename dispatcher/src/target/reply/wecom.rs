@@ -5,16 +5,19 @@
 //! `https://qyapi.weixin.qq.com`). Text is limited to 2 048 bytes.
 use super::super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::super::parts::{deliver_parts, local_outcome};
-use super::super::{keys::Keys, send, Answer, Context, Outcome, Target, Verdict};
+use super::super::{send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use crate::tokens::{self, parse_token_answer, Fresh, TokenAnswer, TokenError, TokenSource};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{DispatchJob, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 use std::time::Duration;
 
+/// The keys this channel reads from the source's block.
+pub const KEYS: &[&str] = &["receive_id", "corp_secret", "agent_id", "api_base"];
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
 pub const LIMIT: Limit = Limit::bytes(2_048);
 const RATE_LIMITED_WAIT: Duration = Duration::from_secs(60);
@@ -62,9 +65,9 @@ pub struct WecomReply {
 
 impl WecomReply {
     pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut k = Keys::new(format!("sources.{}", s.id), &s.settings);
-        let corp_id = k.required_str("receive_id").filter(|c| !c.is_empty());
-        if corp_id.is_none() {
+        let mut k = Keys::reply(s);
+        let corp_id = k.str("receive_id");
+        if corp_id.is_none() && !k.has_problem("receive_id") {
             k.issue(
                 "receive_id",
                 "replies need the corp id (an AI-bot source cannot reply here)",

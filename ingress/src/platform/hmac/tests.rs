@@ -2,7 +2,7 @@
 //! through its own signing helpers, and tables of good, tampered, missing, stale, malformed and
 //! ignored requests.
 use super::*;
-use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+use crate::platform::testkit::{at, event, issue_keys, outcome, problems, source};
 use serde_json::json;
 
 const NOW: i64 = 1_700_000_000;
@@ -219,8 +219,9 @@ fn config_table() {
         ),
         (with("hedaer", json!("x")), "sources.src.hedaer"),
     ] {
+        let src = source("hmac", 0, settings);
         assert_eq!(
-            issue_keys(&HmacSource::from_config(&source("hmac", 0, settings)).unwrap_err()),
+            issue_keys(&problems(HmacSource::from_config(&src), &src)),
             [key]
         );
     }

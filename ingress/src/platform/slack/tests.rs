@@ -2,7 +2,7 @@
 //! through its own signing helpers, and tables of good, tampered, missing, stale, malformed and
 //! ignored requests.
 use super::*;
-use crate::platform::testkit::{at, event, issue_keys, outcome, source};
+use crate::platform::testkit::{at, event, issue_keys, outcome, problems, source};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const VECTOR_TS: &str = "1531420618";
@@ -258,9 +258,7 @@ fn config_table() {
             "sources.src.bot_id",
         ),
     ] {
-        assert_eq!(
-            issue_keys(&Slack::from_config(&source("slack", 300, settings)).unwrap_err()),
-            [key]
-        );
+        let src = source("slack", 300, settings);
+        assert_eq!(issue_keys(&problems(Slack::from_config(&src), &src)), [key]);
     }
 }

@@ -3,8 +3,8 @@
 //! with the decrypted plaintext); encrypted POSTs, XML (`<xml><Encrypt>…`) or JSON
 //! (`{"encrypt":…}`); the `msg_signature` check, decryption and receive-id check; and the
 //! normalisation of the decrypted message (XML or JSON) into a [`NewEvent`] answered with 200 and
-//! an empty body. Replies go through the active message API (the dispatcher, with the
-//! `corp_secret`/`agent_id`/`api_base` keys this module accepts and ignores). It must not do I/O.
+//! an empty body. Replies go through the active message API (the dispatcher's reply channel,
+//! which declares its own keys: `corp_secret`, `agent_id`, `api_base`, …). It must not do I/O.
 //! The official library checks no timestamp: the `max_skew_secs` window is our replay guard.
 mod crypto;
 #[cfg(test)]
@@ -14,23 +14,18 @@ mod tests;
 pub use crypto::{signature, AesKey, DecryptError, Opened};
 
 use super::sender::SignedRequest;
-use super::verify::{ct_eq, json_at, json_str, SourceKeys};
+use super::verify::{ct_eq, json_at, json_str};
 use super::{xml, HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
+use shared::keys::Keys;
 use shared::Secret;
 
-/// Keys of a `wecom` source: the callback's own, then the dispatcher's (accepted, unused here).
-const KEYS: &[&str] = &[
-    "token",
-    "encoding_aes_key",
-    "receive_id",
-    "corp_secret",
-    "agent_id",
-    "api_base",
-];
+/// The keys this module reads (the reply channel declares its own; `receive_id` and `agent_id`
+/// are both's).
+pub const KEYS: &[&str] = &["token", "encoding_aes_key", "receive_id", "agent_id"];
 
 #[derive(Debug)]
 pub struct Wecom {
@@ -45,16 +40,16 @@ pub struct Wecom {
 
 impl Wecom {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
-        let mut keys = SourceKeys::new(source, KEYS);
-        let token = keys.secret("token");
-        let key = keys.secret("encoding_aes_key").and_then(|k| {
+        let mut keys = Keys::source(source);
+        let token = keys.required_secret("token");
+        let key = keys.required_secret("encoding_aes_key").and_then(|k| {
             AesKey::parse(k.expose())
-                .map_err(|problem| keys.problem("encoding_aes_key", problem))
+                .map_err(|problem| keys.issue("encoding_aes_key", problem))
                 .ok()
         });
         // Required but may be empty: the AI-bot flavour seals messages for an empty receive id.
-        let receive_id = keys.required_str("receive_id");
-        let agent_id = keys.optional_id("agent_id");
+        let receive_id = keys.required_str_may_be_empty("receive_id");
+        let agent_id = keys.id("agent_id");
         let value = match (token, key, receive_id) {
             (Some(token), Some(key), Some(receive_id)) => Some(Self {
                 token,
