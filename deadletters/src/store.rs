@@ -62,25 +62,28 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects once, with a deadline: the commands are run by a person who wants an answer.
     pub async fn connect(config: &Config) -> Result<Self, DlqError> {
-        let url = config.broker.url.expose();
-        let endpoint = endpoint(url);
-        let props = ConnectionProperties::default().with_connection_name("switchboard-dlq".into());
-        let conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
-                Err(_) => {
-                    return Err(DlqError::Unreachable {
-                        endpoint,
-                        reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
-                    })
+        // On a cluster, the first node that answers (the URLs in the order configured).
+        let mut last = None;
+        let mut connected = None;
+        for url in config.broker.url.iter() {
+            match Self::connect_node(url.expose()).await {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
                 }
-                Ok(Err(e)) => {
-                    return Err(DlqError::Unreachable {
-                        endpoint,
-                        reason: one_line(&e.to_string()),
-                    })
-                }
-                Ok(Ok(c)) => c,
-            };
+                Err(e) => last = Some(e),
+            }
+        }
+        let conn = match (connected, last) {
+            (Some(c), _) => c,
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                return Err(DlqError::Unreachable {
+                    endpoint: "the configured [broker] url".into(),
+                    reason: "no URL configured".into(),
+                })
+            }
+        };
         let publisher = conn.create_channel().await.map_err(broker)?;
         // Publisher confirms: a replayed message or a replay record counts only once kept.
         publisher
@@ -96,6 +99,22 @@ impl Store {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    async fn connect_node(url: &str) -> Result<Connection, DlqError> {
+        let endpoint = endpoint(url);
+        let props = ConnectionProperties::default().with_connection_name("switchboard-dlq".into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+            Err(_) => Err(DlqError::Unreachable {
+                endpoint,
+                reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            }),
+            Ok(Err(e)) => Err(DlqError::Unreachable {
+                endpoint,
+                reason: one_line(&e.to_string()),
+            }),
+            Ok(Ok(c)) => Ok(c),
+        }
     }
 
     /// Whether a queue or stream exists (a passive declare, on a channel of its own because a

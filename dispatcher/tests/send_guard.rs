@@ -16,6 +16,7 @@ fn ctx(allow: &[&str]) -> Context {
             url: Secret::new("redis://127.0.0.1:6379"),
             prefix: "guard".into(),
             pool_size: 1,
+            sentinel: None,
         })
         .unwrap(),
         allow_private: allow.iter().map(|a| a.parse().unwrap()).collect(),

@@ -29,6 +29,7 @@ impl Env {
             url: Secret::new("redis://127.0.0.1:6379"),
             prefix: format!("t-{}", Uuid::now_v7().simple()),
             pool_size: 16,
+            sentinel: None,
         })
         .unwrap();
         let http = reqwest::Client::builder()
@@ -560,6 +561,7 @@ async fn concurrent_deliveries_fetch_one_token() {
             url: Secret::new("redis://127.0.0.1:6379"),
             prefix: env.ctx.store.prefix().to_owned(),
             pool_size: 16,
+            sentinel: None,
         })
         .unwrap(),
         allow_private: env.ctx.allow_private.clone(),

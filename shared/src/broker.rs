@@ -1,8 +1,10 @@
 //! The process's one connection to RabbitMQ: connecting with backoff, declaring the topology on
 //! every (re)connect, a pool of confirm-mode channels shared by every publisher, and channels
 //! for consumers. A publish returns only once the broker confirmed it (or says why not), so a
-//! caller can answer "kept" or "not kept" truthfully. This module never decides what to publish.
-use crate::secret::Secret;
+//! caller can answer "kept" or "not kept" truthfully. On a cluster (`broker.url` lists several
+//! nodes) it connects to any live node and moves to another when that one goes away; which node
+//! comes next is [`NodeRing`]'s decision. This module never decides what to publish.
+use crate::nodes::{endpoint, NodeRing, NodeUrls};
 use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -48,7 +50,7 @@ struct Live {
 }
 
 struct Inner {
-    url: Secret,
+    urls: NodeUrls,
     name: String,
     pool_size: usize,
     publish_timeout: Duration,
@@ -77,7 +79,7 @@ impl Broker {
     /// Starts the connection supervisor. Returns at once: a role must start (and answer 503)
     /// while the broker is unreachable, and connect by itself when it comes back.
     pub fn start(
-        url: Secret,
+        urls: impl Into<NodeUrls>,
         name: &str,
         pool_size: usize,
         publish_timeout: Duration,
@@ -87,7 +89,7 @@ impl Broker {
         let (generation, _) = watch::channel(None);
         let broker = Self {
             inner: Arc::new(Inner {
-                url,
+                urls: urls.into(),
                 name: name.to_owned(),
                 pool_size: pool_size.max(1),
                 publish_timeout,
@@ -266,12 +268,15 @@ impl Broker {
     async fn supervise(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut generation = 0u64;
+        let mut ring = NodeRing::new(self.inner.urls.len(), seed(&self.inner.name));
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.connect_once().await {
-                Ok((live, mut events)) => {
+            let node = ring.current();
+            match self.connect_once(node).await {
+                Ok((live, events)) => {
+                    ring.connected();
                     backoff = Duration::from_millis(100);
                     generation += 1;
                     let live = Arc::new(live);
@@ -279,34 +284,9 @@ impl Broker {
                         *g = Some(live.clone());
                     }
                     self.inner.generation.send_replace(Some(generation));
-                    tracing::info!(generation, "connected to the broker");
+                    tracing::info!(generation, node = %self.endpoint(node), "connected to the broker");
                     metrics::gauge!("switchboard_broker_connected").set(1.0);
-                    // Wait for a connection error, a publisher marking it broken, or shutdown.
-                    let mut gen_rx = self.inner.generation.subscribe();
-                    let mut check = tokio::time::interval(Duration::from_secs(1));
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            ev = events.next() => match ev {
-                                // lapin reports channel errors here too (a refused declaration, a
-                                // publish to a bad queue): only a connection that is down is lost.
-                                Some(lapin::Event::Error(e)) if !live.conn.status().connected() => {
-                                    tracing::warn!(error = %e, "broker connection lost");
-                                    break;
-                                }
-                                Some(lapin::Event::Error(e)) => {
-                                    tracing::debug!(error = %e, "a channel failed; the connection is fine");
-                                }
-                                Some(_) => {}
-                                None => break,
-                            },
-                            _ = gen_rx.changed() => if gen_rx.borrow().is_none() { break },
-                            _ = check.tick() => if !live.conn.status().connected() {
-                                tracing::warn!("broker connection closed");
-                                break;
-                            },
-                        }
-                    }
+                    self.watch(&live, events, &shutdown).await;
                     self.mark_broken(&live);
                     metrics::gauge!("switchboard_broker_connected").set(0.0);
                     if shutdown.is_cancelled() {
@@ -314,9 +294,16 @@ impl Broker {
                         let _ = live.conn.close(200, "shutdown".into()).await;
                         break;
                     }
+                    // The node went away (or the connection did): try the next node at once.
+                    ring.lost();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to the broker");
+                    let round_failed = ring.failed();
+                    if !round_failed {
+                        tracing::warn!(error = %e, node = %self.endpoint(node), "cannot connect to this broker node; trying the next");
+                        continue;
+                    }
+                    tracing::warn!(error = %e, node = %self.endpoint(node), retry_in = ?backoff, "cannot connect to the broker");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -327,12 +314,51 @@ impl Broker {
         }
     }
 
-    async fn connect_once(&self) -> Result<(Live, EventStream), BrokerError> {
+    /// Waits for a connection error, a publisher marking the connection broken, or shutdown.
+    async fn watch(&self, live: &Arc<Live>, mut events: EventStream, shutdown: &CancellationToken) {
+        let mut gen_rx = self.inner.generation.subscribe();
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.next() => match ev {
+                    // lapin reports channel errors here too (a refused declaration, a
+                    // publish to a bad queue): only a connection that is down is lost.
+                    Some(lapin::Event::Error(e)) if !live.conn.status().connected() => {
+                        tracing::warn!(error = %e, "broker connection lost");
+                        break;
+                    }
+                    Some(lapin::Event::Error(e)) => {
+                        tracing::debug!(error = %e, "a channel failed; the connection is fine");
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = gen_rx.changed() => if gen_rx.borrow().is_none() { break },
+                _ = check.tick() => if !live.conn.status().connected() {
+                    tracing::warn!("broker connection closed");
+                    break;
+                },
+            }
+        }
+    }
+
+    /// The node's host and port, for log lines (never its credentials).
+    fn endpoint(&self, node: usize) -> String {
+        self.inner
+            .urls
+            .get(node)
+            .map(|u| endpoint(u.expose()))
+            .unwrap_or_default()
+    }
+
+    async fn connect_once(&self, node: usize) -> Result<(Live, EventStream), BrokerError> {
+        let url = self.inner.urls.get(node).ok_or(BrokerError::NotConnected)?;
         let props =
             ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(self.inner.url.expose(), props),
+            Connection::connect(url.expose(), props),
         )
         .await
         .map_err(|_| BrokerError::ConfirmTimeout(Duration::from_secs(10)))??;
@@ -350,7 +376,16 @@ impl Broker {
             }
         }
         let setup = conn.create_channel().await?;
-        self.inner.topology.declare_queues(&setup).await?;
+        if let Err(e) = self.inner.topology.declare_queues(&setup).await {
+            if e.to_string().contains("x-quorum-initial-group-size") {
+                tracing::error!(
+                    "the queues exist with another replica count than broker.quorum_group_size \
+                     asks for: set broker.quorum_group_size to the count they were declared with \
+                     (0: none), and change replicas with `rabbitmq-queues grow|shrink`"
+                );
+            }
+            return Err(e.into());
+        }
         let _ = setup.close(200, "declared".into()).await;
         let mut channels = Vec::with_capacity(self.inner.pool_size);
         for _ in 0..self.inner.pool_size {
@@ -358,6 +393,16 @@ impl Broker {
         }
         Ok((Live { conn, channels }, events))
     }
+}
+
+/// Where in the node list a process starts: spread by its name and pid, so that the roles of
+/// one machine do not all land on the same node.
+fn seed(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    std::process::id().hash(&mut h);
+    h.finish()
 }
 
 type EventStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + Send>>;

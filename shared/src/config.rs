@@ -3,6 +3,7 @@
 //! the cross-checks between sections ([`Config::validate`]). Platform-, app- and target-specific
 //! keys are carried as a table ([`SourceConfig::settings`], [`TargetConfig::settings`]) and
 //! checked by the role crate that understands them; this module never interprets them.
+pub use crate::nodes::NodeUrls;
 use crate::secret::Secret;
 use crate::units::{self, Rate};
 use figment::providers::{Env, Format, Toml};
@@ -44,8 +45,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// AMQP URL; may carry a password, so it is a secret.
-    pub url: Secret,
+    /// AMQP URL, or a list of them (one per node of a cluster); each may carry a password, so
+    /// each is a secret.
+    pub url: NodeUrls,
     /// Every exchange and queue name starts with this.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -64,6 +66,23 @@ pub struct BrokerConfig {
     /// The dead-letter stream keeps at most this many bytes.
     #[serde(default = "default_dead_letter_bytes", with = "units::bytes")]
     pub dead_letter_max_bytes: u64,
+    /// Replicas of each quorum queue (`x-quorum-initial-group-size`); 0 leaves it to the broker
+    /// (every cluster member, on RabbitMQ 3.x). Unset: 3 when `url` lists at least 3 nodes,
+    /// else left to the broker. See [`BrokerConfig::quorum_group_size`].
+    #[serde(default)]
+    pub quorum_group_size: Option<u32>,
+}
+
+impl BrokerConfig {
+    /// The replicas to ask for when declaring a quorum queue (`None`: the broker's default).
+    pub fn quorum_group_size(&self) -> Option<u32> {
+        match self.quorum_group_size {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if self.url.len() >= 3 => Some(3),
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +95,20 @@ pub struct RedisConfig {
     pub prefix: String,
     #[serde(default = "default_redis_pool")]
     pub pool_size: usize,
+    /// Redis Sentinel: ask these Sentinels which server is the master and follow failovers.
+    /// `url` then gives only the master's credentials, database and TLS; its host is ignored.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The Sentinels' URLs (`redis://host:26379`, with a password if the Sentinels need one).
+    pub urls: Vec<Secret>,
+    /// The name the Sentinels monitor the master under.
+    #[serde(default = "default_master_name")]
+    pub master_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +374,9 @@ mod opt_durations {
 fn default_prefix() -> String {
     "switchboard".into()
 }
+fn default_master_name() -> String {
+    "mymaster".into()
+}
 fn default_channel_pool() -> usize {
     8
 }
@@ -485,21 +521,39 @@ impl Config {
                 );
             }
         }
-        if !self.broker.url.expose().starts_with("amqp://")
-            && !self.broker.url.expose().starts_with("amqps://")
-        {
-            push(
-                "broker.url".into(),
-                "must start with amqp:// or amqps://".into(),
-            );
+        if self.broker.url.is_empty() {
+            push("broker.url".into(), "needs at least one AMQP URL".into());
         }
-        if !self.redis.url.expose().starts_with("redis://")
-            && !self.redis.url.expose().starts_with("rediss://")
-        {
+        for (i, url) in self.broker.url.iter().enumerate() {
+            if !url.expose().starts_with("amqp://") && !url.expose().starts_with("amqps://") {
+                let key = match self.broker.url.len() {
+                    1 => "broker.url".to_owned(),
+                    _ => format!("broker.url[{i}]"),
+                };
+                push(key, "must start with amqp:// or amqps://".into());
+            }
+        }
+        let redis_scheme =
+            |s: &Secret| s.expose().starts_with("redis://") || s.expose().starts_with("rediss://");
+        if !redis_scheme(&self.redis.url) {
             push(
                 "redis.url".into(),
                 "must start with redis:// or rediss://".into(),
             );
+        }
+        if let Some(sentinel) = &self.redis.sentinel {
+            if sentinel.urls.is_empty() {
+                push(
+                    "redis.sentinel.urls".into(),
+                    "needs at least one Sentinel URL".into(),
+                );
+            }
+            if sentinel.urls.iter().any(|u| !redis_scheme(u)) {
+                push(
+                    "redis.sentinel.urls".into(),
+                    "each must start with redis:// or rediss://".into(),
+                );
+            }
         }
         check_schedule(
             &mut push,
@@ -726,6 +780,56 @@ mod tests {
         let e = Config::from_toml(&MINIMAL.replace("rate = \"20/min\"", "rate = \"lots\""))
             .unwrap_err();
         assert!(e.to_string().contains("rate"), "{e}");
+    }
+
+    #[test]
+    fn broker_url_takes_a_list_and_sets_the_quorum_group_size() {
+        let three = MINIMAL.replace(
+            "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+            "url = [\"amqp://n1:5672/%2f\", \"amqp://n2:5672/%2f\", \"amqp://n3:5672/%2f\"]",
+        );
+        let cases = [
+            (MINIMAL.to_owned(), 1, None),
+            (three.clone(), 3, Some(3)),
+            (
+                three.replace("[broker]", "[broker]\nquorum_group_size = 5"),
+                3,
+                Some(5),
+            ),
+            (
+                three.replace("[broker]", "[broker]\nquorum_group_size = 0"),
+                3,
+                None,
+            ),
+            (
+                MINIMAL.replace("[broker]", "[broker]\nquorum_group_size = 3"),
+                1,
+                Some(3),
+            ),
+        ];
+        for (text, nodes, group) in cases {
+            let c = Config::from_toml(&text).unwrap();
+            assert_eq!(c.broker.url.len(), nodes);
+            assert_eq!(c.broker.quorum_group_size(), group, "{text}");
+        }
+        let bad = three.replace("amqp://n2", "http://n2");
+        let e = Config::from_toml(&bad).unwrap_err();
+        assert_eq!(e.0[0].key, "broker.url[1]", "{e}");
+    }
+
+    #[test]
+    fn redis_sentinel_needs_urls() {
+        let with = |extra: &str| MINIMAL.replace("[[apps]]", &format!("{extra}\n[[apps]]"));
+        let c = Config::from_toml(&with(
+            "[redis.sentinel]\nurls = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"sb\"",
+        ))
+        .unwrap();
+        let s = c.redis.sentinel.unwrap();
+        assert_eq!((s.urls.len(), s.master_name.as_str()), (1, "sb"));
+        let e = Config::from_toml(&with("[redis.sentinel]\nurls = []")).unwrap_err();
+        assert_eq!(e.0[0].key, "redis.sentinel.urls", "{e}");
+        let e = Config::from_toml(&with("[redis.sentinel]\nurls = [\"http://x\"]")).unwrap_err();
+        assert_eq!(e.0[0].key, "redis.sentinel.urls", "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod envelope;
 pub mod keys;
+pub mod nodes;
 pub mod retry;
 pub mod secret;
 pub mod services;

@@ -8,8 +8,15 @@
 //! store takes a few out of the pool once and hands out clones; a background check replaces one
 //! that stops answering (after a Redis restart), so callers see errors for about a second at
 //! most — errors they already handle by waiting.
+//!
+//! With Redis Sentinel (`[redis.sentinel]`) the connections go to whichever server the Sentinels
+//! name as master, and the check asks each shared connection for its `ROLE`: a connection to a
+//! server that is no longer the master (it died, or a failover demoted it) is dropped, so the
+//! next command reaches the new master.
 use crate::config::RedisConfig;
 use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::IntoConnectionInfo;
+use deadpool_redis::sentinel;
 use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as Sizing, Runtime};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -38,10 +45,32 @@ impl From<deadpool_redis::PoolError> for StoreError {
     }
 }
 
+/// Where new connections come from: one server, or the master the Sentinels name.
+#[derive(Clone)]
+enum Pools {
+    Direct(Pool),
+    Sentinel(sentinel::Pool),
+}
+
+impl Pools {
+    async fn take(&self) -> Result<MultiplexedConnection, StoreError> {
+        Ok(match self {
+            Pools::Direct(p) => deadpool_redis::Connection::take(p.get().await?),
+            Pools::Sentinel(p) => sentinel::Connection::take(
+                p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?,
+            ),
+        })
+    }
+
+    fn is_sentinel(&self) -> bool {
+        matches!(self, Pools::Sentinel(_))
+    }
+}
+
 /// A clonable handle on the Redis connections with the key prefix.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    pool: Pools,
     prefix: String,
     shared: Arc<Shared>,
 }
@@ -63,18 +92,48 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Builds the pool; connections are made lazily, so this does not fail when Redis is down.
     pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
-        let mut pc = PoolConfig::from_url(cfg.url.expose());
-        pc.pool = Some(Sizing {
+        let sizing = Sizing {
             timeouts: deadpool_redis::Timeouts {
                 wait: Some(std::time::Duration::from_secs(5)),
                 create: Some(std::time::Duration::from_secs(5)),
                 recycle: Some(std::time::Duration::from_secs(5)),
             },
             ..Sizing::new(cfg.pool_size.max(1))
-        });
-        let pool = pc
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        };
+        let pool = match &cfg.sentinel {
+            None => {
+                let mut pc = PoolConfig::from_url(cfg.url.expose());
+                pc.pool = Some(sizing);
+                Pools::Direct(
+                    pc.create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| StoreError::Pool(e.to_string()))?,
+                )
+            }
+            Some(s) => {
+                // The master's credentials and database come from `url`; its host is the
+                // Sentinels' answer.
+                let master = cfg.url.expose().into_connection_info()?;
+                let mut pc = sentinel::Config::from_urls(
+                    s.urls
+                        .iter()
+                        .map(|u| u.expose().to_owned())
+                        .collect::<Vec<_>>(),
+                    s.master_name.clone(),
+                    sentinel::SentinelServerType::Master,
+                )
+                .with_node_connection_info(Some(
+                    sentinel::SentinelNodeConnectionInfo {
+                        tls_mode: None,
+                        redis_connection_info: Some(master.redis_settings().clone().into()),
+                    },
+                ));
+                pc.pool = Some(sizing);
+                Pools::Sentinel(
+                    pc.create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| StoreError::Pool(e.to_string()))?,
+                )
+            }
+        };
         let slots = (0..SHARED_CONNECTIONS.min(cfg.pool_size.max(1)))
             .map(|_| Mutex::new(None))
             .collect();
@@ -110,7 +169,7 @@ impl Store {
             return Ok(c);
         }
         // Taken out of the pool for good: it is shared from now on, never recycled.
-        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
+        let conn = self.pool.take().await?;
         *lock(&self.shared.slots[i]) = Some(conn.clone());
         self.start_health_check();
         Ok(conn)
@@ -126,6 +185,7 @@ impl Store {
             *started = true;
         }
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let sentinel = self.pool.is_sentinel();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_EVERY);
             loop {
@@ -135,13 +195,17 @@ impl Store {
                     let Some(mut c) = lock(slot).clone() else {
                         continue;
                     };
-                    let ping = deadpool_redis::redis::cmd("PING");
-                    let answered =
-                        tokio::time::timeout(HEALTH_EVERY, ping.query_async::<String>(&mut c))
-                            .await;
-                    if !matches!(answered, Ok(Ok(_))) {
-                        tracing::warn!("a Redis connection stopped answering; replacing it");
-                        *lock(slot) = None;
+                    let healthy = tokio::time::timeout(HEALTH_EVERY, check(&mut c, sentinel)).await;
+                    match healthy {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            tracing::warn!("the Redis server is no longer the master; reconnecting through the Sentinels");
+                            *lock(slot) = None;
+                        }
+                        _ => {
+                            tracing::warn!("a Redis connection stopped answering; replacing it");
+                            *lock(slot) = None;
+                        }
                     }
                 }
             }
@@ -160,9 +224,75 @@ impl Store {
     }
 }
 
+/// One health check: PING answers; under Sentinel, also still the master (`ROLE`).
+async fn check(
+    c: &mut MultiplexedConnection,
+    sentinel: bool,
+) -> Result<bool, deadpool_redis::redis::RedisError> {
+    if !sentinel {
+        deadpool_redis::redis::cmd("PING")
+            .query_async::<String>(c)
+            .await?;
+        return Ok(true);
+    }
+    let role: deadpool_redis::redis::Value =
+        deadpool_redis::redis::cmd("ROLE").query_async(c).await?;
+    Ok(is_master(&role))
+}
+
+/// Whether a `ROLE` reply says master (its first element; RESP2 and RESP3 spellings).
+fn is_master(role: &deadpool_redis::redis::Value) -> bool {
+    use deadpool_redis::redis::Value;
+    match role {
+        Value::Array(items) => {
+            matches!(
+                items.first(),
+                Some(Value::BulkString(b)) if b.as_slice() == b"master"
+            ) || matches!(
+                items.first(),
+                Some(Value::SimpleString(s)) if s == "master"
+            )
+        }
+        _ => false,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deadpool_redis::redis::Value;
+
+    #[test]
+    fn only_a_master_role_keeps_its_connections() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let cases = [
+            (
+                Value::Array(vec![bulk("master"), Value::Int(0), Value::Array(vec![])]),
+                true,
+            ),
+            (
+                Value::Array(vec![Value::SimpleString("master".into())]),
+                true,
+            ),
+            (
+                Value::Array(vec![bulk("slave"), bulk("127.0.0.1"), Value::Int(6379)]),
+                false,
+            ),
+            (
+                Value::Array(vec![bulk("sentinel"), Value::Array(vec![])]),
+                false,
+            ),
+            (Value::Nil, false),
+        ];
+        for (reply, master) in cases {
+            assert_eq!(is_master(&reply), master, "{reply:?}");
+        }
     }
 }

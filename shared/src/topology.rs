@@ -32,6 +32,8 @@ pub struct Topology {
     delivery_limit: u32,
     dead_letter_max_age: Duration,
     dead_letter_max_bytes: u64,
+    /// Replicas per quorum queue and stream on a cluster (`None`: the broker's default).
+    group_size: Option<u32>,
 }
 
 /// Where to publish a message that must wait, and for how long it waits there.
@@ -57,6 +59,7 @@ impl Topology {
             delivery_limit: config.broker.delivery_limit,
             dead_letter_max_age: config.broker.dead_letter_max_age,
             dead_letter_max_bytes: config.broker.dead_letter_max_bytes,
+            group_size: config.broker.quorum_group_size(),
         }
     }
 
@@ -146,6 +149,12 @@ impl Topology {
         ] {
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), long("stream"));
+            if let Some(n) = self.group_size {
+                args.insert(
+                    "x-initial-cluster-size".into(),
+                    AMQPValue::LongInt(n as i32),
+                );
+            }
             // Retention by age and size; the store is read at any offset, never consumed away.
             args.insert(
                 "x-max-age".into(),
@@ -169,7 +178,7 @@ impl Topology {
     /// Declares the stage queues and their delay queues: what events and jobs move through.
     pub async fn declare_queues(&self, channel: &Channel) -> lapin::Result<()> {
         for stage in [Stage::Work, Stage::Deliver] {
-            let mut args = quorum();
+            let mut args = self.quorum();
             // A message that makes consumers crash or hang keeps coming back; past this many
             // deliveries the broker gives up on it and dead-letters it (as poison) to the stream.
             args.insert(
@@ -188,7 +197,7 @@ impl Topology {
                 .queue_declare(self.stage_queue(stage).as_str().into(), DURABLE, args)
                 .await?;
             for level in self.levels(stage) {
-                let mut args = quorum();
+                let mut args = self.quorum();
                 // Queue-wide TTL caps the wait at the level; messages carry their exact wait.
                 args.insert(
                     "x-message-ttl".into(),
@@ -212,6 +221,20 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    fn quorum(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Quorum queues replicate and fsync: a confirmed message survives a broker crash (and,
+        // on a cluster, the loss of a minority of the queue's replicas).
+        args.insert("x-queue-type".into(), long("quorum"));
+        if let Some(n) = self.group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(n as i32),
+            );
+        }
+        args
     }
 
     /// Deletes every queue (tests clean up after themselves with this).
@@ -245,13 +268,6 @@ fn levels(schedule: &[Duration]) -> Vec<Duration> {
         .chain(WAIT_LADDER)
         .collect();
     set.into_iter().collect()
-}
-
-fn quorum() -> FieldTable {
-    let mut args = FieldTable::default();
-    // Quorum queues replicate and fsync: a confirmed message survives a broker crash.
-    args.insert("x-queue-type".into(), long("quorum"));
-    args
 }
 
 fn long(s: &str) -> AMQPValue {

@@ -65,6 +65,7 @@ async fn shared_connections_come_back_after_a_redis_restart() {
         url: Secret::new(format!("redis://127.0.0.1:{port}")),
         prefix: "t".into(),
         pool_size: 8,
+        sentinel: None,
     })
     .unwrap();
     until_ok(&store, Duration::from_secs(10)).await;

@@ -172,6 +172,7 @@ mod tests {
             url: shared::Secret::new("redis://127.0.0.1:6379"),
             prefix: "p".into(),
             pool_size: 1,
+            sentinel: None,
         })
         .unwrap()
     }

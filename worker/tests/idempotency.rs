@@ -13,6 +13,7 @@ fn store(prefix: &str) -> Store {
         url: Secret::new("redis://127.0.0.1:6379"),
         prefix: prefix.into(),
         pool_size: 8,
+        sentinel: None,
     })
     .unwrap()
 }
