@@ -27,6 +27,9 @@ pub enum Fault {
     DifyDown,
     Poison,
     CrashLoop,
+    ClusterNodeKill,
+    ClusterNodeRestart,
+    SentinelFailover,
 }
 
 impl Fault {
@@ -41,6 +44,9 @@ impl Fault {
             Fault::DifyDown => "dify-down",
             Fault::Poison => "poison",
             Fault::CrashLoop => "crash-loop",
+            Fault::ClusterNodeKill => "cluster-node-kill",
+            Fault::ClusterNodeRestart => "cluster-node-restart",
+            Fault::SentinelFailover => "sentinel-failover",
         }
     }
 }
@@ -120,6 +126,10 @@ pub struct Outcome {
     pub duplicates: Vec<Duplicate>,
     pub fed: Vec<FedOutcome>,
     pub marks: Vec<(f64, String)>,
+    /// From the strike to the acknowledgement of the first event sent after it.
+    pub acks_resume: Option<Duration>,
+    /// The longest time without any acknowledgement, from the strike on.
+    pub ack_gap: Option<Duration>,
     pub drain: Drain,
     pub role_counters: Vec<String>,
 }
@@ -164,7 +174,39 @@ fn mark_at(marks: &[Mark], prefix: &str) -> Option<Instant> {
         .map(|m| m.at)
 }
 
+/// When acknowledgements resumed after the strike (the first mark after "answers flowing"):
+/// the first event sent at or after it, and the longest stretch without any acknowledgement.
+fn acks_after_strike(f: &Facts) -> (Option<Duration>, Option<Duration>) {
+    let Some(strike) = f
+        .marks
+        .iter()
+        .skip_while(|m| !m.what.starts_with("answers flowing"))
+        .nth(1)
+        .map(|m| m.at)
+    else {
+        return (None, None);
+    };
+    let resume = f
+        .sent
+        .iter()
+        .filter(|s| s.first_at >= strike)
+        .filter_map(|s| s.acked_at)
+        .min()
+        .map(|t| t.duration_since(strike));
+    let mut acks: Vec<Instant> = f
+        .sent
+        .iter()
+        .filter_map(|s| s.acked_at)
+        .filter(|t| *t >= strike)
+        .collect();
+    acks.insert(0, strike);
+    acks.sort();
+    let gap = acks.windows(2).map(|w| w[1].duration_since(w[0])).max();
+    (resume, gap)
+}
+
 pub fn account(f: Facts) -> Outcome {
+    let (acks_resume, ack_gap) = acks_after_strike(&f);
     let acked: Vec<&Sent> = f.sent.iter().filter(|s| s.acked()).collect();
     let refused = f
         .sent
@@ -281,6 +323,8 @@ pub fn account(f: Facts) -> Outcome {
             .iter()
             .map(|m| (m.at.duration_since(f.started).as_secs_f64(), m.what.clone()))
             .collect(),
+        acks_resume,
+        ack_gap,
         drain: f.drain,
         role_counters: f.role_counters,
     }
@@ -320,7 +364,15 @@ fn dify_duplicate(f: &Facts, id: &str, runs: &[&TapCall]) -> Duplicate {
             }) && first.at <= kill;
             in_window.then_some(DIFY_W2)
         }),
-        Fault::RedisRestart => mark_at(&f.marks, "redis stopped").and_then(|down| {
+        Fault::RedisRestart | Fault::SentinelFailover => mark_at(
+            &f.marks,
+            if f.fault == Fault::RedisRestart {
+                "redis stopped"
+            } else {
+                "redis master killed"
+            },
+        )
+        .and_then(|down| {
             let _ = write!(
                 evidence,
                 "; the 1st started {} ms before Redis stopped",
@@ -431,6 +483,7 @@ impl Outcome {
             "Dify runs per event",
             "deliveries per job",
             "duplicates (window)",
+            "acks resume (longest gap)",
             "drained in",
         ];
         format!(
@@ -498,13 +551,17 @@ impl Outcome {
         } else {
             histogram(&self.runs_per_event)
         };
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         format!(
-            "| {} | {}{refused} | {} | {dead} | {} | {runs} | {} | {dups} | {:.1} s{} |",
+            "| {} | {}{refused} | {} | {dead} | {} | {runs} | {} | {dups} | {} ({}) | {:.1} s{} |",
             self.fault.name(),
             self.acked,
             self.delivered,
             self.lost.len(),
             histogram(&self.deliveries_per_job),
+            secs(self.acks_resume),
+            secs(self.ack_gap),
             self.drain.took.as_secs_f64(),
             if self.drain.settled {
                 ""

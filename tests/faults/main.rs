@@ -21,8 +21,11 @@
 
 mod account;
 mod env;
+mod failover;
 mod load;
 mod pipeline;
+mod rabbit;
+mod redis;
 mod roles;
 mod scenarios;
 mod tap;
@@ -119,4 +122,22 @@ fn poison_messages_end_as_dead_letters() {
 #[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
 fn an_event_that_crashes_every_worker_ends_as_poison() {
     run(Fault::CrashLoop);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_cluster_node_killed_loses_nothing() {
+    run(Fault::ClusterNodeKill);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_cluster_node_restarted_loses_nothing() {
+    run(Fault::ClusterNodeRestart);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_redis_master_killed_under_sentinel_loses_nothing() {
+    run(Fault::SentinelFailover);
 }

@@ -33,6 +33,8 @@ pub struct Tuning {
     /// Stream events per run: the first one carrying ids comes after `latency / chunks`.
     pub dify_chunks: usize,
     pub receiver_latency: Duration,
+    /// The target's rate limit (`None`: its kind's default, none for webhooks).
+    pub target_rate: Option<&'static str>,
 }
 
 impl Default for Tuning {
@@ -41,6 +43,7 @@ impl Default for Tuning {
             dify_latency: Duration::from_millis(200),
             dify_chunks: 4,
             receiver_latency: Duration::ZERO,
+            target_rate: None,
         }
     }
 }
@@ -71,11 +74,37 @@ pub struct Pipeline {
     spawned: usize,
 }
 
-fn config_text(env: &Isolated, prefix: &str, port: u16, tap: &str, receiver: &str) -> String {
+fn config_text(
+    env: &Isolated,
+    prefix: &str,
+    port: u16,
+    tuning: &Tuning,
+    tap: &str,
+    receiver: &str,
+) -> String {
+    let quoted = |urls: Vec<String>| {
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sentinel = if env.sentinels.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "[redis.sentinel]\nurls = [{}]\nmaster_name = \"{}\"\n",
+            quoted(env.sentinel_urls()),
+            crate::env::MASTER_NAME
+        )
+    };
+    let rate = tuning
+        .target_rate
+        .map(|r| format!("rate = \"{r}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [broker]
-url = "{amqp}"
+url = [{amqp}]
 prefix = "{prefix}"
 publish_timeout = "2s"
 delivery_limit = 5
@@ -85,6 +114,7 @@ url = "{redis}"
 prefix = "{prefix}"
 pool_size = 16
 
+{sentinel}
 [ingress]
 listen = "127.0.0.1:{port}"
 request_timeout = "5s"
@@ -122,8 +152,8 @@ id = "crm"
 kind = "webhook"
 url = "{receiver}"
 secret = "{OUT_SECRET}"
-"#,
-        amqp = env.amqp_url(),
+{rate}"#,
+        amqp = quoted(env.amqp_urls()),
         redis = env.redis_url(),
     )
 }
@@ -148,6 +178,7 @@ impl Pipeline {
             &env,
             &prefix,
             ingress_port,
+            &tuning,
             &tap.base_url(),
             &receiver.url("/answers"),
         );

@@ -26,7 +26,7 @@
 //!   SIGKILLs the worker as soon as the call reaches Dify, and starts a replacement at once, as
 //!   a supervisor would); the broker's delivery limit is what should end it, as poison.
 use crate::account::{account, Facts, Fault, Fed, Mark, Outcome};
-use crate::env::Isolated;
+use crate::env::{Isolated, Shape};
 use crate::load::Load;
 use crate::pipeline::{Pipeline, Tuning, SECRET};
 use shared::topology::Stage;
@@ -57,6 +57,7 @@ fn tuning(fault: Fault) -> Tuning {
             dify_latency: ms(100),
             dify_chunks: 2,
             receiver_latency: ms(1000),
+            ..Default::default()
         },
         Fault::RedisRestart => Tuning {
             dify_latency: ms(1000),
@@ -70,12 +71,34 @@ fn tuning(fault: Fault) -> Tuning {
             dify_chunks: 10,
             ..Default::default()
         },
+        Fault::SentinelFailover => Tuning {
+            dify_latency: ms(1000),
+            dify_chunks: 5,
+            // Below the load's 5/s, so that the limiter holds state (a backlog paces through it)
+            // whose loss across the failover can be measured.
+            target_rate: Some("4/s"),
+            ..Default::default()
+        },
         _ => Tuning::default(),
     }
 }
 
+fn shape(fault: Fault) -> Shape {
+    match fault {
+        Fault::ClusterNodeKill | Fault::ClusterNodeRestart => Shape {
+            nodes: 3,
+            ..Shape::default()
+        },
+        Fault::SentinelFailover => Shape {
+            sentinel: true,
+            ..Shape::default()
+        },
+        _ => Shape::default(),
+    }
+}
+
 /// Polls `cond` until it holds; panics naming `what` after `timeout`.
-async fn until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+pub async fn until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -90,7 +113,7 @@ where
     }
 }
 
-fn mark(marks: &mut Vec<Mark>, what: impl Into<String>) {
+pub fn mark(marks: &mut Vec<Mark>, what: impl Into<String>) {
     marks.push(Mark {
         what: what.into(),
         at: Instant::now(),
@@ -100,7 +123,7 @@ fn mark(marks: &mut Vec<Mark>, what: impl Into<String>) {
 /// Runs one fault from a fresh isolated broker and Redis to its accounting.
 pub async fn run(fault: Fault) -> Outcome {
     let env = Arc::new(
-        tokio::task::spawn_blocking(Isolated::start)
+        tokio::task::spawn_blocking(move || Isolated::start_shaped(shape(fault)))
             .await
             .expect("join")
             .expect("the isolated RabbitMQ node and Redis"),
@@ -239,6 +262,9 @@ async fn strike(
             mark(marks, "every role reconnected by itself");
         }
         Fault::CrashLoop => crash_loop(p, marks, fed).await,
+        Fault::ClusterNodeKill => crate::failover::cluster_node(p, env, marks, false).await,
+        Fault::ClusterNodeRestart => crate::failover::cluster_node(p, env, marks, true).await,
+        Fault::SentinelFailover => crate::failover::sentinel_failover(p, env, marks).await,
         Fault::RedisRestart => {
             let dify = p.dify.clone();
             until("3 Dify calls in flight", T, || {
