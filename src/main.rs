@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shared::config::{Config, ConfigIssue, CONFIG_ENV};
+use shared::topology::Stage;
 use shared::Services;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -199,6 +200,20 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
             services.clone(),
             stop.clone(),
         ));
+    }
+    // Queue depths of the stages this process consumes, for dashboards and autoscalers.
+    let stages: Vec<Stage> = match roles {
+        Roles::Worker => vec![Stage::Work],
+        Roles::Dispatcher => vec![Stage::Deliver],
+        Roles::All => vec![Stage::Work, Stage::Deliver],
+        _ => Vec::new(),
+    };
+    if !stages.is_empty() {
+        let (broker, stop) = (services.broker.clone(), stop.clone());
+        tasks.spawn(async move {
+            shared::depth::sample(broker, stages, stop).await;
+            Ok(())
+        });
     }
     // Roles without their own HTTP listener serve /metrics, /healthz, /readyz on an admin one.
     let admin = match roles {

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod depth;
 pub mod envelope;
 pub mod keys;
 pub mod nodes;

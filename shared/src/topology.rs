@@ -117,6 +117,17 @@ impl Topology {
         })
     }
 
+    /// A stage's queue and its delay queues.
+    pub fn queues_of(&self, stage: Stage) -> Vec<String> {
+        std::iter::once(self.stage_queue(stage))
+            .chain(
+                self.levels(stage)
+                    .iter()
+                    .map(|l| self.delay_queue(stage, *l)),
+            )
+            .collect()
+    }
+
     /// Every queue name, for `switchboard topology` and for tests that clean up.
     pub fn all_queues(&self) -> Vec<String> {
         let mut q = vec![

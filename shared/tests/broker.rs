@@ -131,3 +131,98 @@ async fn a_stream_the_broker_cannot_serve_does_not_stop_events_from_flowing() {
     }
     shutdown.cancel();
 }
+
+async fn connected(services: &Services) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !services.broker.is_connected() {
+        assert!(Instant::now() < deadline, "broker never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_list_connects_to_a_live_node_past_dead_ones() {
+    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
+    // Two ports nobody listens on (bound and released), then the real broker.
+    let dead: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let text = toml_with_urls(
+        &prefix,
+        &[
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", dead[0]),
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", dead[1]),
+            "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        ],
+    );
+    let cfg = Config::from_toml(&text).unwrap();
+    // `quorum_group_size = 0`: the queues are declared as on a single node (the test's broker).
+    assert_eq!(cfg.broker.quorum_group_size(), None);
+    let shutdown = CancellationToken::new();
+    let services = Services::start(&cfg, "test-nodes", shutdown.clone()).unwrap();
+    connected(&services).await;
+    let ch = services.broker.consumer_channel(&shutdown).await.unwrap();
+    services.broker.topology().delete(&ch).await.unwrap();
+    shutdown.cancel();
+}
+
+fn toml_with_urls(prefix: &str, urls: &[String]) -> String {
+    let list = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+        [broker]
+        url = [{list}]
+        prefix = "{prefix}"
+        quorum_group_size = 0
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        prefix = "{prefix}"
+        "#
+    )
+}
+
+#[tokio::test]
+async fn queue_depths_are_exported_as_gauges() {
+    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
+    let cfg = config(&prefix);
+    let shutdown = CancellationToken::new();
+    let services = Services::start(&cfg, "test-depth", shutdown.clone()).unwrap();
+    connected(&services).await;
+    let broker = services.broker.clone();
+    let work = broker.topology().stage_queue(Stage::Work);
+    for _ in 0..3 {
+        broker
+            .publish(&work, b"{}", Publish::default())
+            .await
+            .unwrap();
+    }
+    tokio::spawn(shared::depth::sample(
+        broker.clone(),
+        vec![Stage::Work],
+        shutdown.clone(),
+    ));
+    let want = format!("switchboard_queue_messages{{stage=\"work\",queue=\"{work}\"}} 3");
+    let consumers = format!("switchboard_queue_consumers{{stage=\"work\",queue=\"{work}\"}} 0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = shared::telemetry::metrics().render();
+        if text.contains(&want) && text.contains(&consumers) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{want}` in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ch = broker.consumer_channel(&shutdown).await.unwrap();
+    broker.topology().delete(&ch).await.unwrap();
+    shutdown.cancel();
+}
