@@ -41,6 +41,9 @@ pub struct DispatcherArgs {
     /// Dispatcher processes sharing the limit.
     #[arg(long, default_value_t = 2)]
     pub limited_processes: usize,
+    /// Dispatcher processes delivering the throughput part (docs/PERFORMANCE.md, "scaling out").
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
     /// Give up waiting for deliveries after this long (each part).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -176,22 +179,35 @@ async fn measure(
     let bare_rate = stats::steady_rate(&bare, 0.1, 0.9).unwrap_or(0.0);
     eprintln!("bench dispatcher: bare consume-and-ack {bare_rate:.0}/s");
 
-    // One dispatcher process.
-    eprintln!("bench dispatcher: pre-loading {n} jobs for one dispatcher process");
+    // One dispatcher process (or `--processes` of them).
+    let procs_n = args.processes.max(1);
+    eprintln!("bench dispatcher: pre-loading {n} jobs for {procs_n} dispatcher process(es)");
     fixture
         .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
         .await?;
-    let one = procs::spawn_role(
-        binary,
-        &fixture.config_path,
-        "dispatcher",
-        &common.log_level,
-        fixture.file("dispatcher.log"),
-    )?;
-    let mut watched = vec![
-        ("dispatcher".to_owned(), one.pid().to_string()),
-        ("bench (receiver)".to_owned(), "self".to_owned()),
-    ];
+    let mut delivering = Vec::new();
+    for i in 0..procs_n {
+        let log = match i {
+            0 => fixture.file("dispatcher.log"),
+            _ => fixture.file(&format!("dispatcher-{i}.log")),
+        };
+        delivering.push(procs::spawn_role(
+            binary,
+            &fixture.config_path,
+            "dispatcher",
+            &common.log_level,
+            log,
+        )?);
+    }
+    let mut watched: Vec<(String, String)> = delivering
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match i {
+            0 => ("dispatcher".to_owned(), d.pid().to_string()),
+            _ => (format!("dispatcher {}", i + 1), d.pid().to_string()),
+        })
+        .collect();
+    watched.push(("bench (receiver)".to_owned(), "self".to_owned()));
     watched.extend(common.servers());
     let redis_before = redis_commands(&common.redis).await;
     let watch = procs::Watch::start(&watched);
@@ -200,13 +216,13 @@ async fn measure(
     let commands = commands_between(&redis_before, &redis_commands(&common.redis).await);
     let usage: Option<Usage> = one_usage.first().and_then(|(_, u)| *u);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let alive = stop_all(vec![one]).await;
-    anyhow::ensure!(alive, "the dispatcher exited during the run");
+    let alive = stop_all(delivering).await;
+    anyhow::ensure!(alive, "a dispatcher exited during the run");
     let delivered = offsets(fast.received().into_iter().map(|r| r.at).collect());
     let rate = stats::steady_rate(&delivered, 0.1, 0.9).unwrap_or(0.0);
     let ratio = stats::ratio(rate, bare_rate);
     let deliveries = stats::per_item(n, fast.accepted_per_id().into_values().map(u64::from));
-    eprintln!("bench dispatcher: one dispatcher {rate:.0}/s");
+    eprintln!("bench dispatcher: {procs_n} dispatcher process(es) {rate:.0}/s");
 
     // Two dispatchers sharing one limited target, on a queue with nothing left of the first part.
     fixture.purge_stage(Stage::Deliver).await?;
@@ -275,7 +291,10 @@ async fn measure(
         "–".into(),
     ]);
     t.row(vec![
-        "one switchboard dispatcher process".into(),
+        match procs_n {
+            1 => "one switchboard dispatcher process".to_owned(),
+            k => format!("{k} switchboard dispatcher processes (CPU, RSS: the first)"),
+        },
         report::count(rate),
         report::ratio(ratio),
         usage.map_or("–".into(), |u| format!("{:.0}", u.cpu_percent)),
@@ -310,7 +329,7 @@ async fn measure(
         &bare_usage,
     ));
     report.sections.push(report::resources(
-        "Resources while one dispatcher delivered",
+        "Resources while the dispatcher(s) delivered",
         &one_usage,
     ));
     report.sections.push(report::redis_commands(
@@ -360,6 +379,7 @@ async fn measure(
     );
     report.figures = serde_json::json!({
         "jobs": n,
+        "processes": procs_n,
         "prefetch": args.concurrency,
         "bare_consume_ack_per_sec": bare_rate,
         "dispatcher_per_sec": rate,

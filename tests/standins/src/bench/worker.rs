@@ -40,6 +40,9 @@ pub struct WorkerArgs {
     /// Give up waiting for the jobs after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Worker processes draining the same backlog (docs/PERFORMANCE.md, "scaling out").
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
 }
 
 /// One reading of the run's progress.
@@ -150,28 +153,40 @@ async fn measure(
         probe_stop.clone(),
     );
     let started = Instant::now();
-    let mut worker = procs::spawn_role(
-        binary,
-        &fixture.config_path,
-        "worker",
-        &common.log_level,
-        fixture.file("worker.log"),
-    )?;
-    let pid = worker.pid().to_string();
+    let mut workers = Vec::new();
+    for i in 0..args.processes.max(1) {
+        let log = match i {
+            0 => fixture.file("worker.log"),
+            _ => fixture.file(&format!("worker-{i}.log")),
+        };
+        workers.push(procs::spawn_role(
+            binary,
+            &fixture.config_path,
+            "worker",
+            &common.log_level,
+            log,
+        )?);
+    }
     let ticks_per_sec = procs::ticks_per_sec();
-    let mut watched = vec![
-        ("worker".to_owned(), pid.clone()),
-        (
-            "bench (Dify stand-in, job reader)".to_owned(),
-            "self".to_owned(),
-        ),
-    ];
+    let mut watched: Vec<(String, String)> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| match i {
+            0 => ("worker".to_owned(), w.pid().to_string()),
+            _ => (format!("worker {}", i + 1), w.pid().to_string()),
+        })
+        .collect();
+    watched.push((
+        "bench (Dify stand-in, job reader)".to_owned(),
+        "self".to_owned(),
+    ));
     watched.extend(common.servers());
     let redis_before = redis_commands(&common.redis).await;
     let watch = procs::Watch::start(&watched);
     let mut ticks = Vec::new();
     let deadline = started + args.timeout;
-    while count() < args.events && Instant::now() < deadline && worker.running() {
+    let running = |ws: &mut Vec<procs::ChildProcess>| ws.iter_mut().all(|w| w.running());
+    while count() < args.events && Instant::now() < deadline && running(&mut workers) {
         ticks.push(Tick {
             at: started.elapsed(),
             dify_in_flight: dify.in_flight(),
@@ -193,11 +208,13 @@ async fn measure(
     commands.retain(|(_, calls)| *calls > 0);
     let mut confirm_us = broker_probe.await.unwrap_or_default();
     let confirm = stats::summarize(&mut confirm_us);
-    let alive = worker.running();
+    let alive = running(&mut workers);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let _ = collector.await;
-    worker.stop(Duration::from_secs(10)).await;
+    for w in workers {
+        w.stop(Duration::from_secs(10)).await;
+    }
     anyhow::ensure!(
         alive,
         "the worker exited during the run (log {})",
@@ -258,7 +275,11 @@ async fn measure(
     let mut report = Report::new("worker", machine);
     let mut table = Section::new(
         &format!(
-            "One worker process draining {} pre-loaded events (Dify {}, {} chunks, streaming; concurrency {})",
+            "{} draining {} pre-loaded events (Dify {}, {} chunks, streaming; concurrency {} each)",
+            match args.processes {
+                0 | 1 => "One worker process".to_owned(),
+                n => format!("{n} worker processes"),
+            },
             report::count(args.events as f64),
             latency_text(args.dify_latency),
             args.chunks,
@@ -373,6 +394,7 @@ async fn measure(
         "events": args.events,
         "jobs": jobs,
         "concurrency": args.concurrency,
+        "processes": args.processes,
         "events_per_sec_steady": steady,
         "events_per_sec_overall": overall,
         "dify_in_flight_mean_steady": mean_in_flight,
