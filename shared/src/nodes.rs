@@ -134,7 +134,8 @@ mod tests {
     fn the_ring_moves_on_and_backs_off_only_after_a_full_round() {
         use Step::*;
         // (nodes, seed, steps, nodes tried in order, rounds that ended in a backoff)
-        let cases: &[(usize, u64, &[Step], &[usize], usize)] = &[
+        type Case = (usize, u64, &'static [Step], &'static [usize], usize);
+        let cases: &[Case] = &[
             (1, 7, &[Fail, Fail, Ok], &[0, 0, 0], 2),
             (3, 0, &[Ok, Lost, Ok], &[0, 0, 1], 0),
             (3, 1, &[Fail, Fail, Fail, Ok], &[1, 2, 0, 1], 1),

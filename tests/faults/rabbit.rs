@@ -247,7 +247,7 @@ impl Node {
             .ok()
     }
 
-    /// The node that leads quorum queue `queue` and whether all its members are online.
+    /// The node that leads quorum queue `queue` (`rabbitmqctl list_queues name leader`).
     pub fn queue_leader(&self, queue: &str) -> Option<String> {
         let out = self
             .ctl(&["list_queues", "name", "leader", "--formatter", "json"])
