@@ -1,7 +1,6 @@
-//! `standins`: the stand-ins as processes, for the quick start and the load harness.
+//! `standins`: the stand-ins as processes, for the quick start (`./dev run`).
 //!   standins dify --listen 127.0.0.1:5001 [--api-key K] [--latency-ms N] [--chunks N]
 //!   standins receiver --listen 127.0.0.1:9000 [--secret whsec_…]
-//!   standins bench [ingress|pipeline|worker|dispatcher] [flags]   (`./dev bench`)
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
@@ -35,15 +34,12 @@ enum Command {
         #[arg(long)]
         secret: Option<String>,
     },
-    /// The benchmarks (docs/PERFORMANCE.md); without a scenario, all of them.
-    Bench(Box<standins::bench::BenchCommand>),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench(bench) => standins::bench::run(*bench).await?,
         Command::Dify {
             listen,
             api_key,

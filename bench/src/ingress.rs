@@ -157,8 +157,7 @@ async fn measure(
     )?;
     wait_ready(&format!("http://{addr}/readyz"), &mut ingress).await?;
     let ceiling_args = vec![
-        "bench".to_owned(),
-        "ceiling-server".into(),
+        "ceiling-server".to_owned(),
         "--amqp".into(),
         common.amqp.clone(),
         "--queue".into(),

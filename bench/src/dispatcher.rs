@@ -13,13 +13,13 @@ use super::pipeline::per_item_row;
 use super::procs::{self, ChildProcess, Usage};
 use super::report::{self, Machine, Report, Section};
 use super::stats::{self, Window};
-use crate::receiver::Receiver;
 use anyhow::Context as _;
 use shared::envelope::{
     encode, Answer, AnswerPayload, ChatType, Conversation, Destination, DispatchJob, Timings,
 };
 use shared::topology::Stage;
 use shared::units::{parse_duration, Rate};
+use standins::receiver::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

@@ -1,25 +1,30 @@
-//! `standins bench`: the benchmarks behind `./dev bench` and docs/PERFORMANCE.md. Each scenario
+//! `bench`: the benchmarks behind `./dev bench` and docs/PERFORMANCE.md. Each scenario
 //! starts what it measures as real processes (the `switchboard` roles, the bare ceiling service),
 //! the stand-ins it needs in this process (Dify, the receiver, the load generator), uses its own
 //! broker and Redis prefixes, removes its queues and keys at the end, and prints a table and
 //! writes `<out>/<scenario>.json`. Scenarios: `ingress` and `pipeline` (issue 7), `worker`
 //! (issue 4), `dispatcher` (issue 5); without one, all four run in turn. This module owns the
-//! command line and the order; the scenarios own their measurements.
-pub mod ceiling;
-pub mod dispatcher;
-pub mod fixture;
-pub mod ingress;
-pub mod load;
-pub mod pipeline;
-pub mod procs;
-pub mod report;
-pub mod stats;
-pub mod worker;
+//! command line and the order; the scenarios own their measurements. The stand-ins it drives
+//! (Dify, the receiver) come from the `standins` crate; nothing here is used by the tests.
+mod ceiling;
+mod dispatcher;
+mod fixture;
+mod ingress;
+mod load;
+mod pipeline;
+mod procs;
+mod report;
+mod stats;
+mod worker;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-/// The `bench` subcommand.
-#[derive(Debug, Args)]
+/// The command line: common options, then a scenario (all four without one).
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "The benchmarks of docs/PERFORMANCE.md (`./dev bench`)"
+)]
 pub struct BenchCommand {
     #[command(flatten)]
     pub common: fixture::Common,
@@ -49,9 +54,14 @@ struct Defaults {
     scenario: Scenario,
 }
 
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(BenchCommand::parse()).await
+}
+
 /// Runs one scenario, or all of them; fails if any scenario failed to run (a missed target is
 /// a result, not a failure).
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let common = cmd.common;
     let scenarios = match cmd.scenario {
         Some(Scenario::CeilingServer(args)) => return ceiling::serve(args).await,

@@ -3,7 +3,7 @@
 //! `shared::broker`), every request body published persistently (mandatory) to a durable quorum
 //! queue and answered 202 only after the broker's confirm. No signature check, no parsing, no
 //! Redis, no metrics, no logs: whatever the ingress does beyond this costs throughput, and the
-//! ratio to this service says how much. Run as its own process (`standins bench
+//! ratio to this service says how much. Run as its own process (`bench
 //! ceiling-server`) so that it and the ingress are measured alike.
 use anyhow::Context as _;
 use axum::body::Bytes;

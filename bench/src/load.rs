@@ -72,9 +72,8 @@ pub struct LoadResult {
     pub acks: Vec<Ack>,
     /// Requests sent in the whole phase.
     pub sent: u64,
-    /// When the phase started and ended.
+    /// When the phase started.
     pub started: Instant,
-    pub ended: Instant,
 }
 
 struct Shared {
@@ -139,7 +138,6 @@ pub async fn run(target: LoadTarget, plan: LoadPlan) -> LoadResult {
         }
         all.acks.extend(c.acks);
     }
-    let ended = Instant::now();
     let latency = stats::summarize(&mut all.latencies_us);
     LoadResult {
         accepted: all.accepted,
@@ -155,7 +153,6 @@ pub async fn run(target: LoadTarget, plan: LoadPlan) -> LoadResult {
             .load(Ordering::Relaxed)
             .min(shared.plan.max_requests),
         started: t0,
-        ended,
     }
 }
 

@@ -84,7 +84,7 @@ impl Default for ConfigSpec {
 /// `support` (streaming chat) and fanned out to the webhook target `crm`.
 pub fn config_text(common: &Common, prefix: &str, spec: &ConfigSpec) -> String {
     format!(
-        r#"# Written by `standins bench`; deleted with the scenario's queues and keys.
+        r#"# Written by `bench`; deleted with the scenario's queues and keys.
 [broker]
 url = "{amqp}"
 prefix = "{prefix}"
