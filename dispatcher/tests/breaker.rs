@@ -4,16 +4,14 @@
 //! for longer, a success closes and leaves nothing behind, a lost probe is freed by its lease;
 //! and the state is exported as a metric.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use deadpool_redis::redis;
 use dispatcher::breaker::{cooldown, next, phase, Breaker, BreakerPolicy, Gate, Phase, State};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder};
 use metrics::{SharedString, Unit};
-use shared::config::RedisConfig;
 use shared::store::Store;
-use shared::Secret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use testkit::{keys, Fixture};
 
 fn policy() -> BreakerPolicy {
     BreakerPolicy {
@@ -151,49 +149,16 @@ fn a_down_receiver_is_paused_and_resumed() {
 // ---------------------------------------------------------------------------------------------
 // Against Redis.
 
-fn store(prefix: &str) -> Store {
-    Store::new(&RedisConfig {
-        url: Secret::new("redis://127.0.0.1:6379"),
-        prefix: prefix.to_owned(),
-        pool_size: 8,
-        sentinel: None,
-    })
-    .unwrap()
-}
-
-fn prefix() -> String {
-    format!("t-{}", uuid::Uuid::now_v7().simple())
-}
-
-async fn keys(store: &Store) -> Vec<String> {
-    let mut c = store.conn().await.unwrap();
-    redis::cmd("KEYS")
-        .arg(format!("{}:*", store.prefix()))
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
-async fn cleanup(store: &Store) {
-    let found = keys(store).await;
-    if !found.is_empty() {
-        let mut c = store.conn().await.unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(found)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
-}
-
-/// Two breakers on separate pools sharing one prefix, as two dispatcher processes would.
-fn pair(policy: BreakerPolicy) -> (Breaker, Breaker, Store) {
-    let prefix = prefix();
-    let (a, b) = (store(&prefix), store(&prefix));
+/// Two breakers on separate pools sharing one prefix, as two dispatcher processes would; the
+/// fixture removes the prefix's keys when the test ends, passed or not.
+fn pair(policy: BreakerPolicy) -> (Breaker, Breaker, Store, Fixture) {
+    let kit = Fixture::new("t");
+    let (a, b) = (kit.store_with_pool(8), kit.store_with_pool(8));
     (
         Breaker::new(a.clone(), policy.clone()),
         Breaker::new(b, policy),
         a,
+        kit,
     )
 }
 
@@ -235,7 +200,7 @@ async fn sleep_out(gate: Gate) {
 #[tokio::test]
 async fn opens_after_continuous_failures_across_processes() {
     let metrics = recorder();
-    let (a, b, store) = pair(quick());
+    let (a, b, _, _kit) = pair(quick());
     let t = "opens";
     for br in [&a, &b, &a] {
         br.record(t, false).await.unwrap();
@@ -262,13 +227,12 @@ async fn opens_after_continuous_failures_across_processes() {
     a.record(t, false).await.unwrap();
     assert!(matches!(b.gate(t).await.unwrap(), Gate::Open { wait: w } if w <= wait));
     assert_eq!(metrics.value(&opened), Some(1.0));
-    cleanup(&store).await;
 }
 
 #[tokio::test]
 async fn one_probe_only_and_a_success_closes() {
     let metrics = recorder();
-    let (a, b, store) = pair(BreakerPolicy {
+    let (a, b, store, _kit) = pair(BreakerPolicy {
         span: Duration::ZERO,
         ..quick()
     });
@@ -333,7 +297,7 @@ async fn one_probe_only_and_a_success_closes() {
 
 #[tokio::test]
 async fn a_lost_probe_is_freed_by_its_lease() {
-    let (a, b, store) = pair(BreakerPolicy {
+    let (a, b, store, _kit) = pair(BreakerPolicy {
         span: Duration::ZERO,
         probe_lease: Duration::from_millis(400),
         ..quick()
@@ -369,7 +333,7 @@ async fn a_lost_probe_is_freed_by_its_lease() {
 
 #[tokio::test]
 async fn an_unused_probe_can_be_given_back() {
-    let (a, b, store) = pair(BreakerPolicy {
+    let (a, b, store, _kit) = pair(BreakerPolicy {
         span: Duration::ZERO,
         ..quick()
     });
@@ -389,7 +353,7 @@ async fn an_unused_probe_can_be_given_back() {
 
 #[tokio::test]
 async fn failure_streaks_expire() {
-    let (a, _, store) = pair(BreakerPolicy {
+    let (a, _, store, _kit) = pair(BreakerPolicy {
         forget_after: Duration::from_millis(300),
         ..quick()
     });

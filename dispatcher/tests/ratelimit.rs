@@ -7,50 +7,13 @@ use axum::routing::post;
 use axum::Router;
 use deadpool_redis::redis;
 use dispatcher::ratelimit::{Admission, RateLimiter};
-use shared::config::RedisConfig;
-use shared::store::Store;
 use shared::units::Rate;
-use shared::Secret;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn store(prefix: &str) -> Store {
-    Store::new(&RedisConfig {
-        url: Secret::new("redis://127.0.0.1:6379"),
-        prefix: prefix.to_owned(),
-        pool_size: 8,
-        sentinel: None,
-    })
-    .unwrap()
-}
-
-fn prefix() -> String {
-    format!("t-{}", uuid::Uuid::now_v7().simple())
-}
+use testkit::{keys, Fixture};
 
 fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
-}
-
-async fn keys(store: &Store) -> Vec<String> {
-    let mut c = store.conn().await.unwrap();
-    redis::cmd("KEYS")
-        .arg(format!("{}:*", store.prefix()))
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
-async fn cleanup(store: &Store) {
-    let found = keys(store).await;
-    if !found.is_empty() {
-        let mut c = store.conn().await.unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(found)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
 }
 
 /// The most events that any closed window of `len` starting at an event holds.
@@ -126,10 +89,10 @@ async fn hammer(
 
 #[tokio::test]
 async fn two_processes_never_exceed_the_limit_in_any_window() {
-    let prefix = prefix();
+    let kit = Fixture::new("t");
     // Two pools, as two dispatcher processes would have; nothing shared but Redis.
-    let (a, b) = (store(&prefix), store(&prefix));
-    let limiters = [RateLimiter::new(a.clone()), RateLimiter::new(b)];
+    let (a, b) = (kit.store_with_pool(8), kit.store_with_pool(8));
+    let limiters = [RateLimiter::new(a), RateLimiter::new(b)];
     let (url, arrivals) = receiver().await;
     let limit = rate("5/1s");
     let run = Duration::from_secs(4);
@@ -161,13 +124,12 @@ async fn two_processes_never_exceed_the_limit_in_any_window() {
         from_b > 0 && from_b < admissions.len(),
         "both processes were admitted"
     );
-    cleanup(&a).await;
 }
 
 #[tokio::test]
 async fn a_single_process_is_paced_evenly() {
-    let prefix = prefix();
-    let store = store(&prefix);
+    let kit = Fixture::new("t");
+    let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let got = hammer(
         &[limiter],
@@ -186,13 +148,12 @@ async fn a_single_process_is_paced_evenly() {
     assert!((9..=10).contains(&got.len()), "{}", got.len());
     // 210 ms apart, less what the round trips to Redis may shift.
     assert!(gaps.iter().all(|g| *g >= 200), "{gaps:?}");
-    cleanup(&store).await;
 }
 
 #[tokio::test]
 async fn the_wait_says_when_the_next_slot_opens() {
-    let prefix = prefix();
-    let store = store(&prefix);
+    let kit = Fixture::new("t");
+    let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let limits = [rate("2/1s")]; // (1 s + 50 ms) / 2 = 525 ms apart
     assert_eq!(limiter.acquire("t", &limits).await.unwrap(), Admission::Go);
@@ -210,13 +171,12 @@ async fn the_wait_says_when_the_next_slot_opens() {
     assert!(again <= wait, "{again:?} after {wait:?}");
     tokio::time::sleep(again).await;
     assert_eq!(limiter.acquire("t", &limits).await.unwrap(), Admission::Go);
-    cleanup(&store).await;
 }
 
 #[tokio::test]
 async fn several_limits_are_decided_together() {
-    let prefix = prefix();
-    let store = store(&prefix);
+    let kit = Fixture::new("t");
+    let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let (fast, slow) = (rate("1/100ms"), rate("1/1s"));
     assert_eq!(
@@ -234,13 +194,11 @@ async fn several_limits_are_decided_together() {
     );
     // ... and the refusal did not take the fast limit's slot.
     assert_eq!(limiter.acquire("t", &[fast]).await.unwrap(), Admission::Go);
-    cleanup(&store).await;
 
-    // With bursts, both limits' windows hold under load.
-    let prefix = self::prefix();
-    let (a, b) = (self::store(&prefix), self::store(&prefix));
+    // With bursts, both limits' windows hold under load (another target, same prefix).
+    let (a, b) = (kit.store_with_pool(8), kit.store_with_pool(8));
     let limiters = [
-        RateLimiter::new(a.clone()).with_burst(2),
+        RateLimiter::new(a).with_burst(2),
         RateLimiter::new(b).with_burst(2),
     ];
     let (short, long) = (rate("3/500ms"), rate("4/2s"));
@@ -265,13 +223,12 @@ async fn several_limits_are_decided_together() {
     );
     assert!(s <= 3 && l <= 4, "{s} in 500 ms, {l} in 2 s");
     assert!(times.len() >= 5, "{}", times.len());
-    cleanup(&a).await;
 }
 
 #[tokio::test]
 async fn idle_targets_leave_nothing_behind() {
-    let prefix = prefix();
-    let store = store(&prefix);
+    let kit = Fixture::new("t");
+    let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let limits = [rate("1/200ms")];
     assert_eq!(

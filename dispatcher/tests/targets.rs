@@ -7,31 +7,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use deadpool_redis::redis;
 use dispatcher::target::{self, parts, Context, Target, Verdict};
-use shared::config::{RedisConfig, SourceConfig, TargetConfig};
+use shared::config::{SourceConfig, TargetConfig};
 use shared::envelope::{
     Answer, AnswerPayload, ChatType, Conversation, Destination, DispatchJob, ReplyHandle, Timings,
 };
-use shared::store::Store;
-use shared::Secret;
 use standins::platforms::{api, creds, PlatformStandin, Scripted};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{keys, Fixture};
 use uuid::Uuid;
 
+/// A store on the test's own prefix, the platform stand-in and a delivery context; dropping it
+/// stops the stand-in and removes the prefix's keys (also when the test panics).
 struct Env {
     ctx: Context,
     p: PlatformStandin,
+    kit: Fixture,
 }
 
 impl Env {
     async fn new() -> Self {
-        let store = Store::new(&RedisConfig {
-            url: Secret::new("redis://127.0.0.1:6379"),
-            prefix: format!("t-{}", Uuid::now_v7().simple()),
-            pool_size: 16,
-            sentinel: None,
-        })
-        .unwrap();
+        let kit = Fixture::new("t");
+        let store = kit.store();
         let http = reqwest::Client::builder()
             // A 3xx is a failed attempt, never followed.
             .redirect(reqwest::redirect::Policy::none())
@@ -47,6 +44,7 @@ impl Env {
                 part_budget: None,
             },
             p: PlatformStandin::start().await.unwrap(),
+            kit,
         }
     }
 
@@ -64,24 +62,13 @@ impl Env {
     }
 
     async fn keys(&self) -> Vec<String> {
-        let mut c = self.ctx.store.conn().await.unwrap();
-        redis::cmd("KEYS")
-            .arg(format!("{}:*", self.ctx.store.prefix()))
-            .query_async(&mut c)
-            .await
-            .unwrap()
+        assert_eq!(self.kit.prefix(), self.ctx.store.prefix());
+        keys(&self.ctx.store).await
     }
+}
 
-    async fn cleanup(self) {
-        let found = self.keys().await;
-        if !found.is_empty() {
-            let mut c = self.ctx.store.conn().await.unwrap();
-            let _: () = redis::cmd("DEL")
-                .arg(found)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-        }
+impl Drop for Env {
+    fn drop(&mut self) {
         self.p.shutdown();
     }
 }
@@ -213,7 +200,6 @@ async fn each_kind_renders_and_the_platform_accepts_it() {
     );
     // One-part answers leave no progress behind.
     assert!(env.keys().await.is_empty());
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -342,7 +328,6 @@ async fn errcode_classes_get_their_verdicts() {
     ));
     p.fail_next(api::ROCKETCHAT, 1, Scripted::status(503, None));
     assert_eq!(verdict(&rc).await, Verdict::Retry { retry_after: None });
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -413,7 +398,6 @@ async fn a_long_answer_is_split_and_received_in_order() {
             .unwrap();
         assert_eq!(done, Some(n));
     }
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -466,7 +450,6 @@ async fn a_retry_after_a_failed_part_does_not_resend_earlier_parts() {
     // Delivered again (a broker redelivery): nothing more is posted.
     assert_eq!(t.deliver(&job, &env.ctx).await.verdict, Verdict::Delivered);
     assert_eq!(env.p.texts(api::WECOM_ROBOT).len(), n);
-    env.cleanup().await;
 }
 
 fn wecom_source() -> String {
@@ -547,7 +530,6 @@ async fn an_expired_access_token_is_refreshed_once_and_the_send_retried() {
     let out = wecom.deliver(&send("four"), &env.ctx).await;
     assert_eq!(out.verdict, Verdict::Retry { retry_after: None });
     assert_eq!(env.p.token_fetches("wecom"), 3);
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -557,13 +539,7 @@ async fn concurrent_deliveries_fetch_one_token() {
     // A second pool on the same prefix: as another dispatcher process would be.
     let other = Context {
         http: env.ctx.http.clone(),
-        store: Store::new(&RedisConfig {
-            url: Secret::new("redis://127.0.0.1:6379"),
-            prefix: env.ctx.store.prefix().to_owned(),
-            pool_size: 16,
-            sentinel: None,
-        })
-        .unwrap(),
+        store: env.kit.store(),
         allow_private: env.ctx.allow_private.clone(),
         part_budget: None,
     };
@@ -593,7 +569,6 @@ async fn concurrent_deliveries_fetch_one_token() {
         "one process fetched, the others waited for its token"
     );
     assert_eq!(env.p.texts(api::WECOM_APP).len(), 12);
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -744,7 +719,6 @@ async fn replies_reach_the_originating_conversation() {
         slack.deliver(&wrong, &env.ctx).await.verdict,
         Verdict::Permanent
     );
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -784,5 +758,4 @@ async fn no_secret_reaches_an_attempt_record() {
         }
         assert!(out.attempt.error.is_some(), "{record}");
     }
-    env.cleanup().await;
 }

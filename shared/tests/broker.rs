@@ -1,6 +1,6 @@
 //! The broker contract the roles rely on, against the real RabbitMQ: the topology declares (and
 //! declares again) cleanly, a publish is confirmed, and a message in a delay queue comes back to
-//! its stage after its wait.
+//! its stage after its wait. Each test's queues are removed by its fixture, passed or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -9,16 +9,17 @@ use shared::broker::Publish;
 use shared::topology::Stage;
 use shared::{Config, Services};
 use std::time::{Duration, Instant};
+use testkit::{Fixture, AMQP_URL, REDIS_URL};
 use tokio_util::sync::CancellationToken;
 
 fn config(prefix: &str) -> Config {
     Config::from_toml(&format!(
         r#"
         [broker]
-        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        url = "{AMQP_URL}"
         prefix = "{prefix}"
         [redis]
-        url = "redis://127.0.0.1:6379"
+        url = "{REDIS_URL}"
         prefix = "{prefix}"
         [worker]
         retry_schedule = ["0s", "300ms"]
@@ -29,8 +30,10 @@ fn config(prefix: &str) -> Config {
 
 #[tokio::test]
 async fn publish_confirms_and_delay_queues_return_messages_to_their_stage() {
-    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
-    let cfg = config(&prefix);
+    let kit = Fixture::new("sbt");
+    let prefix = kit.prefix();
+    let cfg = config(prefix);
+    kit.own_topology(&shared::topology::Topology::from_config(&cfg));
     let shutdown = CancellationToken::new();
     let services = Services::start(&cfg, "test", shutdown.clone()).unwrap();
     let broker = services.broker.clone();
@@ -80,25 +83,22 @@ async fn publish_confirms_and_delay_queues_return_messages_to_their_stage() {
         .publish(&format!("{prefix}.nope"), b"{}", Publish::default())
         .await
         .is_err());
-    topo.delete(&ch).await.unwrap();
     shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_stream_the_broker_cannot_serve_does_not_stop_events_from_flowing() {
     use lapin::options::QueueDeclareOptions;
-    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
-    let cfg = config(&prefix);
+    let kit = Fixture::new("sbt");
+    let cfg = config(kit.prefix());
+    kit.own_topology(&shared::topology::Topology::from_config(&cfg));
     // Something else already holds the dead-letter stream's name (as a classic queue), so the
     // stream's declaration fails, as it does for a stream broken by a broker crash.
-    let conn = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let dl = format!("{prefix}.dead-letters");
+    let dl = format!("{}.dead-letters", kit.prefix());
     ch.queue_declare(
         dl.as_str().into(),
         QueueDeclareOptions::default(),
@@ -122,13 +122,6 @@ async fn a_stream_the_broker_cannot_serve_does_not_stop_events_from_flowing() {
         .publish(&work, b"{}", Publish::default())
         .await
         .unwrap();
-    let topo = broker.topology().clone();
-    let ch2 = conn.create_channel().await.unwrap();
-    for q in topo.all_queues() {
-        let _ = ch2
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
     shutdown.cancel();
 }
 

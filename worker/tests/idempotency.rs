@@ -1,36 +1,15 @@
 //! The once-per-event record against the real Redis: racing claims, lease takeover with the
 //! recorded Dify ids, fencing, and the recorded answer served to later claims.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use shared::config::RedisConfig;
 use shared::envelope::Answer;
-use shared::store::Store;
-use shared::Secret;
 use std::time::Duration;
+use testkit::Fixture;
 use worker::idempotency::{Claim, Idempotency, RunIds};
-
-fn store(prefix: &str) -> Store {
-    Store::new(&RedisConfig {
-        url: Secret::new("redis://127.0.0.1:6379"),
-        prefix: prefix.into(),
-        pool_size: 8,
-        sentinel: None,
-    })
-    .unwrap()
-}
-
-async fn cleanup(store: &Store, key: &str) {
-    let mut c = store.conn().await.unwrap();
-    let _: () = deadpool_redis::redis::cmd("DEL")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn of_many_racing_claims_exactly_one_wins() {
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let workers: Vec<_> = (0..16)
         .map(|i| {
             Idempotency::new(
@@ -52,13 +31,12 @@ async fn of_many_racing_claims_exactly_one_wins() {
         .filter(|c| matches!(c, Ok(Claim::Held(_))))
         .count();
     assert_eq!((won, held), (1, 15));
-    cleanup(&s, &key).await;
 }
 
 #[tokio::test]
 async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is_fenced() {
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let a = Idempotency::new(
         s.clone(),
         "a".into(),
@@ -130,13 +108,12 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
         Claim::Done(Box::new(answer)),
         "later claims get the recorded answer"
     );
-    cleanup(&s, &key).await;
 }
 
 #[tokio::test]
 async fn a_released_event_can_be_claimed_again() {
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let a = Idempotency::new(
         s.clone(),
         "a".into(),
@@ -152,14 +129,13 @@ async fn a_released_event_can_be_claimed_again() {
         a.claim(&key).await.unwrap(),
         Claim::Acquired { previous: None, .. }
     ));
-    cleanup(&s, &key).await;
 }
 
 #[tokio::test]
 async fn a_live_lease_holds_even_against_its_own_process() {
     // Two copies of one event handled at once by one worker must not both call Dify.
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let a = Idempotency::new(
         s.clone(),
         "same".into(),
@@ -172,13 +148,12 @@ async fn a_live_lease_holds_even_against_its_own_process() {
         Claim::Acquired { .. }
     ));
     assert!(matches!(a.claim(&key).await.unwrap(), Claim::Held(_)));
-    cleanup(&s, &key).await;
 }
 
 #[tokio::test]
 async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let a = Idempotency::new(
         s.clone(),
         "a".into(),
@@ -210,13 +185,12 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
         ),
         "a failed run's ids are cleared"
     );
-    cleanup(&s, &key).await;
 }
 
 #[tokio::test]
 async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_resets_it() {
-    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
-    let s = store(&prefix);
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
     let w = Idempotency::new(
         s.clone(),
         "w".into(),
@@ -247,5 +221,4 @@ async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_
         w.claim(&key).await.unwrap(),
         Claim::Acquired { takeovers: 0, .. }
     ));
-    cleanup(&s, &key).await;
 }
