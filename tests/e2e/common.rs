@@ -1,12 +1,16 @@
 //! The test harness: `TestApp::spawn` starts ingress, worker and dispatcher on port 0 with a
 //! unique prefix, a Dify stand-in and a receiver; helpers sign and send webhooks and poll for
-//! outcomes until a deadline; `shutdown` stops the roles and deletes the test's queues and keys.
+//! outcomes until a deadline; `shutdown` stops the roles as SIGTERM would. Dropping a `TestApp`
+//! — after `shutdown`, or while a failing test unwinds — aborts whatever still runs and removes
+//! the test's queues and keys (`testkit::Fixture`), so no test leaves anything on the shared
+//! broker or Redis.
 #![allow(dead_code)]
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use shared::envelope::{decode, DeadLetter};
 use shared::signing::SigningKey;
+use shared::topology::Topology;
 use shared::{Config, Services};
 use standins::dify::{DifyOptions, DifyStandin};
 use standins::proxy::Proxy;
@@ -14,13 +18,14 @@ use standins::receiver::Receiver;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::{Fixture, REDIS_URL};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const OUT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const TOKEN: &str = "crm-token";
-pub const BROKER: &str = "127.0.0.1:5672";
+pub const BROKER: &str = testkit::BROKER_ADDR;
 
 /// How a test wants its pipeline.
 #[derive(Clone)]
@@ -68,10 +73,8 @@ pub struct TestApp {
     stop: CancellationToken,
     close: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
-}
-
-pub fn unique_prefix() -> String {
-    format!("e2e-{}", uuid::Uuid::now_v7().simple())
+    /// Last, so it is dropped after everything that might still use the queues.
+    kit: Fixture,
 }
 
 /// The config of a test pipeline (TOML text, so child processes can use it too).
@@ -93,7 +96,7 @@ publish_timeout = "2s"
 delivery_limit = 5
 
 [redis]
-url = "redis://127.0.0.1:6379"
+url = "{REDIS_URL}"
 prefix = "{prefix}"
 
 [ingress]
@@ -149,7 +152,8 @@ secret = "{OUT_SECRET}"
 impl TestApp {
     pub async fn spawn(opts: Options) -> TestApp {
         shared::telemetry::init_test_tracing();
-        let prefix = unique_prefix();
+        let kit = Fixture::new("e2e");
+        let prefix = kit.prefix().to_owned();
         let dify = DifyStandin::start(opts.dify.clone())
             .await
             .expect("dify stand-in");
@@ -183,6 +187,7 @@ impl TestApp {
             &extra,
         );
         let config = Arc::new(Config::from_toml(&text).expect("test config"));
+        kit.own_topology(&Topology::from_config(&config));
         let stop = CancellationToken::new();
         let close = CancellationToken::new();
         let services = Services::start(&config, &prefix, close.clone()).expect("services");
@@ -218,6 +223,7 @@ impl TestApp {
             stop,
             close,
             tasks,
+            kit,
         };
         let broker = app.services.broker.clone();
         wait_for("the broker connection", Duration::from_secs(20), || {
@@ -372,41 +378,26 @@ impl TestApp {
             .unwrap_or_default()
     }
 
-    /// Stops the roles (as SIGTERM would), then removes the test's queues and keys.
+    /// Stops the roles (as SIGTERM would) and fails if one of them failed; dropping the app
+    /// then removes the test's queues and keys.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         while let Some(r) = self.tasks.join_next().await {
             r.expect("role task").expect("role result");
         }
-        cleanup(&self.services, &self.prefix).await;
-        self.close.cancel();
-        self.receiver.shutdown();
-        self.dify.shutdown();
     }
 }
 
-/// Deletes a test's queues and Redis keys.
-pub async fn cleanup(services: &Services, prefix: &str) {
-    if let Ok(ch) = services
-        .broker
-        .consumer_channel(&CancellationToken::new())
-        .await
-    {
-        let _ = services.broker.topology().delete(&ch).await;
-        let _ = ch.close(200, "ok".into()).await;
-    }
-    if let Ok(mut c) = services.store.conn().await {
-        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
-                .arg(chunk)
-                .query_async(&mut c)
-                .await;
-        }
+impl Drop for TestApp {
+    /// Runs however the test ends. Nothing here may panic: a panic while unwinding aborts.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.tasks.abort_all();
+        self.close.cancel();
+        self.receiver.shutdown();
+        self.dify.shutdown();
+        // The queues and keys: `kit` cleans when it is dropped, right after this (blocking, over
+        // fresh connections, so it works whatever state the test left its own in).
     }
 }
 
