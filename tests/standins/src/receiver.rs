@@ -1,11 +1,13 @@
 //! A webhook receiver that behaves like a customer's endpoint: it verifies our Standard Webhooks
 //! signature, answers 2xx (or whatever it is told to answer next), can be taken down and brought
 //! back, and records every delivery so tests can count deliveries per job and read what arrived.
+//! `GET /received` lists the accepted deliveries as JSON (`[{"webhook_id", "body"}]`), so a
+//! check outside the process (`./dev clone-check`) can see a signed answer arrive.
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use shared::signing::SigningKey;
 use std::collections::{HashMap, VecDeque};
@@ -62,7 +64,10 @@ impl Receiver {
             addr: listener.local_addr()?,
             stop: CancellationToken::new(),
         };
-        let app = Router::new().fallback(post(receive)).with_state(r.clone());
+        let app = Router::new()
+            .route("/received", get(list))
+            .fallback(post(receive))
+            .with_state(r.clone());
         let stop = r.stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -130,6 +135,17 @@ impl Receiver {
     pub fn shutdown(&self) {
         self.stop.cancel();
     }
+}
+
+/// Every accepted delivery so far (each one's signature was verified if the receiver has a secret).
+async fn list(State(r): State<Receiver>) -> axum::Json<serde_json::Value> {
+    let all: Vec<serde_json::Value> = r
+        .lock()
+        .received
+        .iter()
+        .map(|d| serde_json::json!({"webhook_id": d.webhook_id, "body": d.body}))
+        .collect();
+    axum::Json(serde_json::Value::Array(all))
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
