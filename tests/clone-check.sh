@@ -8,7 +8,8 @@
 # The clone runs on free ports and its own queue/key prefix (DEV_* variables of ./dev), so it
 # collides with no other `./dev run` or test. It builds into $CARGO_TARGET_DIR (default: this
 # checkout's target/), so only the workspace crates are compiled again, not the dependencies.
-# Uncommitted changes are not part of the check: it is HEAD that a new user would clone.
+# Uncommitted changes are not part of the check: it is HEAD that a new user would clone (an
+# argument names another commit, e.g. to see the check fail on an older one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -71,11 +72,12 @@ fail() {
   exit 1
 }
 
+commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  say "note: uncommitted changes are not checked; the clone is HEAD ($(git rev-parse --short HEAD))"
+  say "note: uncommitted changes are not checked; the clone is ${1:-HEAD} (${commit:0:7})"
 fi
 git clone -q --no-checkout "$repo" "$work/switchboard"
-git -C "$work/switchboard" checkout -q --detach "$(git rev-parse HEAD)"
+git -C "$work/switchboard" checkout -q --detach "$commit"
 clone=$work/switchboard
 
 ingress=$(free_port)
@@ -83,7 +85,7 @@ dify=$(free_port)
 receiver=$(free_port)
 worker_admin=$(free_port)
 dispatcher_admin=$(free_port)
-say "cloned $(git rev-parse --short HEAD) into $clone; ./dev run on ingress :$ingress, dify :$dify, receiver :$receiver"
+say "cloned ${commit:0:7} into $clone; ./dev run on ingress :$ingress, dify :$dify, receiver :$receiver"
 (
   cd "$clone"
   exec env -u DIFY_API_KEY -u DIFY_BASE_URL \
@@ -103,6 +105,12 @@ done
 read -r -a pids <"$clone/.run/pids" || fail "./dev run recorded no pids in .run/pids"
 ready=$(date +%s)
 say "./dev run ready after $((ready - t0)) s (pids ${pids[*]})"
+# Every program it runs was built by this ./dev run, from the clone (not left in the target
+# dir by an earlier build): a fresh clone has no other.
+for pid in "${pids[@]}"; do
+  exe=$(readlink "/proc/$pid/exe") || fail "pid $pid, started by ./dev run, is not running"
+  [ "$(stat -c %Y "$exe")" -ge "$t0" ] || fail "$exe was not built by this ./dev run"
+done
 
 # The README's curl, as printed there, with the clone's ingress port.
 curl_cmd=$(sed -n '/^curl -i -X POST http:\/\/127.0.0.1:8080\/hooks\/demo/,/-d /p' "$clone/README.md")
