@@ -138,6 +138,28 @@ const DIFY_W2: &str = "Dify window 2 (streaming, worker killed before Dify's fir
 const DIFY_W4: &str = "Dify window 4 (Redis lost the idempotency record)";
 const DELIVERY_W: &str =
     "delivery window (dispatcher killed between the receiver's 2xx and the delivered marker)";
+/// Fewer events offered than this: the load did not run, and "lost 0" would mean nothing.
+pub const MIN_OFFERED: usize = 10;
+
+/// Why a fault's accounting proves nothing, if it does not: too few events offered, or fewer than
+/// half of those offered acknowledged (docs/RELIABILITY.md, "A fault fails"). Every event the
+/// load offers is retried for 40 s, far longer than any outage the suite causes, so a healthy
+/// run acknowledges all of them; a run that acknowledged nothing must not pass with lost = 0.
+pub fn too_few_acknowledged(acked: usize, offered: usize) -> Option<String> {
+    if offered < MIN_OFFERED {
+        Some(format!(
+            "the load offered {offered} event(s), fewer than {MIN_OFFERED}: nothing was tested"
+        ))
+    } else if acked * 2 < offered {
+        Some(format!(
+            "only {acked} of {offered} offered events were acknowledged (at least half must be): \
+             lost = 0 over so few says nothing"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Ids that reached the worker less than this before it died may not have been recorded yet.
 const RECORD_SLACK: Duration = Duration::from_millis(250);
 
@@ -440,6 +462,10 @@ impl Outcome {
     /// A documented window or none: the suite fails on lost events and undocumented duplicates.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
+        out.extend(too_few_acknowledged(
+            self.acked,
+            self.acked + self.refused.len(),
+        ));
         if !self.lost.is_empty() {
             out.push(format!(
                 "lost {} event(s): {:?}",
@@ -613,5 +639,28 @@ impl Outcome {
             let _ = writeln!(s, "  LOST: {:?}", self.lost);
         }
         s
+    }
+}
+
+#[test]
+fn a_fault_needs_an_offered_load_and_half_of_it_acknowledged() {
+    // (acknowledged, offered, passes)
+    let table = [
+        (0, 0, false),
+        (9, 9, false),
+        (0, 40, false),
+        (19, 40, false),
+        (20, 40, true),
+        (40, 40, true),
+        (10, 10, true),
+        (5, 10, true),
+        (4, 10, false),
+    ];
+    for (acked, offered, passes) in table {
+        assert_eq!(
+            too_few_acknowledged(acked, offered).is_none(),
+            passes,
+            "{acked} of {offered}"
+        );
     }
 }
