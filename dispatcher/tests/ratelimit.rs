@@ -114,15 +114,13 @@ async fn two_processes_never_exceed_the_limit_in_any_window() {
     assert_eq!(arrivals.len(), admissions.len());
     assert!(at_admission <= 5, "{at_admission} admissions in one window");
     assert!(at_arrival <= 5, "{at_arrival} arrivals in one window");
-    // Paced at (1 s + 50 ms) / 5 = 210 ms: about 4 s / 210 ms + 1 = 20 slots.
+    // Paced at (1 s + 50 ms) / 5 = 210 ms: about 4 s / 210 ms + 1 = 20 slots for both
+    // together. Two limits of their own would have admitted about 40. Which process takes a
+    // slot is not promised (docs/dispatcher-limits.md): whoever asks first once it opens.
     assert!(
         (17..=20).contains(&admissions.len()),
         "{}",
         admissions.len()
-    );
-    assert!(
-        from_b > 0 && from_b < admissions.len(),
-        "both processes were admitted"
     );
 }
 
@@ -156,13 +154,16 @@ async fn the_wait_says_when_the_next_slot_opens() {
     let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let limits = [rate("2/1s")]; // (1 s + 50 ms) / 2 = 525 ms apart
+    let asked = Instant::now();
     assert_eq!(limiter.acquire("t", &limits).await.unwrap(), Admission::Go);
     let Admission::Wait(wait) = limiter.acquire("t", &limits).await.unwrap() else {
         panic!("a second slot within 525 ms");
     };
+    // 525 ms from the first admission, less what has passed since (however slow the machine).
+    let passed = asked.elapsed();
     assert!(
-        wait > Duration::from_millis(475) && wait <= Duration::from_millis(525),
-        "{wait:?}"
+        wait + passed >= Duration::from_millis(524) && wait <= Duration::from_millis(525),
+        "{wait:?} after {passed:?}"
     );
     // Refusals take nothing: asking again says the same, less the time that passed.
     let Admission::Wait(again) = limiter.acquire("t", &limits).await.unwrap() else {
@@ -179,18 +180,21 @@ async fn several_limits_are_decided_together() {
     let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let (fast, slow) = (rate("1/100ms"), rate("1/1s"));
+    let asked = Instant::now();
     assert_eq!(
         limiter.acquire("t", &[fast, slow]).await.unwrap(),
         Admission::Go
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // The fast limit conforms, the slow one does not: the wait is the slow one's ...
+    // The fast limit conforms, the slow one does not: the wait is the slow one's (1.05 s from
+    // the admission, less what has passed since) ...
     let Admission::Wait(wait) = limiter.acquire("t", &[fast, slow]).await.unwrap() else {
         panic!("the 1/1s limit must refuse");
     };
+    let passed = asked.elapsed();
     assert!(
-        wait > Duration::from_millis(750) && wait <= Duration::from_millis(850),
-        "{wait:?}"
+        wait + passed >= Duration::from_millis(1_049) && wait <= Duration::from_millis(850),
+        "{wait:?} after {passed:?}"
     );
     // ... and the refusal did not take the fast limit's slot.
     assert_eq!(limiter.acquire("t", &[fast]).await.unwrap(), Admission::Go);
@@ -231,6 +235,7 @@ async fn idle_targets_leave_nothing_behind() {
     let store = kit.store_with_pool(8);
     let limiter = RateLimiter::new(store.clone());
     let limits = [rate("1/200ms")];
+    let asked = Instant::now();
     assert_eq!(
         limiter.acquire("idle", &limits).await.unwrap(),
         Admission::Go
@@ -242,7 +247,11 @@ async fn idle_targets_leave_nothing_behind() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 251, "{ttl} ms");
+    assert!(ttl <= 251, "{ttl} ms");
+    // (On a machine so slow that 250 ms passed already, the key is rightly gone: -2.)
+    if asked.elapsed() < Duration::from_millis(200) {
+        assert!(ttl > 0, "{ttl} ms");
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     while !keys(&store).await.is_empty() {
         assert!(Instant::now() < deadline, "the key outlived its limit");
