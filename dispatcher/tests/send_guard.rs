@@ -2,23 +2,15 @@
 //! (no resolver sees them) unless `allow_private` lets them through.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use dispatcher::target::{send, Context, Verdict};
-use shared::config::RedisConfig;
-use shared::store::Store;
-use shared::Secret;
+use testkit::Fixture;
 
-fn ctx(allow: &[&str]) -> Context {
+fn ctx(kit: &Fixture, allow: &[&str]) -> Context {
     Context {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        store: Store::new(&RedisConfig {
-            url: Secret::new("redis://127.0.0.1:6379"),
-            prefix: "guard".into(),
-            pool_size: 1,
-            sentinel: None,
-        })
-        .unwrap(),
+        store: kit.store_with_pool(1),
         allow_private: allow.iter().map(|a| a.parse().unwrap()).collect(),
         part_budget: None,
     }
@@ -26,13 +18,14 @@ fn ctx(allow: &[&str]) -> Context {
 
 #[tokio::test]
 async fn literal_loopback_urls_are_refused_unless_allowed() {
+    let kit = Fixture::new("guard");
     let receiver = standins::receiver::Receiver::start(None).await.unwrap();
     let port = receiver.addr().port();
     for url in [
         format!("http://127.0.0.1:{port}/x"),
         format!("http://[::ffff:127.0.0.1]:{port}/x"),
     ] {
-        let c = ctx(&[]);
+        let c = ctx(&kit, &[]);
         let (outcome, answer) =
             send(&c, c.http.post(&url).body("{}"), |_| Verdict::Delivered).await;
         assert_eq!(outcome.verdict, Verdict::Permanent, "{url}");
@@ -44,7 +37,7 @@ async fn literal_loopback_urls_are_refused_unless_allowed() {
         );
     }
     assert_eq!(receiver.requests_for(""), 0, "the receiver saw nothing");
-    let c = ctx(&["127.0.0.0/8"]);
+    let c = ctx(&kit, &["127.0.0.0/8"]);
     let url = format!("http://127.0.0.1:{port}/x");
     let (outcome, _) = send(
         &c,
