@@ -1,7 +1,9 @@
 //! The shared rate limiter against the real Redis: pacing, the wait it announces, several limits
 //! at once, keys that expire, and two independent limiters (separate pools, as two dispatcher
 //! processes would have) hammering one target while a local receiver records arrivals: no
-//! window of the limit's length ever holds more than the limit, at admission or at arrival.
+//! window of the limit's length ever holds more than the limit at admission, nor at arrival
+//! within the margin the limiter adds for the way to the receiver. Every bound is computed from
+//! what the test can know (when a call went out and came back), so a busy machine cannot fail it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use axum::routing::post;
 use axum::Router;
@@ -16,6 +18,33 @@ fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
 }
 
+/// One admission as the test saw it. Redis decided it at some moment between `asked` (the call
+/// went out) and `at` (the answer came back): on a busy machine that bracket can be wide, so
+/// every bound below is computed from it rather than from `at` alone.
+#[derive(Clone, Copy)]
+struct Admitted {
+    asked: Instant,
+    at: Instant,
+    /// Which limiter (process) admitted it.
+    which: usize,
+}
+
+/// The most admissions that certainly fell within one span of `len`: those asked no earlier
+/// than one admission was asked and answered no later than `len` after it. (Counting by `at`
+/// alone would count a slow answer's lateness against the limiter.)
+fn busiest_admission_window(admitted: &[Admitted], len: Duration) -> usize {
+    admitted
+        .iter()
+        .map(|first| {
+            admitted
+                .iter()
+                .filter(|x| x.asked >= first.asked && x.at <= first.asked + len)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The most events that any closed window of `len` starting at an event holds.
 fn busiest_window(times: &[Instant], len: Duration) -> usize {
     let mut t = times.to_vec();
@@ -26,16 +55,17 @@ fn busiest_window(times: &[Instant], len: Duration) -> usize {
         .unwrap_or(0)
 }
 
-/// A receiver that records when each delivery arrived.
-async fn receiver() -> (String, Arc<Mutex<Vec<Instant>>>) {
+/// A receiver that records when each delivery arrived, with the admission index it carries.
+async fn receiver() -> (String, Arc<Mutex<Vec<(usize, Instant)>>>) {
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let seen = arrivals.clone();
     let app = Router::new().route(
         "/",
-        post(move || {
+        post(move |body: String| {
             let seen = seen.clone();
             async move {
-                seen.lock().unwrap().push(Instant::now());
+                let at = Instant::now();
+                seen.lock().unwrap().push((body.parse().unwrap(), at));
                 "ok"
             }
         }),
@@ -46,8 +76,8 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Instant>>>) {
     (url, arrivals)
 }
 
-/// `tasks` workers per limiter, each taking slots for `run` and delivering on every `Go`;
-/// returns the admission times with the index of the limiter that admitted.
+/// `tasks` workers per limiter, each taking slots for `run` and delivering on every `Go` (the
+/// body is the admission's index); returns the admissions in the order they were recorded.
 async fn hammer(
     limiters: &[RateLimiter],
     target: &str,
@@ -55,7 +85,7 @@ async fn hammer(
     tasks: usize,
     run: Duration,
     deliver_to: Option<&str>,
-) -> Vec<(Instant, usize)> {
+) -> Vec<Admitted> {
     let until = Instant::now() + run;
     let admitted = Arc::new(Mutex::new(Vec::new()));
     let http = reqwest::Client::new();
@@ -67,11 +97,17 @@ async fn hammer(
             let url = deliver_to.map(str::to_owned);
             joins.push(tokio::spawn(async move {
                 while Instant::now() < until {
+                    let asked = Instant::now();
                     match limiter.acquire(&target, &limits).await.unwrap() {
                         Admission::Go => {
-                            admitted.lock().unwrap().push((Instant::now(), which));
+                            let at = Instant::now();
+                            let index = {
+                                let mut all = admitted.lock().unwrap();
+                                all.push(Admitted { asked, at, which });
+                                all.len() - 1
+                            };
                             if let Some(url) = &url {
-                                http.post(url).send().await.unwrap();
+                                http.post(url).body(index.to_string()).send().await.unwrap();
                             }
                         }
                         Admission::Wait(d) => tokio::time::sleep(d).await,
@@ -98,30 +134,47 @@ async fn two_processes_never_exceed_the_limit_in_any_window() {
     let run = Duration::from_secs(4);
     let got = hammer(&limiters, "robot", &[limit], 4, run, Some(&url)).await;
 
-    let admissions: Vec<Instant> = got.iter().map(|(t, _)| *t).collect();
     let arrivals = arrivals.lock().unwrap().clone();
-    let from_b = got.iter().filter(|(_, w)| *w == 1).count();
+    let from_b = got.iter().filter(|x| x.which == 1).count();
+    // At the receiver the guarantee holds up to the margin (50 ms for 5/1s): an arrival is its
+    // admission plus the way to the receiver, which varies (more so on a busy machine). With
+    // `spread` the most that way can have varied in this run, arrivals within
+    // `per + margin - spread` were admitted within `per + margin`, so at most 5 of them.
+    let way = |(i, arrived): &(usize, Instant)| {
+        let x = got[*i];
+        (
+            arrived.duration_since(x.at),
+            arrived.duration_since(x.asked),
+        )
+    };
+    let shortest = arrivals.iter().map(|a| way(a).0).min().unwrap_or_default();
+    let longest = arrivals.iter().map(|a| way(a).1).max().unwrap_or_default();
+    let spread = longest.saturating_sub(shortest);
+    let margin = Duration::from_millis(50);
+    let arrival_window = (limit.per + margin)
+        .saturating_sub(spread)
+        .saturating_sub(Duration::from_millis(1));
+    let arrived: Vec<Instant> = arrivals.iter().map(|(_, at)| *at).collect();
     let (at_admission, at_arrival) = (
-        busiest_window(&admissions, limit.per),
-        busiest_window(&arrivals, limit.per),
+        busiest_admission_window(&got, limit.per),
+        busiest_window(&arrived, arrival_window),
     );
     eprintln!(
-        "5/1s over {run:?}, 2 limiters x 4 tasks: {} admitted ({} by the second), busiest 1 s \
-         window: {at_admission} at admission, {at_arrival} at the receiver",
-        admissions.len(),
-        from_b
+        "5/1s over {run:?}, 2 limiters x 4 tasks: {} admitted ({from_b} by the second), busiest \
+         1 s window at admission: {at_admission}; the way to the receiver varied by up to \
+         {spread:?}, busiest {arrival_window:?} window at the receiver: {at_arrival}",
+        got.len(),
     );
-    assert_eq!(arrivals.len(), admissions.len());
+    assert_eq!(arrivals.len(), got.len());
     assert!(at_admission <= 5, "{at_admission} admissions in one window");
-    assert!(at_arrival <= 5, "{at_arrival} arrivals in one window");
+    assert!(
+        at_arrival <= 5,
+        "{at_arrival} arrivals in {arrival_window:?} (spread {spread:?})"
+    );
     // Paced at (1 s + 50 ms) / 5 = 210 ms: about 4 s / 210 ms + 1 = 20 slots for both
     // together. Two limits of their own would have admitted about 40. Which process takes a
     // slot is not promised (docs/dispatcher-limits.md): whoever asks first once it opens.
-    assert!(
-        (17..=20).contains(&admissions.len()),
-        "{}",
-        admissions.len()
-    );
+    assert!((17..=20).contains(&got.len()), "{}", got.len());
 }
 
 #[tokio::test]
@@ -138,14 +191,14 @@ async fn a_single_process_is_paced_evenly() {
         None,
     )
     .await;
+    // From asking for one slot to being given the next: at least the 210 ms between them.
     let gaps: Vec<u128> = got
         .windows(2)
-        .map(|w| (w[1].0 - w[0].0).as_millis())
+        .map(|w| (w[1].at - w[0].asked).as_millis())
         .collect();
     eprintln!("5/1s, one task for 2 s: gaps {gaps:?} ms");
     assert!((9..=10).contains(&got.len()), "{}", got.len());
-    // 210 ms apart, less what the round trips to Redis may shift.
-    assert!(gaps.iter().all(|g| *g >= 200), "{gaps:?}");
+    assert!(gaps.iter().all(|g| *g >= 209), "{gaps:?}");
 }
 
 #[tokio::test]
@@ -215,18 +268,17 @@ async fn several_limits_are_decided_together() {
         None,
     )
     .await;
-    let times: Vec<Instant> = got.iter().map(|(t, _)| *t).collect();
     let (s, l) = (
-        busiest_window(&times, short.per),
-        busiest_window(&times, long.per),
+        busiest_admission_window(&got, short.per),
+        busiest_admission_window(&got, long.per),
     );
     eprintln!(
         "3/500ms + 4/2s, burst 2, 2 limiters x 3 tasks for 3 s: {} admitted, busiest 500 ms \
          window {s}, busiest 2 s window {l}",
-        times.len()
+        got.len()
     );
     assert!(s <= 3 && l <= 4, "{s} in 500 ms, {l} in 2 s");
-    assert!(times.len() >= 5, "{}", times.len());
+    assert!(got.len() >= 5, "{}", got.len());
 }
 
 #[tokio::test]
