@@ -25,18 +25,22 @@ use shared::{Config, Secret, Services};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::{Fixture, AMQP_URL, REDIS_URL};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const URL: &str = AMQP_URL;
 
-/// One test's broker: its prefix, config, a publishing broker and a raw connection.
+/// One test's broker: its prefix, config, a publishing broker and a raw connection. Dropping it
+/// (also when the test fails) stops the broker client and removes the queues and keys.
 struct Env {
     config: Config,
     topology: Topology,
     broker: Broker,
     conn: lapin::Connection,
     shutdown: CancellationToken,
+    /// Last: removes the queues once everything above is dropped.
+    _kit: Fixture,
 }
 
 /// What a `dlq` command printed and how it exited.
@@ -61,7 +65,7 @@ fn config(prefix: &str, url: &str, extra: &str) -> Config {
         prefix = "{prefix}"
         {extra}
         [redis]
-        url = "redis://127.0.0.1:6379"
+        url = "{REDIS_URL}"
         prefix = "{prefix}"
         "#
     ))
@@ -70,9 +74,10 @@ fn config(prefix: &str, url: &str, extra: &str) -> Config {
 
 impl Env {
     async fn new(broker_extra: &str) -> Self {
-        let prefix = format!("sbt-dlq-{}", Uuid::now_v7().simple());
-        let config = config(&prefix, URL, broker_extra);
+        let kit = Fixture::new("sbt-dlq");
+        let config = config(kit.prefix(), URL, broker_extra);
         let topology = Topology::from_config(&config);
+        kit.own_topology(&topology);
         let shutdown = CancellationToken::new();
         let broker = Broker::start(
             Secret::new(URL),
@@ -96,6 +101,7 @@ impl Env {
             broker,
             conn,
             shutdown,
+            _kit: kit,
         }
     }
 
@@ -166,12 +172,11 @@ impl Env {
         let _ = ch.close(200, "counted".into()).await;
         q.message_count()
     }
+}
 
-    async fn cleanup(self) {
-        let ch = self.conn.create_channel().await.unwrap();
-        self.topology.delete(&ch).await.unwrap();
+impl Drop for Env {
+    fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = self.conn.close(200, "done".into()).await;
     }
 }
 
@@ -458,7 +463,6 @@ async fn dead_letters_from_both_stages_and_poison_appear_with_their_history_and_
         "{}",
         text.stdout
     );
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -523,7 +527,6 @@ async fn each_filter_selects_what_it_names() {
     // --limit keeps the newest.
     let limited = json(&env.dlq(&["list", "--json", "--limit", "1"]).await);
     assert_eq!(ids(&limited), vec![s(&web_work)]);
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -571,7 +574,6 @@ async fn export_round_trips_every_field() {
     assert!(!out.ok());
     assert!(!none.exists());
     std::fs::remove_dir_all(&dir).unwrap();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -724,7 +726,6 @@ async fn replay_goes_back_to_the_stage_once_on_record_and_again_only_when_forced
     assert_eq!(runs[3]["rate"], "4/1s");
     let row = json(&env.dlq(&["list", "--json", "--stage", "work"]).await);
     assert_eq!(row[0]["replays"].as_array().unwrap().len(), 2);
-    env.cleanup().await;
 }
 
 fn job_id_of(dl: &DeadLetter) -> Uuid {
@@ -803,7 +804,6 @@ async fn failures_are_one_line_and_a_non_zero_exit() {
     let out = dlq(&absent, &["list"], "", false).await;
     assert_eq!(out.code, ExitCode::from(3), "{out:?}");
     assert!(out.stderr.contains("dead-letters` stream"), "{out:?}");
-    env.cleanup().await;
 }
 
 /// Whether a Redis key exists (false while Redis cannot be reached).
@@ -847,7 +847,8 @@ async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
         .await
         .unwrap();
     receiver.set_down(true);
-    let prefix = format!("sbt-dlq-{}", Uuid::now_v7().simple());
+    let kit = Fixture::new("sbt-dlq");
+    let prefix = kit.prefix();
     let config = Arc::new(
         Config::from_toml(&format!(
             r#"
@@ -855,7 +856,7 @@ async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
             url = "{URL}"
             prefix = "{prefix}"
             [redis]
-            url = "redis://127.0.0.1:6379"
+            url = "{REDIS_URL}"
             prefix = "{prefix}"
             [dispatcher]
             retry_schedule = ["0s", "100ms", "200ms"]
@@ -874,7 +875,7 @@ async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
     );
     let close = CancellationToken::new();
     let stop = CancellationToken::new();
-    let services = Services::start(&config, &prefix, close.clone()).unwrap();
+    let services = Services::start(&config, prefix, close.clone()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !services.broker.is_connected() {
         assert!(Instant::now() < deadline, "broker never connected");
@@ -886,6 +887,7 @@ async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
         stop.clone(),
     ));
     let topology = services.broker.topology().clone();
+    kit.own_topology(&topology);
     let mut j = job("crm-in", "crm");
     j.attempts.clear();
     services
@@ -972,20 +974,6 @@ async fn a_replay_after_the_receiver_is_fixed_delivers_exactly_once() {
     let runs = json(&dlq(&config, &["audit", "--json"], "", false).await);
     assert_eq!(runs.as_array().unwrap().len(), 3);
 
-    topology.delete(&ch).await.unwrap();
-    if let Ok(mut c) = services.store.conn().await {
-        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut c)
-                .await;
-        }
-    }
     close.cancel();
     receiver.shutdown();
 }
