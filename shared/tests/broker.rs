@@ -135,7 +135,8 @@ async fn connected(services: &Services) {
 
 #[tokio::test]
 async fn a_node_list_connects_to_a_live_node_past_dead_ones() {
-    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
+    let kit = Fixture::new("sbt");
+    let prefix = kit.prefix();
     // Two ports nobody listens on (bound and released), then the real broker.
     let dead: Vec<u16> = (0..2)
         .map(|_| {
@@ -147,21 +148,20 @@ async fn a_node_list_connects_to_a_live_node_past_dead_ones() {
         })
         .collect();
     let text = toml_with_urls(
-        &prefix,
+        prefix,
         &[
             format!("amqp://guest:guest@127.0.0.1:{}/%2f", dead[0]),
             format!("amqp://guest:guest@127.0.0.1:{}/%2f", dead[1]),
-            "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            AMQP_URL.into(),
         ],
     );
     let cfg = Config::from_toml(&text).unwrap();
+    kit.own_topology(&shared::topology::Topology::from_config(&cfg));
     // `quorum_group_size = 0`: the queues are declared as on a single node (the test's broker).
     assert_eq!(cfg.broker.quorum_group_size(), None);
     let shutdown = CancellationToken::new();
     let services = Services::start(&cfg, "test-nodes", shutdown.clone()).unwrap();
     connected(&services).await;
-    let ch = services.broker.consumer_channel(&shutdown).await.unwrap();
-    services.broker.topology().delete(&ch).await.unwrap();
     shutdown.cancel();
 }
 
@@ -178,7 +178,7 @@ fn toml_with_urls(prefix: &str, urls: &[String]) -> String {
         prefix = "{prefix}"
         quorum_group_size = 0
         [redis]
-        url = "redis://127.0.0.1:6379"
+        url = "{REDIS_URL}"
         prefix = "{prefix}"
         "#
     )
@@ -186,8 +186,9 @@ fn toml_with_urls(prefix: &str, urls: &[String]) -> String {
 
 #[tokio::test]
 async fn queue_depths_are_exported_as_gauges() {
-    let prefix = format!("sbt-{}", uuid::Uuid::now_v7().simple());
-    let cfg = config(&prefix);
+    let kit = Fixture::new("sbt");
+    let cfg = config(kit.prefix());
+    kit.own_topology(&shared::topology::Topology::from_config(&cfg));
     let shutdown = CancellationToken::new();
     let services = Services::start(&cfg, "test-depth", shutdown.clone()).unwrap();
     connected(&services).await;
@@ -215,7 +216,5 @@ async fn queue_depths_are_exported_as_gauges() {
         assert!(Instant::now() < deadline, "no `{want}` in:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ch = broker.consumer_channel(&shutdown).await.unwrap();
-    broker.topology().delete(&ch).await.unwrap();
     shutdown.cancel();
 }
