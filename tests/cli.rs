@@ -186,3 +186,38 @@ app = "a"
         "the message lists both roles' keys: {err}"
     );
 }
+
+/// Feishu without an encrypt key signs nothing: `config check` refuses such a source unless it
+/// says, in a key named for it, that it accepts unsigned events.
+#[test]
+fn a_feishu_source_without_an_encrypt_key_must_say_it_accepts_unsigned_events() {
+    let config = |extra: &str| {
+        format!(
+            r#"
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[apps]]
+id = "a"
+base_url = "http://127.0.0.1:1/v1"
+api_key = "app-x"
+kind = "chat"
+[[sources]]
+id = "fs"
+platform = "feishu"
+verification_token = "v-token"
+app = "a"
+{extra}
+"#
+        )
+    };
+    let (code, out, err) = config_check(&config(""));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("sources.fs.encrypt_key: is required"), "{err}");
+    assert!(err.contains("allow_unsigned = true"), "the way out is named: {err}");
+    let (code, out, err) = config_check(&config("allow_unsigned = true"));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = config_check(&config("encrypt_key = \"k\""));
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -71,6 +71,7 @@ app = "support"
 reply = true
 targets = ["crm"]
 verification_token = "{FEISHU_TOKEN}"
+allow_unsigned = true
 app_id = "{feishu_app}"
 app_secret = "{feishu_secret}"
 api_base = "{base}"

@@ -1,11 +1,17 @@
 //! Feishu and Lark event subscriptions (`platform = "feishu"` / `"lark"`: one protocol, two
-//! hosts). This module owns the keys `verification_token` and `encrypt_key` (optional); plain and
-//! encrypted bodies (`{"encrypt":…}`: key = sha256(encrypt_key), iv = the first 16 bytes,
-//! AES-256-CBC, PKCS#7); the `url_verification` challenge (also when encrypted) answered with
-//! `{"challenge":…}`; the verification token (`header.token` in schema 2.0, `token` in 1.0);
-//! `X-Lark-Signature` when an encrypt key is set; and text messages of both schemas, whose
-//! `content` is a JSON string inside the event. Replies go through the open API (the dispatcher,
-//! with `app_id`/`app_secret`/`api_base`, accepted and ignored here). It must not do I/O.
+//! hosts). This module owns the keys `verification_token`, `encrypt_key` and `allow_unsigned`;
+//! plain and encrypted bodies (`{"encrypt":…}`: key = sha256(encrypt_key), iv = the first 16
+//! bytes, AES-256-CBC, PKCS#7); the `url_verification` challenge (also when encrypted) answered
+//! with `{"challenge":…}`; the verification token, in `header.token` when the body has a
+//! `header` (schema 2.0, and the SDK's own challenge vector) and at the top level otherwise, and
+//! nowhere else; `X-Lark-Signature` when an encrypt key is set; and text messages of both
+//! schemas, whose `content` is a JSON string inside the event. Replies go through the open API
+//! (the dispatcher, with `app_id`/`app_secret`/`api_base`, accepted and ignored here).
+//!
+//! Without an encrypt key Feishu signs nothing: only the verification token, which travels inside
+//! every event, vouches for a request. Such a source must say so (`allow_unsigned = true`). With
+//! a key every request must be signed, except an encrypted challenge (Feishu sends it unsigned,
+//! and only the key's holder can make one, as the official SDK reasons). It must not do I/O.
 use super::sender::SignedRequest;
 use super::verify::{check_window_text, ct_eq, json_at, json_body, json_str, B64_LENIENT};
 use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
@@ -22,7 +28,7 @@ use shared::keys::Keys;
 use shared::Secret;
 
 /// The keys this module reads (the reply channel declares its own).
-pub const KEYS: &[&str] = &["verification_token", "encrypt_key"];
+pub const KEYS: &[&str] = &["verification_token", "encrypt_key", "allow_unsigned"];
 
 pub const TIMESTAMP_HEADER: &str = "x-lark-request-timestamp";
 pub const NONCE_HEADER: &str = "x-lark-request-nonce";
@@ -42,6 +48,22 @@ impl Feishu {
         let mut keys = Keys::source(source);
         let verification_token = keys.required_secret("verification_token");
         let encrypt_key = keys.secret("encrypt_key");
+        let allow_unsigned = keys.bool("allow_unsigned");
+        // A key given but unusable (empty, unresolved) is already a problem of its own.
+        let key_given = encrypt_key.is_some() || keys.has_problem("encrypt_key");
+        match (key_given, allow_unsigned) {
+            (false, false) => keys.issue(
+                "encrypt_key",
+                "is required: without it Feishu signs nothing and only the verification token, \
+                 carried inside every event, vouches for a request (set the app's Encrypt Key, \
+                 or accept unsigned events explicitly with allow_unsigned = true)",
+            ),
+            (true, true) => keys.issue(
+                "allow_unsigned",
+                "contradicts encrypt_key: with an encrypt key every request is signed (remove it)",
+            ),
+            _ => {}
+        }
         let value = verification_token.map(|verification_token| Self {
             lark,
             verification_token,
@@ -98,18 +120,24 @@ impl Platform for Feishu {
         }
         let signed = self.check_signature(req)?;
         let outer = json_body(&req.body)?;
-        let body = match outer.get("encrypt") {
+        let (body, encrypted) = match outer.get("encrypt") {
             Some(Value::String(encrypted)) => {
                 let key = self.encrypt_key.as_ref().ok_or(Rejection::Undecryptable)?;
                 let plain = decrypt(key.expose(), encrypted).ok_or(Rejection::Undecryptable)?;
                 // A wrong key passes the padding check once in 256: JSON is the real test.
-                serde_json::from_slice(&plain).map_err(|_| Rejection::Undecryptable)?
+                let body = serde_json::from_slice(&plain).map_err(|_| Rejection::Undecryptable)?;
+                (body, true)
             }
-            _ => outer,
+            _ => (outer, false),
         };
+        if self.encrypt_key.is_some() && !signed && !encrypted {
+            // With an encrypt key every request is signed but the encrypted challenge, which
+            // only the key's holder can make: an unsigned plain body is not from Feishu.
+            return Err(Rejection::MissingSignature);
+        }
         if json_str(&body, "type").as_deref() == Some("url_verification") {
             // Feishu sends the challenge unsigned; the token (and the key, when encrypted) vouch for it.
-            self.check_token(json_str(&body, "token"))?;
+            self.check_token(token_of(&body))?;
             let challenge =
                 json_str(&body, "challenge").ok_or_else(|| Rejection::malformed("no challenge"))?;
             return Ok(Intake::Reply(HookReply::json(
@@ -121,13 +149,8 @@ impl Platform for Feishu {
             // With an encrypt key every event is signed: an unsigned one is not from Feishu.
             return Err(Rejection::MissingSignature);
         }
+        self.check_token(token_of(&body))?;
         let v2 = json_str(&body, "schema").as_deref() == Some("2.0");
-        let token = if v2 {
-            json_at(&body, "/header/token")
-        } else {
-            json_str(&body, "token")
-        };
-        self.check_token(token)?;
         let normalised = if v2 {
             self.normalise_v2(&body)?
         } else {
@@ -300,6 +323,16 @@ impl Feishu {
             }),
             payload: Value::Null,
         }
+    }
+}
+
+/// Where the verification token sits: `header.token` when the body has a `header` (schema 2.0,
+/// also in challenges), else the top-level `token` (schema 1.0 and the plain challenge). Only
+/// there: the official SDK reads the same two places, the header's winning.
+fn token_of(body: &Value) -> Option<String> {
+    match body.get("header") {
+        Some(header) => json_str(header, "token"),
+        None => json_str(body, "token"),
     }
 }
 

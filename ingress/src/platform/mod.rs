@@ -293,7 +293,10 @@ mod tests {
                 "token",
             ),
             "dingtalk" => (json!({"app_secret": "s"}), "app_secret"),
-            "feishu" | "lark" => (json!({"verification_token": "t"}), "verification_token"),
+            "feishu" | "lark" => (
+                json!({"verification_token": "t", "allow_unsigned": true}),
+                "verification_token",
+            ),
             "slack" => (json!({"signing_secret": "s"}), "signing_secret"),
             "telegram" => (json!({"secret_token": "s"}), "secret_token"),
             "github" => (json!({"secret": "s"}), "secret"),

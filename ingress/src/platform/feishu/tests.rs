@@ -10,8 +10,9 @@ const NOW: i64 = 1_700_000_000;
 
 fn platform(encrypt_key: Option<&str>, lark: bool) -> Feishu {
     let mut settings = json!({"verification_token": TOKEN});
-    if let Some(k) = encrypt_key {
-        settings["encrypt_key"] = json!(k);
+    match encrypt_key {
+        Some(k) => settings["encrypt_key"] = json!(k),
+        None => settings["allow_unsigned"] = json!(true),
     }
     Feishu::from_config(
         &source(if lark { "lark" } else { "feishu" }, 300, settings),
@@ -28,6 +29,63 @@ fn official_decrypt_vector() {
         decrypt("other key", "P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="),
         None
     );
+}
+
+/// The official Go SDK's own challenge (`event/dispatcher/dispatcher_test.go`, encrypt key
+/// `1212121212`, verification token `v`): schema 2.0 with the token in `header`, encrypted, and
+/// posted unsigned as Feishu posts challenges.
+#[test]
+fn official_sdk_challenge_vector_has_its_token_in_the_header() {
+    const SDK_ENCRYPTED: &str = "bZ3L7yh6m3Fkuffl4g+3uGjIHnhOm5fVZbKVuyT8t7tcd5ABMYm8l28/X900ZL3knZ7n+sCREu/H2WnIzft0amC7+xWqNH8o25IU63N4BnZWfHh+4hyG76QPd19vkw2bPJCx9aqxK8Nz+xqFNbk0RdgyWhmgd30jSxHtcQXAllkI7FMpGpOCteJad3bLXPDBQIV/xkCtKICCS7Z63gakpxZCLaRZ3qCXP1fapHh+LBIupxenrU6ysc7I3nHmjmKie41IiWwS5puG4zQHhVbq6KWLcgWm/3NBZOPQy53ucMu75SXA55I7jarVLZXWUcqBGrcgE3vouWbtwgZuzmoTQl0GSh5VYSVvpW992BuGxUWj0XjPYdICJm6Cr7xouNXwMcdb7N8caVdkdSZeEnswG19qSyDoQhklwzNGW0yiaayulBqJNjfge/G5V3401c2XaIuAeEIo+QQ4RSNpRGfnHkbu/j55FGQAGWjpuBNaIwZbaUoVP3NkGP+vM5rpEDe3sL2GN+Xsd+g9yBs7FqdMV8mXTGgLjCqjrPrke5/km76Q3Pe6KPs2YexMRG4MkSx3xUTzZnNn7zIzShPcjeSwBd2pxk6ht5N+fzueZdxl6Oo=";
+    let sdk = Feishu::from_config(
+        &source(
+            "feishu",
+            300,
+            json!({"verification_token": "v", "encrypt_key": "1212121212"}),
+        ),
+        false,
+    )
+    .unwrap();
+    let req = request_plain(&json!({ "encrypt": SDK_ENCRYPTED }).to_string()).to_hook_request(at(NOW));
+    assert_eq!(
+        sdk.receive(&req).unwrap(),
+        Intake::Reply(HookReply::json(StatusCode::OK, &json!({"challenge": "1212"})))
+    );
+}
+
+/// The token is read in `header.token` when the body has a header, else at the top level, and
+/// nowhere else.
+#[test]
+fn the_token_is_read_in_the_header_or_at_the_top_level_and_only_there() {
+    let challenge = |v: Value| request_plain(&v.to_string()).to_hook_request(at(NOW));
+    let base = json!({"type": "url_verification", "challenge": "c"});
+    let with = |extra: Value| {
+        let mut v = base.clone();
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        challenge(v)
+    };
+    let cases = [
+        ("top level", with(json!({"token": TOKEN})), "reply"),
+        ("header", with(json!({"schema": "2.0", "header": {"token": TOKEN}})), "reply"),
+        ("header without schema", with(json!({"header": {"token": TOKEN}})), "reply"),
+        (
+            "header wins over the top level",
+            with(json!({"token": TOKEN, "header": {"token": "other"}})),
+            "bad_token",
+        ),
+        (
+            "a header without a token",
+            with(json!({"token": TOKEN, "header": {"event_id": "e"}})),
+            "bad_token",
+        ),
+        ("inside event", with(json!({"event": {"token": TOKEN}})), "bad_token"),
+        ("none", challenge(base.clone()), "bad_token"),
+        ("wrong", with(json!({"token": "nope"})), "bad_token"),
+    ];
+    let p = platform(None, false);
+    for (name, req, want) in cases {
+        assert_eq!(outcome(&p.receive(&req)), want, "{name}");
+    }
 }
 
 #[test]
@@ -122,6 +180,12 @@ fn receive_table() {
             "plain, key set, unsigned",
             &keyed,
             plain(&text),
+            "missing_signature",
+        ),
+        (
+            "plain challenge, key set, unsigned",
+            &keyed,
+            plain(&challenge_body(TOKEN, "c-1")),
             "missing_signature",
         ),
         ("schema 1.0", &unkeyed, plain(&v1), "event"),
@@ -271,15 +335,30 @@ fn mentions_table() {
 fn config_table() {
     let ok = json!({"verification_token": "t", "encrypt_key": "k", "app_id": "cli", "app_secret": "s", "api_base": "https://open.larksuite.com"});
     assert!(Feishu::from_config(&source("lark", 0, ok), true).is_ok());
+    let unsigned = json!({"verification_token": "t", "allow_unsigned": true});
+    assert!(Feishu::from_config(&source("feishu", 0, unsigned), false).is_ok());
     for (settings, key) in [
-        (json!({}), "sources.src.verification_token"),
         (
-            json!({"verification_token": "t", "encryptkey": "k"}),
+            json!({"allow_unsigned": true}),
+            "sources.src.verification_token",
+        ),
+        (
+            json!({"verification_token": "t", "allow_unsigned": true, "encryptkey": "k"}),
             "sources.src.encryptkey",
         ),
         (
             json!({"verification_token": "t", "encrypt_key": ""}),
             "sources.src.encrypt_key",
+        ),
+        // Unsigned only when the config says so, in a key that says it.
+        (json!({"verification_token": "t"}), "sources.src.encrypt_key"),
+        (
+            json!({"verification_token": "t", "allow_unsigned": false}),
+            "sources.src.encrypt_key",
+        ),
+        (
+            json!({"verification_token": "t", "encrypt_key": "k", "allow_unsigned": true}),
+            "sources.src.allow_unsigned",
         ),
     ] {
         let src = source("feishu", 0, settings);

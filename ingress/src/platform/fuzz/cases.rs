@@ -233,7 +233,10 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "lark-plain",
-            platform: platform("lark", json!({"verification_token": "fs-token"})),
+            platform: platform(
+                "lark",
+                json!({"verification_token": "fs-token", "allow_unsigned": true}),
+            ),
             body: Body::Unsigned,
             signed_parts: &[],
             sign: Box::new(|b, _| feishu::request_plain(&text(b)).to_hook_request(at(NOW))),
