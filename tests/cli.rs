@@ -215,7 +215,10 @@ app = "a"
     let (code, out, err) = config_check(&config(""));
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("sources.fs.encrypt_key: is required"), "{err}");
-    assert!(err.contains("allow_unsigned = true"), "the way out is named: {err}");
+    assert!(
+        err.contains("allow_unsigned = true"),
+        "the way out is named: {err}"
+    );
     let (code, out, err) = config_check(&config("allow_unsigned = true"));
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = config_check(&config("encrypt_key = \"k\""));

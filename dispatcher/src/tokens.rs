@@ -87,6 +87,8 @@ impl TokenError {
                 excerpt: None,
                 duration_ms: 0,
             },
+            // The platform's token endpoint was asked, unless the cache or its lock failed.
+            sent: !matches!(self, TokenError::Store(_) | TokenError::Busy),
             verdict,
         }
     }

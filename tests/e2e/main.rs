@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 mod crash;
+mod forged;
 mod harness;
 mod kit;
 mod limits;

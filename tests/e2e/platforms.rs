@@ -31,8 +31,8 @@ const LARK_ENCRYPT_KEY: &str = "lark-encrypt-key";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const SLACK_BOT: &str = "UBOT0001";
 const TELEGRAM_SECRET: &str = "tg_secret-1";
-const GITHUB_SECRET: &str = "github-hook-secret";
-const HMAC_SECRET: &str = "forms-signing-secret";
+pub(crate) const GITHUB_SECRET: &str = "github-hook-secret";
+pub(crate) const HMAC_SECRET: &str = "forms-signing-secret";
 
 /// One source per platform, each replying to the stand-in where it can and sending every
 /// answer to the harness's `crm` receiver too.

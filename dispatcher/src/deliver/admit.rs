@@ -7,7 +7,7 @@
 use super::{Dispatcher, Route, STORE_WAIT};
 use crate::breaker::{Breaker, Gate};
 use crate::ratelimit::Admission;
-use crate::target::Verdict;
+use crate::target::{Outcome, Verdict};
 use shared::envelope::{Destination, DispatchJob};
 use std::time::Duration;
 
@@ -21,10 +21,10 @@ pub(super) struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    /// Tells the breaker what the attempt said about the receiver (see [`receiver_alive`]); a
-    /// verdict that says nothing leaves the breaker alone and gives a probe back.
-    pub(super) async fn report(mut self, verdict: &Verdict) {
-        if let Some(alive) = receiver_alive(verdict) {
+    /// Tells the breaker what the attempt said about the receiver (see [`receiver_alive`]); an
+    /// outcome that says nothing leaves the breaker alone and gives a probe back.
+    pub(super) async fn report(mut self, outcome: &Outcome) {
+        if let Some(alive) = receiver_alive(outcome) {
             self.probe = false;
             let _ = self.breaker.record(&self.target, alive).await;
         }
@@ -49,11 +49,15 @@ impl Drop for Admitted<'_> {
     }
 }
 
-/// What a verdict says about the receiver (pure). The breaker watches whether the receiver is
+/// What an attempt says about the receiver (pure). The breaker watches whether the receiver is
 /// reachable and working: a refusal or a "slow down" is an answer (alive), a retryable failure
-/// is not, and a refused access token says nothing about the receiver.
-pub(super) fn receiver_alive(verdict: &Verdict) -> Option<bool> {
-    match verdict {
+/// is not; a refused access token, and an outcome decided without a request (a session webhook
+/// off DingTalk's hosts, an address the SSRF guard refuses), say nothing about the receiver.
+pub(super) fn receiver_alive(outcome: &Outcome) -> Option<bool> {
+    if !outcome.sent {
+        return None;
+    }
+    match &outcome.verdict {
         Verdict::Delivered | Verdict::Wait { .. } | Verdict::Permanent => Some(true),
         Verdict::Retry { .. } => Some(false),
         Verdict::TokenInvalid => None,
@@ -119,6 +123,8 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
+    use crate::target::parts::local_outcome;
+
     #[test]
     fn what_verdicts_tell_the_breaker() {
         let cases = [
@@ -134,7 +140,15 @@ mod tests {
             (Verdict::TokenInvalid, None),
         ];
         for (verdict, want) in cases {
-            assert_eq!(receiver_alive(&verdict), want, "{verdict:?}");
+            let mut sent = local_outcome(verdict.clone(), "x");
+            sent.sent = true;
+            assert_eq!(receiver_alive(&sent), want, "{verdict:?}");
+            // Decided without a request: nothing about the receiver, whatever the verdict.
+            assert_eq!(
+                receiver_alive(&local_outcome(verdict.clone(), "x")),
+                None,
+                "{verdict:?}"
+            );
         }
     }
 }

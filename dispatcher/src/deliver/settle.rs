@@ -22,7 +22,7 @@ impl Dispatcher {
         outcome: Outcome,
         marks: &Marks<'_>,
     ) -> Settle {
-        admitted.report(&outcome.verdict).await;
+        admitted.report(&outcome).await;
         let verdict = outcome.verdict;
         job.attempts.push(outcome.attempt);
         let settle = match verdict {

@@ -72,6 +72,10 @@ pub struct Answer {
 pub struct Outcome {
     pub verdict: Verdict,
     pub attempt: Attempt,
+    /// Whether a request went out (to the receiver or its platform's token endpoint). An outcome
+    /// decided here without one (a refused URL, a store failure) says nothing about the receiver,
+    /// so the circuit breaker is not told of it.
+    pub sent: bool,
 }
 
 /// What a kind may use while delivering.
@@ -215,7 +219,14 @@ pub async fn send(
                 excerpt: Some(excerpt(&answer.body)),
                 duration_ms: started.elapsed().as_millis() as u64,
             };
-            (Outcome { verdict, attempt }, Some(answer))
+            (
+                Outcome {
+                    verdict,
+                    attempt,
+                    sent: true,
+                },
+                Some(answer),
+            )
         }
         Err(e) => {
             let error = describe_transport_error(&e);
@@ -232,6 +243,7 @@ pub async fn send(
                 Outcome {
                     verdict: Verdict::Retry { retry_after: None },
                     attempt,
+                    sent: true,
                 },
                 None,
             )

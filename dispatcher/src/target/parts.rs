@@ -61,6 +61,8 @@ pub async fn deliver_parts<'a>(
                 format!("part {i}/{n} delivered; the rest waits its turn"),
             );
             outcome.attempt.outcome = AttemptOutcome::Partial;
+            // Parts went out in this delivery: the receiver answered.
+            outcome.sent = true;
             return outcome;
         }
         let mut outcome = send(i, part.clone()).await;
@@ -106,6 +108,7 @@ async fn write_progress(
 /// An outcome decided without a request (a refused job, a store failure): the attempt says why.
 pub fn local_outcome(verdict: Verdict, error: impl Into<String>) -> Outcome {
     Outcome {
+        sent: false,
         attempt: Attempt {
             at: chrono::Utc::now(),
             outcome: verdict.outcome(),

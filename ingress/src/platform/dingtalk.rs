@@ -6,12 +6,18 @@
 //! session webhook and its expiry go into the reply handle; the dispatcher falls back to the robot
 //! API with keys its reply channel declares (`app_key`, `robot_code`, …); `robot_code` is also
 //! this module's, for handles whose message carries none.
-//! Note that DingTalk signs the timestamp, not the body. It must not do I/O.
+//!
+//! DingTalk signs the timestamp, not the body: one observed `timestamp`/`sign` pair would let
+//! anyone post any body for as long as it is valid. So the window is DingTalk's hour and never
+//! more (`max_skew_secs` above 3600, or 0, is a config error), and the module hands the server
+//! the signature's identity and remaining validity ([`Platform::body_free_signature`]): the
+//! server lets one signature vouch for one body only. The reply URL a body names is the
+//! dispatcher's to check against DingTalk's hosts. It must not do I/O.
 use super::sender::SignedRequest;
 use super::verify::{
     check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, B64_LENIENT,
 };
-use super::{HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
+use super::{BodyFreeSignature, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::Method;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -20,19 +26,19 @@ use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
 use shared::keys::Keys;
 use shared::Secret;
+use std::time::Duration;
 
 /// The keys this module reads (the reply channel declares its own).
 pub const KEYS: &[&str] = &["app_secret", "robot_code"];
 
-/// DingTalk's own rule: a callback more than an hour off is refused.
-const PLATFORM_WINDOW_SECS: u64 = 3600;
+/// DingTalk's own rule: a callback more than an hour off is refused. It is also the longest a
+/// signature may be valid: it covers no body.
+pub const PLATFORM_WINDOW_SECS: u64 = 3600;
 
 #[derive(Debug)]
 pub struct Dingtalk {
     app_secret: Secret,
     robot_code: Option<String>,
-    /// 0 disables; otherwise never narrower than DingTalk's hour.
-    window_secs: u64,
 }
 
 impl Dingtalk {
@@ -40,15 +46,21 @@ impl Dingtalk {
         let mut keys = Keys::source(source);
         let app_secret = keys.required_secret("app_secret");
         let robot_code = keys.str("robot_code");
-        // DingTalk signs with a one-hour tolerance; a narrower window would refuse its own retries.
-        let window_secs = match source.max_skew_secs {
-            0 => 0,
-            skew => skew.max(PLATFORM_WINDOW_SECS),
-        };
+        // The window is always DingTalk's hour: a narrower one would refuse DingTalk's own
+        // retries, a wider one (or none) would let an observed signature sign any body longer.
+        if source.max_skew_secs == 0 || source.max_skew_secs > PLATFORM_WINDOW_SECS {
+            keys.issue(
+                "max_skew_secs",
+                format!(
+                    "must be 1 to {PLATFORM_WINDOW_SECS} for DingTalk (its signature covers only \
+                     a timestamp, so the window cannot be disabled or widened; it is always \
+                     DingTalk's hour)"
+                ),
+            );
+        }
         let value = app_secret.map(|app_secret| Self {
             app_secret,
             robot_code,
-            window_secs,
         });
         keys.finish(value)
     }
@@ -85,12 +97,26 @@ impl Platform for Dingtalk {
         if !ct_eq(&presented, &expected) {
             return Err(Rejection::BadSignature);
         }
-        if self.window_secs != 0 {
-            let ts_ms: i64 = ts.parse().map_err(|_| Rejection::StaleTimestamp)?;
-            check_window_ms(ts_ms, req.now, self.window_secs)?;
-        }
+        let ts_ms: i64 = ts.parse().map_err(|_| Rejection::StaleTimestamp)?;
+        check_window_ms(ts_ms, req.now, PLATFORM_WINDOW_SECS)?;
         let payload = json_body(&req.body)?;
         Ok(Intake::answered_empty(self.normalise(&payload)?, payload))
+    }
+
+    /// The signed timestamp, as sent, is the signature's identity (the `sign` is a function of
+    /// it alone, and base64 may be padded either way); it is valid until an hour after it.
+    fn body_free_signature(&self, req: &HookRequest) -> Option<BodyFreeSignature> {
+        let ts = req.header("timestamp")?.trim();
+        let ts_ms: i64 = ts.parse().ok()?;
+        let window_ms = i64::try_from(PLATFORM_WINDOW_SECS * 1000).ok()?;
+        let left_ms = ts_ms
+            .saturating_add(window_ms)
+            .saturating_sub(req.now.timestamp_millis());
+        Some(BodyFreeSignature {
+            id: ts.to_owned(),
+            // At least a second: a signature at the window's edge is still remembered.
+            valid_for: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0).max(1000)),
+        })
     }
 }
 
@@ -341,11 +367,41 @@ mod tests {
             p.receive(&request("s3cret", now_ms, &single).to_hook_request(at(now_ms / 1000))),
         );
         assert_eq!(e.conversation.chat_type, ChatType::Single);
-        // 0 disables the window, for old recorded callbacks.
-        assert_eq!(
-            outcome(&platform(0).receive(&with(&|r| r.now = at(0)))),
-            "event"
-        );
+        // Whatever the source's window, DingTalk's hour is the window.
+        for skew in [1, 300, 3600] {
+            let p = platform(skew);
+            assert_eq!(outcome(&p.receive(&good)), "event", "{skew}");
+            let late = with(&|r| r.now = at(now_ms / 1000 + 3601));
+            assert_eq!(outcome(&p.receive(&late)), "stale_timestamp", "{skew}");
+        }
+    }
+
+    /// The signature covers a timestamp only: the server is told what it stands for (the
+    /// timestamp as signed) and how much longer it is valid.
+    #[test]
+    fn the_signature_is_the_timestamp_and_valid_for_the_rest_of_its_hour() {
+        let now_ms = 1_700_000_000_000;
+        let p = platform(300);
+        let req =
+            |ts_ms: i64, now_s: i64| request("s3cret", ts_ms, "{}").to_hook_request(at(now_s));
+        let cases = [
+            (now_ms, now_ms / 1000, 3600),
+            (now_ms, now_ms / 1000 + 600, 3000),
+            // Signed in the future: valid until an hour after its own time.
+            (now_ms + 1_800_000, now_ms / 1000, 5400),
+            // At the edge: still remembered for a second.
+            (now_ms, now_ms / 1000 + 3600, 1),
+        ];
+        for (ts, now_s, left) in cases {
+            assert_eq!(
+                p.body_free_signature(&req(ts, now_s)),
+                Some(BodyFreeSignature {
+                    id: ts.to_string(),
+                    valid_for: Duration::from_secs(left)
+                }),
+                "{ts} at {now_s}"
+            );
+        }
     }
 
     #[test]
@@ -364,6 +420,15 @@ mod tests {
             assert_eq!(
                 issue_keys(&problems(Dingtalk::from_config(&src), &src)),
                 [key]
+            );
+        }
+        // The window can be neither disabled nor widened past DingTalk's hour.
+        for skew in [0, 3601, 86_400] {
+            let src = source("dingtalk", skew, json!({"app_secret": "x"}));
+            assert_eq!(
+                issue_keys(&problems(Dingtalk::from_config(&src), &src)),
+                ["sources.src.max_skew_secs"],
+                "{skew}"
             );
         }
     }

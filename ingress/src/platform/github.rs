@@ -52,6 +52,11 @@ impl Platform for Github {
         "github"
     }
 
+    /// GitHub signs the body only: no time, and the delivery id travels in a header of its own.
+    fn replayable_forever(&self) -> bool {
+        true
+    }
+
     fn receive(&self, req: &HookRequest) -> Result<Intake, Rejection> {
         if req.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);

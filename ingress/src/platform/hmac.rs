@@ -220,6 +220,12 @@ impl Platform for HmacSource {
         "hmac"
     }
 
+    /// Without a signed timestamp checked against a window, a captured request stays valid, and
+    /// `id_header` is not signed.
+    fn replayable_forever(&self) -> bool {
+        self.scheme.timestamp_header.is_none() || self.max_skew_secs == 0
+    }
+
     fn receive(&self, req: &HookRequest) -> Result<Intake, Rejection> {
         if req.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);

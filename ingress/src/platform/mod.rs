@@ -10,6 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{Conversation, ReplyHandle};
+use std::time::Duration;
 
 pub mod bearer;
 pub mod dingtalk;
@@ -172,6 +173,9 @@ pub enum Rejection {
     Malformed(String),
     #[error("method_not_allowed")]
     MethodNotAllowed,
+    /// A signature that covers no body was presented again with another body.
+    #[error("replayed_signature")]
+    ReplayedSignature,
 }
 
 impl Rejection {
@@ -194,6 +198,7 @@ impl Rejection {
             Rejection::WrongReceiver => "wrong_receiver",
             Rejection::Malformed(_) => "malformed",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::ReplayedSignature => "replayed_signature",
         }
     }
 
@@ -202,12 +207,33 @@ impl Rejection {
     }
 }
 
+/// A verified signature that covers no body (DingTalk signs only a timestamp): its identity and
+/// how much longer it is valid. The server lets it vouch for one body only for that long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyFreeSignature {
+    /// What the signature stands for (the same for every copy of it however it is written).
+    pub id: String,
+    pub valid_for: Duration,
+}
+
 /// A source's platform: verification and normalisation, no I/O.
 pub trait Platform: Send + Sync + std::fmt::Debug {
     /// The platform word from the config (`wecom`, `slack`, …).
     fn name(&self) -> &'static str;
     /// Verifies and reads one request.
     fn receive(&self, req: &HookRequest) -> Result<Intake, Rejection>;
+    /// For a request [`Platform::receive`] accepted: its signature, when that covers no body
+    /// (see [`BodyFreeSignature`]). Platforms whose signature covers the body have none.
+    fn body_free_signature(&self, _req: &HookRequest) -> Option<BodyFreeSignature> {
+        None
+    }
+    /// Whether a captured request stays valid forever under a fresh delivery id: its signature
+    /// covers no time and its dedup key is not signed (GitHub's `X-GitHub-Delivery`, an `hmac`
+    /// sender without a signed timestamp). The server then also treats the same signed body as a
+    /// retry for `dedup_ttl`, whatever its id.
+    fn replayable_forever(&self) -> bool {
+        false
+    }
 }
 
 /// Every platform word a source may use.

@@ -5,7 +5,14 @@
 //! `v1.0/robot/groupMessages/send` to the conversation in a group. Keys (shared with the
 //! ingress): `app_key`, `app_secret`, `robot_code` (default: the message's, else `app_key`),
 //! `api_base` (default `https://api.dingtalk.com`), `oapi_base` (default
-//! `https://oapi.dingtalk.com`). Without `app_key` only the session webhook is used.
+//! `https://oapi.dingtalk.com`), `session_webhook_origins`. Without `app_key` only the session
+//! webhook is used.
+//!
+//! The session webhook is a URL the message's body names, and DingTalk signs no body: it is used
+//! only on DingTalk's own hosts (`session_webhook_origins`, by default the origins of `oapi_base`
+//! and `api_base`), never with a `user:pass@` in it. Any other is a permanent failure of that
+//! job alone, decided without a request, so no receiver of an attacker's choosing ever answers
+//! on behalf of the source (and its circuit breaker).
 use super::super::dingtalk_robot;
 use super::super::parts::{deliver_parts, local_outcome};
 use super::super::{classify_http, send, Answer, Context, Outcome, Target, Verdict};
@@ -26,6 +33,7 @@ pub const KEYS: &[&str] = &[
     "robot_code",
     "api_base",
     "oapi_base",
+    "session_webhook_origins",
 ];
 pub const DEFAULT_API_BASE: &str = "https://api.dingtalk.com";
 pub const DEFAULT_OAPI_BASE: &str = "https://oapi.dingtalk.com";
@@ -73,6 +81,38 @@ pub struct DingtalkReply {
     app: Option<DingtalkToken>,
     robot_code: Option<String>,
     api_base: String,
+    /// Where a session webhook may point.
+    session_origins: Vec<url::Origin>,
+}
+
+/// Why a session webhook is not used.
+pub const NOT_DINGTALK: &str =
+    "the session webhook is not on DingTalk's hosts (session_webhook_origins); not called";
+
+/// The origin an allowed entry stands for: an http(s) URL with nothing but a scheme, a host and
+/// a port (`https://oapi.dingtalk.com`).
+fn origin_entry(entry: &str) -> Result<url::Origin, &'static str> {
+    let url = url::Url::parse(entry).map_err(|_| "is not a URL")?;
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if bare {
+        Ok(url.origin())
+    } else {
+        Err("must be a scheme, a host and an optional port, such as https://oapi.dingtalk.com")
+    }
+}
+
+/// Whether a session webhook may be called (pure): an http(s) URL on one of `origins`, without
+/// a user or password (reqwest would turn them into an Authorization header).
+pub fn session_webhook_allowed(url: &str, origins: &[url::Origin]) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.username().is_empty() && u.password().is_none() && origins.contains(&u.origin())
+    })
 }
 
 /// How one part goes out.
@@ -94,6 +134,7 @@ impl DingtalkReply {
         let robot_code = k.str("robot_code");
         let api_base = k.base_url("api_base", DEFAULT_API_BASE);
         let oapi_base = k.base_url("oapi_base", DEFAULT_OAPI_BASE);
+        let session_origins = session_origins(&mut k, &[&oapi_base, &api_base]);
         let app = match (app_key, secret) {
             (Some(app_key), Some(secret)) => Some(DingtalkToken {
                 oapi_base,
@@ -113,6 +154,7 @@ impl DingtalkReply {
             app,
             robot_code,
             api_base,
+            session_origins,
         }))
     }
 
@@ -137,6 +179,9 @@ impl DingtalkReply {
         };
         let margin = SESSION_MARGIN.as_millis() as i64;
         if let Some(url) = session_webhook {
+            if !session_webhook_allowed(url, &self.session_origins) {
+                return Route::None(NOT_DINGTALK);
+            }
             // An unknown expiry is taken as valid: DingTalk will say if it is not.
             if session_webhook_expires_at.is_none_or(|at| at - margin > now_ms) {
                 return Route::Session(
@@ -169,6 +214,33 @@ impl DingtalkReply {
             },
         }
     }
+}
+
+/// `session_webhook_origins`, or by default the origins of the API bases (DingTalk's own hosts,
+/// or the stand-in or on-premises server the bases point to).
+fn session_origins(k: &mut Keys, bases: &[&str]) -> Vec<url::Origin> {
+    let key = "session_webhook_origins";
+    if !k.has(key) {
+        return bases
+            .iter()
+            .filter_map(|b| url::Url::parse(b).ok())
+            .map(|u| u.origin())
+            .collect();
+    }
+    let mut origins = Vec::new();
+    for entry in k.list(key) {
+        match origin_entry(&entry) {
+            Ok(origin) => origins.push(origin),
+            Err(problem) => k.issue(key, format!("`{entry}` {problem}")),
+        }
+    }
+    if origins.is_empty() && !k.has_problem(key) {
+        k.issue(
+            key,
+            "lists no origin (leave it out for DingTalk's own hosts)",
+        );
+    }
+    origins
 }
 
 /// The robot API's answer:
@@ -358,6 +430,106 @@ mod tests {
             ),
             Route::None(_)
         ));
+    }
+
+    /// The session webhook is the body's word, and DingTalk signs no body: only DingTalk's own
+    /// hosts are called, whatever the expiry says.
+    #[test]
+    fn a_session_webhook_off_dingtalks_hosts_is_never_called() {
+        let now = 1_700_000_000_000;
+        let with_app = reply("app_key = \"ding1\"");
+        let route = |r: &DingtalkReply, url: &str| {
+            let h = ReplyHandle::Dingtalk {
+                session_webhook: Some(url.into()),
+                session_webhook_expires_at: Some(now + 60_000),
+                conversation_id: "cid1".into(),
+                robot_code: None,
+                sender_staff_id: Some("staff1".into()),
+            };
+            match r.route(&h, ChatType::Single, "hi", now) {
+                Route::Session(..) => "session",
+                Route::Robot(..) => "robot",
+                Route::None(why) if why == NOT_DINGTALK => "refused",
+                Route::None(_) => "none",
+            }
+        };
+        let cases = [
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=S",
+                "session",
+            ),
+            ("https://api.dingtalk.com/v1.0/robot/x", "session"),
+            ("https://OAPI.dingtalk.com/robot/sendBySession", "session"),
+            (
+                "https://oapi.dingtalk.com:443/robot/sendBySession",
+                "session",
+            ),
+            (
+                "https://evil.example/robot/sendBySession?session=S",
+                "refused",
+            ),
+            ("https://oapi.dingtalk.com.evil.example/robot", "refused"),
+            (
+                "https://user:pass@oapi.dingtalk.com/robot/sendBySession",
+                "refused",
+            ),
+            (
+                "https://user@oapi.dingtalk.com/robot/sendBySession",
+                "refused",
+            ),
+            ("http://oapi.dingtalk.com/robot/sendBySession", "refused"),
+            (
+                "https://oapi.dingtalk.com:8443/robot/sendBySession",
+                "refused",
+            ),
+            ("http://127.0.0.1:9/robot", "refused"),
+            ("not a url", "refused"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(route(&with_app, url), want, "{url}");
+        }
+        // Bases pointed elsewhere (a stand-in, on-premises) bring their origins along...
+        let local = reply("oapi_base = \"http://127.0.0.1:7001\"");
+        assert_eq!(
+            route(&local, "http://127.0.0.1:7001/robot?session=S"),
+            "session"
+        );
+        assert_eq!(route(&local, "https://oapi.dingtalk.com/robot"), "refused");
+        // ... and an explicit list replaces the defaults.
+        let listed = reply("session_webhook_origins = [\"https://ding.example.com:8443\"]");
+        assert_eq!(
+            route(&listed, "https://ding.example.com:8443/s?x=1"),
+            "session"
+        );
+        assert_eq!(route(&listed, "https://oapi.dingtalk.com/robot"), "refused");
+    }
+
+    #[test]
+    fn session_webhook_origins_must_be_bare_origins() {
+        for (entries, ok) in [
+            (
+                "[\"https://oapi.dingtalk.com\", \"http://10.0.0.5:8080/\"]",
+                true,
+            ),
+            ("[\"https://oapi.dingtalk.com/robot\"]", false),
+            ("[\"https://u:p@oapi.dingtalk.com\"]", false),
+            ("[\"ftp://oapi.dingtalk.com\"]", false),
+            ("[\"oapi.dingtalk.com\"]", false),
+            ("[\"https://oapi.dingtalk.com?x=1\"]", false),
+            ("[]", false),
+        ] {
+            let s: SourceConfig = toml::from_str(&format!(
+                "id = \"dt\"\nplatform = \"dingtalk\"\napp = \"a\"\nreply = true\napp_secret = \"s\"\nsession_webhook_origins = {entries}"
+            ))
+            .unwrap();
+            match DingtalkReply::from_source(&s) {
+                Ok(_) => assert!(ok, "{entries} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{entries}: {e:?}");
+                    assert_eq!(e[0].key, "sources.dt.session_webhook_origins");
+                }
+            }
+        }
     }
 
     #[test]

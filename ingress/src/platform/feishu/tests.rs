@@ -46,10 +46,14 @@ fn official_sdk_challenge_vector_has_its_token_in_the_header() {
         false,
     )
     .unwrap();
-    let req = request_plain(&json!({ "encrypt": SDK_ENCRYPTED }).to_string()).to_hook_request(at(NOW));
+    let req =
+        request_plain(&json!({ "encrypt": SDK_ENCRYPTED }).to_string()).to_hook_request(at(NOW));
     assert_eq!(
         sdk.receive(&req).unwrap(),
-        Intake::Reply(HookReply::json(StatusCode::OK, &json!({"challenge": "1212"})))
+        Intake::Reply(HookReply::json(
+            StatusCode::OK,
+            &json!({"challenge": "1212"})
+        ))
     );
 }
 
@@ -61,13 +65,23 @@ fn the_token_is_read_in_the_header_or_at_the_top_level_and_only_there() {
     let base = json!({"type": "url_verification", "challenge": "c"});
     let with = |extra: Value| {
         let mut v = base.clone();
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         challenge(v)
     };
     let cases = [
         ("top level", with(json!({"token": TOKEN})), "reply"),
-        ("header", with(json!({"schema": "2.0", "header": {"token": TOKEN}})), "reply"),
-        ("header without schema", with(json!({"header": {"token": TOKEN}})), "reply"),
+        (
+            "header",
+            with(json!({"schema": "2.0", "header": {"token": TOKEN}})),
+            "reply",
+        ),
+        (
+            "header without schema",
+            with(json!({"header": {"token": TOKEN}})),
+            "reply",
+        ),
         (
             "header wins over the top level",
             with(json!({"token": TOKEN, "header": {"token": "other"}})),
@@ -78,7 +92,11 @@ fn the_token_is_read_in_the_header_or_at_the_top_level_and_only_there() {
             with(json!({"token": TOKEN, "header": {"event_id": "e"}})),
             "bad_token",
         ),
-        ("inside event", with(json!({"event": {"token": TOKEN}})), "bad_token"),
+        (
+            "inside event",
+            with(json!({"event": {"token": TOKEN}})),
+            "bad_token",
+        ),
         ("none", challenge(base.clone()), "bad_token"),
         ("wrong", with(json!({"token": "nope"})), "bad_token"),
     ];
@@ -351,7 +369,10 @@ fn config_table() {
             "sources.src.encrypt_key",
         ),
         // Unsigned only when the config says so, in a key that says it.
-        (json!({"verification_token": "t"}), "sources.src.encrypt_key"),
+        (
+            json!({"verification_token": "t"}),
+            "sources.src.encrypt_key",
+        ),
         (
             json!({"verification_token": "t", "allow_unsigned": false}),
             "sources.src.encrypt_key",

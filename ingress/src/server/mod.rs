@@ -4,6 +4,9 @@
 //! Redis, written only after the broker confirmed the first copy), publishes the new
 //! `InboundEvent` and answers the platform only once the broker confirmed it. What it cannot
 //! keep gets 503 with `Retry-After`, never 200. Every refusal has a machine-readable reason.
+//! What the door remembers in Redis is `door`'s.
+mod door;
+
 use crate::platform::{self, HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -11,7 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use deadpool_redis::redis::AsyncCommands;
+use door::{Claim, SeenKeys};
 use shared::config::{Config, ConfigIssue};
 use shared::envelope::{encode, InboundEvent};
 use shared::topology::Stage;
@@ -163,28 +166,52 @@ async fn handle(st: &Ingress, source_id: &str, source: &Source, request: Request
         body,
         now: chrono::Utc::now(),
     };
-    match source.platform.receive(&req) {
-        Err(rejection) => {
-            let reason = rejection.reason();
-            metrics::counter!("switchboard_ingress_rejected_total", "source" => source_id.to_owned(), "reason" => reason).increment(1);
-            // The rejection's text names no secret (platform modules guarantee it).
-            tracing::warn!(reason, detail = %rejection, "refused");
-            refuse_rejection(&rejection)
+    let intake = match source.platform.receive(&req) {
+        Ok(intake) => intake,
+        Err(rejection) => return refused(source_id, &rejection),
+    };
+    if let Some(signature) = source.platform.body_free_signature(&req) {
+        // The signature covers no body: it may vouch for one body only.
+        match door::claim_signature(&st.services.store, source_id, &signature, &req.body).await {
+            Ok(Claim::First | Claim::SameBody) => {}
+            Ok(Claim::OtherBody) => return refused(source_id, &Rejection::ReplayedSignature),
+            Err(e) => {
+                // Unchecked, the signature could be a replay with a forged body: not kept.
+                tracing::warn!(error = %e, "cannot check the signature's single use; answering 503");
+                return not_kept();
+            }
         }
-        Ok(Intake::Reply(r)) => {
+    }
+    match intake {
+        Intake::Reply(r) => {
             metrics::counter!("switchboard_ingress_handshakes_total", "source" => source_id.to_owned()).increment(1);
             reply(r)
         }
-        Ok(Intake::Ignore { reason, reply: r }) => {
+        Intake::Ignore { reason, reply: r } => {
             metrics::counter!("switchboard_ingress_ignored_total", "source" => source_id.to_owned(), "reason" => reason).increment(1);
             tracing::debug!(reason, "acknowledged and dropped by rule");
             reply(r)
         }
-        Ok(Intake::Event { event, reply: r }) => match st.keep(source_id, source, event).await {
-            KeepOutcome::New | KeepOutcome::Duplicate => reply(r),
-            KeepOutcome::NotKept => not_kept(),
-        },
+        Intake::Event { event, reply: r } => {
+            let by_body = source
+                .platform
+                .replayable_forever()
+                .then_some(&req.body[..]);
+            match st.keep(source_id, source, event, by_body).await {
+                KeepOutcome::New | KeepOutcome::Duplicate => reply(r),
+                KeepOutcome::NotKept => not_kept(),
+            }
+        }
     }
+}
+
+/// A refusal by the platform (or of a replayed signature), counted and logged.
+fn refused(source_id: &str, rejection: &Rejection) -> Response {
+    let reason = rejection.reason();
+    metrics::counter!("switchboard_ingress_rejected_total", "source" => source_id.to_owned(), "reason" => reason).increment(1);
+    // The rejection's text names no secret (platform modules guarantee it).
+    tracing::warn!(reason, detail = %rejection, "refused");
+    refuse_rejection(rejection)
 }
 
 fn refuse_rejection(r: &Rejection) -> Response {
@@ -198,19 +225,22 @@ enum KeepOutcome {
 }
 
 impl Ingress {
-    /// Door dedup, publish with confirm, then remember the event as kept.
-    async fn keep(&self, source_id: &str, source: &Source, new: NewEvent) -> KeepOutcome {
-        let seen_key = self
-            .services
-            .store
-            .key(&["seen", source_id, &new.dedup_key]);
+    /// Door dedup, publish with confirm, then remember the event as kept (also under the body's
+    /// hash when `by_body` is given: see `Platform::replayable_forever`).
+    async fn keep(
+        &self,
+        source_id: &str,
+        source: &Source,
+        new: NewEvent,
+        by_body: Option<&[u8]>,
+    ) -> KeepOutcome {
+        let store = &self.services.store;
+        let seen = SeenKeys::of(store, source_id, &new.dedup_key, by_body);
         // A Redis failure here only loses the door dedup; the worker's idempotency still holds.
-        if let Ok(mut conn) = self.services.store.conn().await {
-            if let Ok(Some(first)) = conn.get::<_, Option<String>>(&seen_key).await {
-                tracing::info!(dedup_key = %new.dedup_key, first_event_id = %first, "platform retry of a kept event; not enqueued again");
-                metrics::counter!("switchboard_ingress_duplicates_total", "source" => source_id.to_owned()).increment(1);
-                return KeepOutcome::Duplicate;
-            }
+        if let Ok(Some(first)) = seen.first(store).await {
+            tracing::info!(dedup_key = %new.dedup_key, first_event_id = %first, "platform retry of a kept event; not enqueued again");
+            metrics::counter!("switchboard_ingress_duplicates_total", "source" => source_id.to_owned()).increment(1);
+            return KeepOutcome::Duplicate;
         }
         let event = InboundEvent {
             id: uuid::Uuid::now_v7(),
@@ -244,10 +274,9 @@ impl Ingress {
         metrics::counter!("switchboard_ingress_accepted_total", "source" => source_id.to_owned())
             .increment(1);
         tracing::info!(dedup_key = %event.dedup_key, "event kept");
-        if let Ok(mut conn) = self.services.store.conn().await {
-            let ttl = self.dedup_ttl.as_secs().max(1);
-            let _: Result<(), _> = conn.set_ex(&seen_key, event.id.to_string(), ttl).await;
-        }
+        let _ = seen
+            .remember(store, &event.id.to_string(), self.dedup_ttl)
+            .await;
         KeepOutcome::New
     }
 }
