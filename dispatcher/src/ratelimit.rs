@@ -13,7 +13,8 @@
 //! short bursts with sustained throughput. The margin (`max(50 ms, per / 100)` by default)
 //! absorbs the jitter between the admission and the receiver's arrival time.
 //!
-//! This module decides; it never sleeps. A job told to [`Admission::Wait`] is parked by the
+//! The decision itself is `shared::gcra::decide`, which the Lua script below mirrors. This
+//! module decides; it never sleeps. A job told to [`Admission::Wait`] is parked by the
 //! delivery loop in a delay queue and does not count as an attempt. Nothing is reserved for a
 //! waiting job, so a late or lost job never holds a slot.
 use deadpool_redis::redis;
@@ -33,14 +34,7 @@ pub enum Admission {
     Wait(Duration),
 }
 
-/// The GCRA parameters of one limit, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pacing {
-    /// Theoretical time between two admissions.
-    pub interval_us: u64,
-    /// How far ahead of its theoretical time an admission may come (the burst).
-    pub tolerance_us: u64,
-}
+pub use shared::gcra::{decide, Decision, Pacing};
 
 /// The safety margin of a limit: `max(min, per / 100)`.
 pub fn margin(rate: Rate, min: Duration) -> Duration {
@@ -58,32 +52,6 @@ pub fn pacing(rate: Rate, margin: Duration, burst: u32) -> Pacing {
     Pacing {
         interval_us,
         tolerance_us: (burst - 1) * interval_us,
-    }
-}
-
-/// One decision of the script, as a pure function (the unit tests' model of the Lua below).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Admitted; the new theoretical arrival times.
-    Go(Vec<u64>),
-    /// Refused; microseconds until every limit conforms.
-    Wait(u64),
-}
-
-/// GCRA over several limits at `now`: `tats[i]` is limit `i`'s stored theoretical arrival time
-/// (0 when absent). Admits only if every limit conforms, then advances every one.
-pub fn decide(now: u64, tats: &[u64], pacings: &[Pacing]) -> Decision {
-    let mut wait = 0;
-    let mut next = Vec::with_capacity(pacings.len());
-    for (tat, p) in tats.iter().zip(pacings) {
-        let tat = (*tat).max(now);
-        wait = wait.max(tat.saturating_sub(p.tolerance_us).saturating_sub(now));
-        next.push(tat + p.interval_us);
-    }
-    if wait > 0 {
-        Decision::Wait(wait)
-    } else {
-        Decision::Go(next)
     }
 }
 
@@ -217,31 +185,6 @@ mod tests {
         }
         assert_eq!(margin(rate(5, 1_000), ms(50)), ms(50));
         assert_eq!(margin(rate(20, 60_000), ms(50)), ms(600));
-    }
-
-    #[test]
-    fn decisions_table() {
-        let p = Pacing {
-            interval_us: 100,
-            tolerance_us: 0,
-        };
-        let b = Pacing {
-            interval_us: 100,
-            tolerance_us: 200,
-        };
-        let cases: &[(u64, &[u64], &[Pacing], Decision)] = &[
-            (1_000, &[0], &[p], Decision::Go(vec![1_100])),
-            (1_000, &[1_000], &[p], Decision::Go(vec![1_100])),
-            (1_000, &[1_050], &[p], Decision::Wait(50)),
-            (1_000, &[1_200], &[b], Decision::Go(vec![1_300])),
-            (1_000, &[1_250], &[b], Decision::Wait(50)),
-            // Several limits: the furthest decides the wait; nothing moves on a refusal.
-            (1_000, &[0, 1_080], &[p, p], Decision::Wait(80)),
-            (1_000, &[990, 0], &[p, b], Decision::Go(vec![1_100, 1_100])),
-        ];
-        for (now, tats, pacings, want) in cases {
-            assert_eq!(&decide(*now, tats, pacings), want, "{now} {tats:?}");
-        }
     }
 
     /// Greedy clients retrying at pseudo-random times: every window of `per + jitter` holds at

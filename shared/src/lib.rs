@@ -1,7 +1,7 @@
 //! What every Switchboard role shares: the configuration and its validation, the envelopes that
 //! travel between roles, the broker connection and topology, the Redis store, the retry policy,
-//! telemetry and shutdown. Nothing here knows about a particular platform, Dify or a target
-//! kind; those live in the role crates.
+//! the rate decision (GCRA), telemetry and shutdown. Nothing here knows about a particular
+//! platform, Dify or a target kind; those live in the role crates.
 #![forbid(unsafe_code)]
 
 pub mod broker;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod depth;
 pub mod envelope;
+pub mod gcra;
 pub mod keys;
 pub mod nodes;
 pub mod retry;
