@@ -30,13 +30,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Receive webhooks on `ingress.listen` and enqueue them.
+    /// Receive webhooks on `ingress.listen` and enqueue them (admin listener on
+    /// `ingress.admin_listen`).
     Ingress,
     /// Call Dify for every event (admin listener on `worker.admin_listen`).
     Worker,
     /// Deliver answers to targets (admin listener on `dispatcher.admin_listen`).
     Dispatcher,
-    /// All three roles in one process: the quick start and small sites.
+    /// All three roles in one process: the quick start and small sites (admin listener on
+    /// `ingress.admin_listen`).
     All,
     /// Work with the config file.
     Config {
@@ -215,23 +217,23 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
-    // Roles without their own HTTP listener serve /metrics, /healthz, /readyz on an admin one.
-    let admin = match roles {
-        Roles::Worker => Some(config.worker.admin_listen),
-        Roles::Dispatcher => Some(config.dispatcher.admin_listen),
-        _ => None,
+    // /metrics, /healthz, /readyz on an admin listener, never the public port: the metrics name
+    // every source id, that is, every hook URL. A process with the ingress uses the ingress's.
+    let addr = match roles {
+        Roles::Ingress | Roles::All => config.ingress.admin_listen,
+        Roles::Worker => config.worker.admin_listen,
+        Roles::Dispatcher => config.dispatcher.admin_listen,
     };
-    if let Some(addr) = admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on admin address {addr}"))?;
-        let app = shared::telemetry::admin_router(services.broker.clone());
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            axum_serve(listener, app, stop).await?;
-            Ok(())
-        });
-    }
+    let admin = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on admin address {addr}"))?;
+    tracing::info!(admin = %admin.local_addr()?, "admin listener (/metrics, /healthz, /readyz)");
+    let app = shared::telemetry::admin_router(services.broker.clone());
+    let admin_stop = stop.clone();
+    tasks.spawn(async move {
+        axum_serve(admin, app, admin_stop).await?;
+        Ok(())
+    });
     let mut failed = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -85,12 +85,14 @@ dify=$(free_port)
 receiver=$(free_port)
 worker_admin=$(free_port)
 dispatcher_admin=$(free_port)
+admin=$(free_port)
 say "cloned ${commit:0:7} into $clone; ./dev run on ingress :$ingress, dify :$dify, receiver :$receiver"
 (
   cd "$clone"
   exec env -u DIFY_API_KEY -u DIFY_BASE_URL \
     DEV_INGRESS_PORT="$ingress" DEV_DIFY_PORT="$dify" DEV_RECEIVER_PORT="$receiver" \
     DEV_WORKER_ADMIN_PORT="$worker_admin" DEV_DISPATCHER_ADMIN_PORT="$dispatcher_admin" \
+    DEV_ADMIN_PORT="$admin" \
     DEV_PREFIX="$prefix" ./dev run
 ) </dev/null >"$work/run.log" 2>&1 &
 run_pid=$!

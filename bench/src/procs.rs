@@ -78,6 +78,7 @@ pub fn spawn_role(
         .arg("--config")
         .arg(config)
         .arg(role)
+        .env("SWITCHBOARD_INGRESS__ADMIN_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", log_level)

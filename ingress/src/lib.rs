@@ -4,20 +4,33 @@
 #![forbid(unsafe_code)]
 
 pub mod platform;
+pub mod serve;
 pub mod server;
+pub mod tls;
 
+use anyhow::Context as _;
 use shared::config::{Config, ConfigError, ConfigIssue};
 use shared::Services;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Every problem in the sources' platform settings.
+/// Every problem in the sources' platform settings and the TLS files.
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {
-    server::build_sources(config).err().unwrap_or_default()
+    let mut issues = server::build_sources(config).err().unwrap_or_default();
+    if let Some(tls) = &config.ingress.tls {
+        if let Err(e) = tls::check(tls) {
+            issues.push(ConfigIssue {
+                key: "ingress.tls".into(),
+                problem: e.to_string(),
+            });
+        }
+    }
+    issues
 }
 
-/// Serves `/hooks/{source}` on `listener` until `shutdown`; requests in flight finish.
+/// Serves `/hooks/{source}` on `listener` (HTTPS with `[ingress.tls]`) until `shutdown`;
+/// requests in flight finish.
 pub async fn run(
     config: Arc<Config>,
     services: Services,
@@ -25,11 +38,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ingress = server::Ingress::new(&config, services).map_err(ConfigError)?;
-    let app = server::app(Arc::new(ingress), config.ingress.max_concurrency);
-    tracing::info!(listen = %listener.local_addr()?, sources = config.sources.len(), "ingress listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = server::app(Arc::new(ingress));
+    let tls = match &config.ingress.tls {
+        Some(tls) => Some(tls::Tls::start(tls, shutdown.child_token()).context("ingress.tls")?),
+        None => None,
+    };
+    let limits = serve::ConnectionLimits {
+        max_connections: config.ingress.max_connections,
+        header_timeout: config.ingress.header_timeout,
+    };
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        sources = config.sources.len(),
+        "ingress listening"
+    );
+    serve::serve(listener, app, limits, tls, shutdown).await;
     tracing::info!("ingress stopped");
     Ok(())
 }

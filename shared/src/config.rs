@@ -114,30 +114,71 @@ pub struct SentinelConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressConfig {
+    /// The public listener: `/hooks/{source}`, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz` (`switchboard ingress` and `all`): the metrics name
+    /// every source id, which is every hook URL, so they stay off the public port.
+    pub admin_listen: SocketAddr,
     /// Requests with a larger body get 413.
     #[serde(with = "units::bytes")]
     pub body_limit: u64,
-    /// A request not answered by then gets 503 (platforms retry; we never 200 what we did not keep).
+    /// From the end of the body to the answer: not kept by then, 503 (platforms retry; we never
+    /// 200 what we did not keep).
     #[serde(with = "units::duration")]
     pub request_timeout: Duration,
-    /// Requests handled at once; more wait in the accept queue.
+    /// Verified requests doing their Redis and broker work at once; one that finds no slot
+    /// within `request_timeout` gets 503.
     pub max_concurrency: usize,
     /// How long a platform's retry of an enqueued event is recognised at the door.
     #[serde(with = "units::duration")]
     pub dedup_ttl: Duration,
+    /// A connection that has not sent a whole request head by then (also an idle keep-alive
+    /// connection, and the TLS handshake) is closed.
+    #[serde(with = "units::duration")]
+    pub header_timeout: Duration,
+    /// A body not received in full by then gets 408.
+    #[serde(with = "units::duration")]
+    pub body_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's accept queue. Keep it below the
+    /// process's open-files limit.
+    pub max_connections: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs): the client is the right-most address
+    /// in it that is not one of them. Empty: the peer address is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve HTTPS on `listen` (TLS 1.2 and 1.3 only) instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             body_limit: 1 << 20,
             request_timeout: Duration::from_secs(10),
             max_concurrency: 4096,
             dedup_ttl: Duration::from_secs(24 * 3600),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+            trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
+}
+
+/// The ingress's certificate: PEM files, read again when their content changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// How often the files are compared with what is served (a renewed certificate is picked
+    /// up without a restart).
+    #[serde(default = "d_10s", with = "units::duration")]
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +363,14 @@ pub struct SourceConfig {
     pub max_skew_secs: u64,
     #[serde(default)]
     pub group_conversation: GroupConversation,
+    /// Verified requests from this source beyond this rate get 429 with `Retry-After` (per
+    /// ingress process). None: no limit.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Addresses the source's requests may come from (CIDRs; see `ingress.trusted_proxies`).
+    /// Empty: any.
+    #[serde(default)]
+    pub allow_ips: Vec<ipnet::IpNet>,
     /// The platform's own keys (token, secrets, ids), checked by the ingress platform module.
     #[serde(flatten)]
     pub settings: Settings,
@@ -400,6 +449,9 @@ fn default_app_concurrency() -> usize {
 }
 fn d_5s() -> Duration {
     Duration::from_secs(5)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
 }
 fn d_120s() -> Duration {
     Duration::from_secs(120)
@@ -579,10 +631,30 @@ impl Config {
         if self.dispatcher.concurrency == 0 {
             push("dispatcher.concurrency".into(), "must be at least 1".into());
         }
-        if self.ingress.max_concurrency == 0 {
+        for (key, n) in [
+            ("ingress.max_concurrency", self.ingress.max_concurrency),
+            ("ingress.max_connections", self.ingress.max_connections),
+        ] {
+            if n == 0 {
+                push(key.into(), "must be at least 1".into());
+            }
+        }
+        let mut timeouts = vec![
+            ("ingress.header_timeout", self.ingress.header_timeout),
+            ("ingress.body_timeout", self.ingress.body_timeout),
+        ];
+        if let Some(tls) = &self.ingress.tls {
+            timeouts.push(("ingress.tls.reload_interval", tls.reload_interval));
+        }
+        for (key, d) in timeouts {
+            if d.is_zero() {
+                push(key.into(), "must be above zero".into());
+            }
+        }
+        if self.ingress.admin_listen == self.ingress.listen && self.ingress.listen.port() != 0 {
             push(
-                "ingress.max_concurrency".into(),
-                "must be at least 1".into(),
+                "ingress.admin_listen".into(),
+                "must differ from ingress.listen (the metrics stay off the public port)".into(),
             );
         }
 

@@ -35,6 +35,8 @@ pub struct Options {
     pub broker_proxy: bool,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// Extra lines of the `[ingress]` section.
+    pub ingress_keys: String,
     pub ingress: bool,
     pub worker: bool,
     pub dispatcher: bool,
@@ -52,6 +54,7 @@ impl Default for Options {
             },
             broker_proxy: false,
             extra: String::new(),
+            ingress_keys: String::new(),
             ingress: true,
             worker: true,
             dispatcher: true,
@@ -77,6 +80,14 @@ pub struct TestApp {
     kit: Fixture,
 }
 
+/// What a test adds to the config of its pipeline.
+pub struct Additions<'a> {
+    /// Lines of the `[ingress]` section.
+    pub ingress_keys: &'a str,
+    /// Sections appended at the end.
+    pub extra: &'a str,
+}
+
 /// The config of a test pipeline (TOML text, so child processes can use it too).
 pub fn config_text(
     prefix: &str,
@@ -85,7 +96,10 @@ pub fn config_text(
     receiver_url: &str,
     listen: &str,
     mode: &str,
-    extra: &str,
+    Additions {
+        ingress_keys,
+        extra,
+    }: Additions,
 ) -> String {
     format!(
         r#"
@@ -103,6 +117,7 @@ prefix = "{prefix}"
 listen = "{listen}"
 body_limit = "64KiB"
 request_timeout = "5s"
+{ingress_keys}
 
 [worker]
 concurrency = 64
@@ -184,7 +199,10 @@ impl TestApp {
             &receiver.url("/answers"),
             &addr.to_string(),
             opts.response_mode,
-            &extra,
+            Additions {
+                ingress_keys: &opts.ingress_keys,
+                extra: &extra,
+            },
         );
         let config = Arc::new(Config::from_toml(&text).expect("test config"));
         kit.own_topology(&Topology::from_config(&config));
@@ -354,6 +372,7 @@ impl TestApp {
             .arg("--config")
             .arg(&path)
             .arg(role)
+            .env("SWITCHBOARD_INGRESS__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", log)

@@ -5,6 +5,7 @@
 mod common;
 mod crash;
 mod forged;
+mod hardening;
 mod harness;
 mod kit;
 mod limits;
@@ -12,4 +13,5 @@ mod pipeline;
 mod platforms;
 mod secrets;
 mod targets;
+mod tls;
 mod worker;

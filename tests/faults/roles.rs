@@ -48,6 +48,8 @@ impl RoleProc {
             .arg("--config")
             .arg(config)
             .arg(role)
+            // The ingress's admin listener (metrics) is not read here: any free port.
+            .env("SWITCHBOARD_INGRESS__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", &admin)
             .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", &admin)
             .env("RUST_LOG", "warn")
