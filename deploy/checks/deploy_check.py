@@ -11,7 +11,8 @@ What it checks, without a cluster or the network:
   rabbitmqcluster.schema.json beside this file (the fields the example uses, as the operator's
   CRD defines them; the CRD itself is not kept in the repository).
 - What ties the manifests to Switchboard: the ConfigMap's TOML names the queues the ScaledObjects
-  watch; every role probes /readyz and /healthz on the port it listens on; the grace period
+  watch; every role probes /readyz and /healthz on the port it listens on, and is scraped on its
+  admin listener; the grace period
   covers preStop plus the role's shutdown grace; containers run as non-root on a read-only root
   filesystem with resource requests; every PodDisruptionBudget, HPA and ScaledObject points at a
   Deployment that exists.
@@ -203,6 +204,10 @@ def duration_secs(text):
 ROLE_PORT = {"ingress": ("ingress", "listen", "0.0.0.0:8080"),
              "worker": ("worker", "admin_listen", "127.0.0.1:9091"),
              "dispatcher": ("dispatcher", "admin_listen", "127.0.0.1:9092")}
+# Where each role serves /metrics: the admin listener (the ingress's public port has none).
+ROLE_ADMIN = {"ingress": ("ingress", "admin_listen", "127.0.0.1:9090"),
+              "worker": ("worker", "admin_listen", "127.0.0.1:9091"),
+              "dispatcher": ("dispatcher", "admin_listen", "127.0.0.1:9092")}
 ROLE_GRACE = {"ingress": ("ingress", "request_timeout", "10s"),
               "worker": ("worker", "shutdown_grace", "60s"),
               "dispatcher": ("dispatcher", "shutdown_grace", "30s")}
@@ -230,6 +235,14 @@ def cross_check(docs, files, where, problems):
             get = c.get(probe, {}).get("httpGet", {})
             if get.get("path") != path or ports.get(get.get("port"), get.get("port")) != port:
                 problems.add(name, f"{probe} must GET {path} on port {port}")
+        section, key, default = ROLE_ADMIN[role]
+        admin = config.get(section, {}).get(key, default)
+        annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true" and (
+                not admin.startswith("0.0.0.0:")
+                or annotations.get("prometheus.io/port") != admin.rsplit(":", 1)[1]):
+            problems.add(name, f"Prometheus must scrape {section}.{key} ({admin}), "
+                               f"not port {annotations.get('prometheus.io/port')}")
         section, key, default = ROLE_GRACE[role]
         grace = duration_secs(config.get(section, {}).get(key, default))
         pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -345,6 +358,9 @@ def self_test(rendered):
             "metadata"].update({"queueName": "other.work"}),
         "probe on the wrong path": lambda ds: ds_kind(ds, "Deployment")["spec"]["template"][
             "spec"]["containers"][0]["readinessProbe"]["httpGet"].update({"path": "/ready"}),
+        "metrics scraped off the admin listener": lambda ds: [d["spec"]["template"]["metadata"][
+            "annotations"].update({"prometheus.io/port": "8080"}) for d in ds
+            if d["kind"] == "Deployment"],
         "grace below shutdown_grace": lambda ds: [d["spec"]["template"]["spec"].update(
             {"terminationGracePeriodSeconds": 1}) for d in ds if d["kind"] == "Deployment"],
     }
