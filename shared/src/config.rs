@@ -905,6 +905,39 @@ mod tests {
     }
 
     #[test]
+    fn ingress_limits_must_be_usable_and_metrics_off_the_public_port() {
+        let with = |ingress: &str| {
+            Config::from_toml(&format!("{MINIMAL}\n[ingress]\n{ingress}"))
+                .map(|_| ())
+                .map_err(|e| e.0.into_iter().map(|i| i.key).collect::<Vec<_>>())
+        };
+        assert_eq!(with("trusted_proxies = [\"10.0.0.0/8\"]"), Ok(()));
+        let cases = [
+            ("max_connections = 0", "ingress.max_connections"),
+            ("header_timeout = \"0s\"", "ingress.header_timeout"),
+            ("body_timeout = \"0s\"", "ingress.body_timeout"),
+            (
+                "listen = \"127.0.0.1:9090\"\nadmin_listen = \"127.0.0.1:9090\"",
+                "ingress.admin_listen",
+            ),
+            (
+                "tls = { cert_file = \"c\", key_file = \"k\", reload_interval = \"0s\" }",
+                "ingress.tls.reload_interval",
+            ),
+            (
+                "trusted_proxies = [\"nonsense\"]",
+                "ingress.trusted_proxies.0",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(with(text), Err(vec![key.to_owned()]), "{text}");
+        }
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.ingress.admin_listen.to_string(), "127.0.0.1:9090");
+        assert!(c.ingress.tls.is_none() && c.sources[0].rate.is_none());
+    }
+
+    #[test]
     fn debug_output_does_not_show_secrets() {
         let c = Config::from_toml(
             &MINIMAL
