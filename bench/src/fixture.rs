@@ -64,6 +64,8 @@ pub struct ConfigSpec {
     pub dispatcher_concurrency: usize,
     /// More `[[targets]]` (TOML), appended.
     pub extra: String,
+    /// More keys of the `hooks` source (TOML lines), such as `rate` or `allow_ips`.
+    pub source_keys: String,
 }
 
 impl Default for ConfigSpec {
@@ -76,6 +78,7 @@ impl Default for ConfigSpec {
             app_concurrency: 512,
             dispatcher_concurrency: 256,
             extra: String::new(),
+            source_keys: String::new(),
         }
     }
 }
@@ -121,6 +124,7 @@ platform = "standard"
 secret = "{IN_SECRET}"
 app = "support"
 targets = ["crm"]
+{source_keys}
 
 [[targets]]
 id = "crm"
@@ -142,6 +146,7 @@ secret = "{OUT_SECRET}"
         dify = spec.dify_url,
         receiver = spec.receiver_url,
         extra = spec.extra,
+        source_keys = spec.source_keys,
     )
 }
 

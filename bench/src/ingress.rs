@@ -39,6 +39,10 @@ pub struct IngressArgs {
     /// in the machine's load (other processes) then weighs on both alike.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// More keys of the benchmark's source, one TOML line each, to measure what a check costs:
+    /// `--source-key 'rate = "1000000/s"' --source-key 'allow_ips = ["127.0.0.0/8"]'`.
+    #[arg(long = "source-key")]
+    pub source_keys: Vec<String>,
 }
 
 /// One service's results in one phase, added up over the rounds.
@@ -120,6 +124,7 @@ pub async fn run(common: &Common, args: &IngressArgs) -> anyhow::Result<Report> 
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut fixture = Fixture::start(common, "ingress", |_| ConfigSpec {
         ingress_listen: addr.to_string(),
+        source_keys: args.source_keys.join("\n"),
         ..Default::default()
     })
     .await?;
