@@ -17,6 +17,19 @@ fn switchboard(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// A config with the broker, Redis and one app, for the sources a test appends.
+const APP_ONLY: &str = r#"
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[apps]]
+id = "a"
+base_url = "http://127.0.0.1:1/v1"
+api_key = "app-x"
+kind = "chat"
+"#;
+
 /// `config check` of a config written to a fresh temporary file (removed afterwards).
 fn config_check(text: &str) -> (i32, String, String) {
     let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7().simple()));
@@ -136,18 +149,8 @@ fn a_missing_secret_reference_is_named() {
 /// (the reply channel's). `config check` accepts the keys either declares, and only those.
 #[test]
 fn a_source_block_holds_its_platform_and_reply_keys_and_nothing_else() {
-    let (code, out, err) = config_check(
-        r#"
-[broker]
-url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-[redis]
-url = "redis://127.0.0.1:6379"
-[[apps]]
-id = "a"
-base_url = "http://127.0.0.1:1/v1"
-api_key = "app-x"
-kind = "chat"
-[[sources]]
+    let (code, out, err) = config_check(&format!(
+        r#"{APP_ONLY}[[sources]]
 id = "sl"
 platform = "slack"
 signing_secret = "s"
@@ -168,8 +171,8 @@ platform = "bearer"
 token = "t"
 bot_token = "xoxb-1"
 app = "a"
-"#,
-    );
+"#
+    ));
     assert_eq!(code, 2, "{out}{err}");
     let named: Vec<&str> = err
         .lines()
@@ -193,17 +196,7 @@ app = "a"
 fn a_feishu_source_without_an_encrypt_key_must_say_it_accepts_unsigned_events() {
     let config = |extra: &str| {
         format!(
-            r#"
-[broker]
-url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-[redis]
-url = "redis://127.0.0.1:6379"
-[[apps]]
-id = "a"
-base_url = "http://127.0.0.1:1/v1"
-api_key = "app-x"
-kind = "chat"
-[[sources]]
+            r#"{APP_ONLY}[[sources]]
 id = "fs"
 platform = "feishu"
 verification_token = "v-token"
