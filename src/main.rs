@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use shared::config::{Config, ConfigIssue, CONFIG_ENV};
+use shared::config::{AuditorConfig, Config, ConfigIssue, CONFIG_ENV};
 use shared::topology::Stage;
 use shared::Services;
 use std::path::PathBuf;
@@ -70,6 +70,11 @@ enum Roles {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Dlq { command } = cli.command {
+        return auditors(&cli.config, |config| async move {
+            deadletters::cli::run(*command, &config).await
+        });
+    }
     // `config check` reports the cross-checks together with every role's findings.
     let checking = matches!(cli.command, Command::Config { .. });
     let loaded = if checking {
@@ -98,7 +103,7 @@ fn main() -> ExitCode {
                 command: ConfigCommand::Check,
             } => Ok(config_check(&config, &cli.config)),
             Command::Topology => topology(&config).await,
-            Command::Dlq { command } => deadletters::cli::run(*command, &config).await,
+            Command::Dlq { .. } => Ok(ExitCode::from(2)),
             Command::Ingress => serve(config, Roles::Ingress).await,
             Command::Worker => serve(config, Roles::Worker).await,
             Command::Dispatcher => serve(config, Roles::Dispatcher).await,
@@ -106,6 +111,37 @@ fn main() -> ExitCode {
         }
     });
     match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an auditors' command (`dlq`, `console`) with only the auditors' sections of the config
+/// loaded: the platforms' and Dify's secrets need not resolve where auditors work.
+fn auditors<F, Fut>(path: &std::path::Path, run: F) -> ExitCode
+where
+    F: FnOnce(Arc<AuditorConfig>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let config = match AuditorConfig::load(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprint!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init_tracing(config.telemetry.format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("switchboard: {e:#}");

@@ -20,6 +20,7 @@ use shared::envelope::{
     InboundEvent, Reason,
 };
 use shared::topology::Topology;
+use shared::config::AuditorConfig;
 use shared::Config;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,9 @@ struct Args {
     /// Keep the queues afterwards (prints the prefix).
     #[arg(long)]
     keep: bool,
+    /// Only fill the store (with --keep: for the console's bench, which reads the prefix).
+    #[arg(long)]
+    fill_only: bool,
 }
 
 const SOURCES: [&str; 4] = ["wecom-support", "feishu-sales", "crm", "github"];
@@ -175,7 +179,7 @@ impl Write for Lines {
 }
 
 /// Runs one command in-process; returns how long it took and the start of its output.
-async fn run(config: &Config, args: &[&str], print: bool) -> anyhow::Result<(Duration, String)> {
+async fn run(config: &AuditorConfig, args: &[&str], print: bool) -> anyhow::Result<(Duration, String)> {
     let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))?;
     let (out, err) = (Lines::default(), Lines::default());
     let mut console = Console {
@@ -228,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     let setup = conn.create_channel().await?;
     topology.declare(&setup).await?;
 
-    let result = bench(&conn, &topology, &config, &args).await;
+    let result = bench(&conn, &topology, &AuditorConfig::from(&config), &args).await;
     if args.keep {
         println!("kept prefix {prefix}");
     } else {
@@ -241,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
 async fn bench(
     conn: &Connection,
     topology: &Topology,
-    config: &Config,
+    config: &AuditorConfig,
     args: &Args,
 ) -> anyhow::Result<()> {
     let (took, bytes) = fill(conn, &topology.dead_letters(), args).await?;
@@ -253,6 +257,9 @@ async fn bench(
         took.as_secs_f64(),
         args.count as f64 / took.as_secs_f64()
     );
+    if args.fill_only {
+        return Ok(());
+    }
     let p = args.print;
     run(config, &["list", "--reason", "permanent"], p).await?;
     run(config, &["list", "--reason", "permanent", "--json"], false).await?;

@@ -2,7 +2,10 @@
 //! back from it — the runs `dlq audit` lists, and which dead letters were replayed, when and by
 //! whom, which `dlq list` joins and `dlq replay` consults to skip. A run writes several parts
 //! (one before it sends anything, more as it goes, one at the end), so that even a run that
-//! dies half-way is on record. Pure: reading and appending are the store's job.
+//! dies half-way is on record. With an audit key, every part and every [`Checkpoint`] has a
+//! place in the hash chain ([`crate::chain`]) and a seal; only parts whose seal verifies mark
+//! letters as replayed, so a forged record cannot make a replay skip real letters. Pure:
+//! reading and appending are the store's and the trail's job.
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::Envelope;
@@ -95,10 +98,36 @@ pub struct ReplayRecord {
     /// Dead letters that could not be republished since the previous part.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// How `actor` is known: `cli` (`--actor`, else the OS user, as the machine says) or
+    /// `console` (a signed-in user, or `token:<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Its place in the chain: its number and the SHA-256 of the record before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 impl Envelope for ReplayRecord {
     const KIND: &'static str = "replay_record";
+    const VERSION: u16 = 1;
+}
+
+/// A record that only holds a place in the chain, written at least every
+/// `[audit] checkpoint_every`, so that a chain record is always near the retention horizon and
+/// a start cut later than that shows as removal, not retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub prev: String,
+    pub at: DateTime<Utc>,
+    /// The machine that wrote it.
+    pub host: String,
+}
+
+impl Envelope for Checkpoint {
+    const KIND: &'static str = "replay_checkpoint";
     const VERSION: u16 = 1;
 }
 
@@ -122,6 +151,10 @@ pub struct Run {
     pub failed: u64,
     pub sent_ids: Vec<Uuid>,
     pub failures: Vec<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Whether every part of it verified (always, when seals are not checked).
+    pub trusted: bool,
 }
 
 /// That a dead letter was replayed: when, by whom, in which run.
@@ -141,12 +174,14 @@ pub struct Ledger {
 
 impl Ledger {
     /// Puts parts together in stream order; parts of one run may interleave with other runs'.
-    pub fn from_records(records: impl IntoIterator<Item = ReplayRecord>) -> Self {
+    /// Each part comes with whether it is trusted (its seal verified, or seals are not
+    /// checked): only trusted parts mark letters as replayed.
+    pub fn from_records(records: impl IntoIterator<Item = (ReplayRecord, bool)>) -> Self {
         let mut runs: Vec<Run> = Vec::new();
         let mut index: HashMap<Uuid, usize> = HashMap::new();
         let mut marks: HashMap<Uuid, Vec<Mark>> = HashMap::new();
-        for r in records {
-            for id in &r.sent_ids {
+        for (r, trusted) in records {
+            for id in r.sent_ids.iter().filter(|_| trusted) {
                 marks.entry(*id).or_default().push(Mark {
                     replay_id: r.replay_id,
                     at: r.at,
@@ -156,6 +191,7 @@ impl Ledger {
             match index.get(&r.replay_id) {
                 Some(&i) => {
                     let run = &mut runs[i];
+                    run.trusted &= trusted;
                     run.state = r.state;
                     run.last_at = r.at;
                     run.matched = r.matched;
@@ -183,6 +219,8 @@ impl Ledger {
                         failed: r.failed,
                         sent_ids: r.sent_ids,
                         failures: r.failures,
+                        via: r.via,
+                        trusted,
                     });
                 }
             }
@@ -244,19 +282,26 @@ mod tests {
             failed: 0,
             sent_ids: sent.iter().map(|i| Uuid::from_u128(*i)).collect(),
             failures: vec![],
+            via: None,
+            seq: None,
+            prev: None,
         }
     }
 
     #[test]
     fn parts_make_runs_and_marks() {
-        let ledger = Ledger::from_records(vec![
-            part(1, 0, RunState::Running, &[], 0),
-            part(2, 0, RunState::Running, &[], 0),
-            part(1, 1, RunState::Running, &[10, 11], 2),
-            part(2, 1, RunState::Done, &[10], 1),
-            part(1, 2, RunState::Done, &[12], 3),
-            part(3, 0, RunState::Running, &[], 0),
-        ]);
+        let ledger = Ledger::from_records(
+            vec![
+                part(1, 0, RunState::Running, &[], 0),
+                part(2, 0, RunState::Running, &[], 0),
+                part(1, 1, RunState::Running, &[10, 11], 2),
+                part(2, 1, RunState::Done, &[10], 1),
+                part(1, 2, RunState::Done, &[12], 3),
+                part(3, 0, RunState::Running, &[], 0),
+            ]
+            .into_iter()
+            .map(|p| (p, true)),
+        );
         let runs = ledger.runs();
         let got: Vec<(u128, RunState, u64, usize)> = runs
             .iter()
@@ -280,6 +325,19 @@ mod tests {
         assert!(ledger.replayed(Uuid::from_u128(12)));
         assert!(!ledger.replayed(Uuid::from_u128(13)));
         assert_eq!(ledger.replayed_count(), 3);
+    }
+
+    #[test]
+    fn untrusted_parts_mark_nothing() {
+        let ledger = Ledger::from_records(vec![
+            (part(1, 0, RunState::Done, &[10], 1), true),
+            // A forged record claiming letter 11 was replayed.
+            (part(2, 0, RunState::Done, &[11], 1), false),
+        ]);
+        assert!(ledger.replayed(Uuid::from_u128(10)));
+        assert!(!ledger.replayed(Uuid::from_u128(11)));
+        let trusted: Vec<bool> = ledger.runs().iter().map(|r| r.trusted).collect();
+        assert_eq!(trusted, vec![true, false]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! goes unrecorded), each dead letter republished to its stage queue with publisher confirms and
 //! many in flight at once, paced to `--rate` when given, a record part every
 //! [`PART_EVERY`] sends or [`PART_INTERVAL`], and a final part saying how it ended. A run that
-//! is stopped (Ctrl-C) drains what is in flight and records itself as interrupted.
+//! is stopped (Ctrl-C) drains what is in flight and records itself as interrupted. With an
+//! audit key, each part is appended at its place in the chain through the [`Appender`]; the
+//! letters the plan refused (their seal does not verify) are on record as failures.
 use chrono::Utc;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -19,6 +21,7 @@ use super::audit::{Failure, ReplayRecord, RunState, Selection};
 use super::record::Names;
 use super::replay::{due, rearm, Plan};
 use super::store::{settle, Store};
+use super::trail::Appender;
 use super::DlqError;
 
 /// Publishes awaiting their confirm at once: enough to keep a quorum queue's write batches
@@ -32,6 +35,8 @@ pub const PART_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub actor: String,
+    /// How the actor is known: `cli` or `console`.
+    pub via: String,
     pub host: String,
     pub selection: Selection,
     pub force: bool,
@@ -54,6 +59,7 @@ pub struct Outcome {
 
 struct Recorder<'a> {
     store: &'a Store,
+    trail: Option<&'a Appender>,
     stream: String,
     spec: &'a RunSpec,
     replay_id: Uuid,
@@ -69,20 +75,34 @@ struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    fn new(store: &'a Store, plan: &Plan, spec: &'a RunSpec) -> Self {
+    fn new(
+        store: &'a Store,
+        trail: Option<&'a Appender>,
+        plan: &Plan,
+        spec: &'a RunSpec,
+    ) -> Self {
+        let failures: Vec<Failure> = plan
+            .refused
+            .iter()
+            .map(|(l, why)| Failure {
+                id: l.letter.id,
+                error: format!("refused: {why}"),
+            })
+            .collect();
         Self {
             store,
+            trail,
             stream: store.topology().replays(),
             spec,
             replay_id: Uuid::now_v7(),
             started_at: Utc::now(),
             part: 0,
-            matched: (plan.send.len() + plan.skipped.len()) as u64,
+            matched: (plan.send.len() + plan.skipped.len() + plan.refused.len()) as u64,
             sent: 0,
             skipped: plan.skipped.len() as u64,
-            failed: 0,
+            failed: failures.len() as u64,
             sent_ids: Vec::new(),
-            failures: Vec::new(),
+            failures,
             last: Instant::now(),
         }
     }
@@ -105,9 +125,28 @@ impl<'a> Recorder<'a> {
             failed: self.failed,
             sent_ids: std::mem::take(&mut self.sent_ids),
             failures: std::mem::take(&mut self.failures),
+            via: Some(self.spec.via.clone()),
+            seq: None,
+            prev: None,
         };
-        let bytes = shared::envelope::encode(&record);
-        match self.store.append(&self.stream, &bytes).await {
+        let appended = match self.trail {
+            Some(trail) => {
+                trail
+                    .append(self.store, |seq, prev| {
+                        let mut chained = record.clone();
+                        chained.seq = Some(seq);
+                        chained.prev = Some(prev.to_owned());
+                        shared::envelope::encode(&chained)
+                    })
+                    .await
+            }
+            None => {
+                self.store
+                    .append(&self.stream, &shared::envelope::encode(&record))
+                    .await
+            }
+        };
+        match appended {
             Ok(()) => {
                 self.part += 1;
                 self.last = Instant::now();
@@ -149,15 +188,16 @@ impl<'a> Recorder<'a> {
 /// Sends a plan. Returns once every publish is settled and the final part is on record.
 pub async fn execute(
     store: &Store,
+    trail: Option<&Appender>,
     plan: &Plan,
     spec: &RunSpec,
     progress: &ProgressBar,
     stop: &CancellationToken,
 ) -> Result<Outcome, DlqError> {
-    let mut rec = Recorder::new(store, plan, spec);
+    let mut rec = Recorder::new(store, trail, plan, spec);
     // On record before anything goes: if this fails, nothing is sent.
     rec.write(RunState::Running).await?;
-    let names = Names::of(store.topology());
+    let names = Names::of(store.topology(), store.keyring());
     let interval = spec.rate.map(|r| r.interval());
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();

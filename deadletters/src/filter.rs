@@ -37,6 +37,8 @@ pub enum Start {
     First,
     /// Seconds since the epoch (AMQP timestamps are in seconds).
     Timestamp(u64),
+    /// This offset in the stream (or the first retained one after it).
+    Offset(u64),
 }
 
 impl Filter {
@@ -204,6 +206,7 @@ mod tests {
             dead_at: at(100),
             attempts: 3,
             error: "503".into(),
+            seal: None,
         }
     }
 

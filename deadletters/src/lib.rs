@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod chain;
 pub mod cli;
 pub mod execute;
 pub mod filter;
@@ -19,6 +20,7 @@ pub mod render;
 pub mod replay;
 pub mod report;
 pub mod store;
+pub mod trail;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,8 @@ pub enum DlqError {
     Refused(String),
     #[error("broker error: {0}")]
     Broker(String),
+    #[error("redis error: {0}")]
+    Redis(String),
     #[error("the broker stopped sending `{0}` before its end (nothing for 30s)")]
     Stalled(String),
     #[error("cannot write {path}: {reason}")]
@@ -51,6 +55,8 @@ pub enum DlqError {
         total: u64,
         replay_id: uuid::Uuid,
     },
+    #[error("the replay record's chain is broken: {0}")]
+    ChainBroken(String),
     #[error("replay {replay_id} interrupted after {sent} of {total} (on record; run it again to send the rest)")]
     Interrupted {
         sent: u64,
@@ -67,10 +73,12 @@ impl DlqError {
             DlqError::Unreachable { .. }
             | DlqError::NoStream(_)
             | DlqError::Broker(_)
+            | DlqError::Redis(_)
             | DlqError::Stalled(_) => 3,
             DlqError::UnknownIds(_) | DlqError::UnknownReplay(_) | DlqError::NothingMatched(_) => 4,
             DlqError::Refused(_) => 5,
             DlqError::Write { .. }
+            | DlqError::ChainBroken(_)
             | DlqError::ReplayFailed { .. }
             | DlqError::Interrupted { .. } => 1,
         })

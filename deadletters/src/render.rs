@@ -11,6 +11,9 @@ use super::audit::{Mark, Run};
 use super::record::{Letter, Origin};
 use super::report::{or_dash, ListItem, Stats};
 
+mod chain;
+pub use chain::chain;
+
 /// Times in tables: UTC to the second; the epoch means "unknown".
 pub fn time(t: DateTime<Utc>) -> String {
     if t == DateTime::<Utc>::UNIX_EPOCH {
@@ -147,6 +150,9 @@ fn fields(l: &Letter, marks: &[Mark], stage_queue: &str) -> String {
         d.last_attempt_at.map(time).unwrap_or_else(|| "-".into()),
     );
     line("dead at", time(d.dead_at));
+    if let Some(v) = &l.seal {
+        line("seal", format!("{}: {}", v.word(), v.explain()));
+    }
     line(
         "replayed",
         if marks.is_empty() {
@@ -273,10 +279,15 @@ pub fn audit_table(runs: &[Run], width: Option<u16>) -> String {
         if r.force {
             selection.push_str(" --force");
         }
+        let by = format!("{}@{}", r.actor, r.host);
         t.add_row(vec![
             Cell::new(r.replay_id),
             Cell::new(time(r.started_at)),
-            Cell::new(format!("{}@{}", r.actor, r.host)),
+            Cell::new(if r.trusted {
+                by
+            } else {
+                format!("{by} (UNVERIFIED)")
+            }),
             Cell::new(short(&selection, 60)),
             Cell::new(r.matched).set_alignment(CellAlignment::Right),
             Cell::new(r.sent).set_alignment(CellAlignment::Right),
@@ -293,6 +304,15 @@ pub fn run_detail(r: &Run) -> String {
     let mut out = format!("Replay {}\n", r.replay_id);
     let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<10} {v}\n"));
     line("by", format!("{} on {}", r.actor, r.host));
+    if let Some(via) = &r.via {
+        line("via", via.clone());
+    }
+    if !r.trusted {
+        line(
+            "seal",
+            "UNVERIFIED: a part of this record does not verify; it marks nothing as replayed".into(),
+        );
+    }
     line("started", time(r.started_at));
     line("last seen", time(r.last_at));
     line("state", r.state.as_str().to_owned());
@@ -366,6 +386,7 @@ mod tests {
                 last_attempt_at: Some(at(305)),
                 dead_at: at(306),
             },
+            seal: None,
         }
     }
 

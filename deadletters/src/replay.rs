@@ -1,7 +1,8 @@
 //! What a replay sends, decided without the broker: which selected dead letters go and which
 //! are skipped as already replayed ([`plan`]), and the message each one becomes on its way
 //! back to its stage ([`rearm`]): the original `InboundEvent` or `DispatchJob` with its attempts
-//! cleared, so the stage counts from zero again, and `replay_of` naming the dead letter.
+//! cleared, so the stage counts from zero again, and `replay_of` naming the dead letter. A
+//! letter whose seal is checked and does not verify is refused, unless an admin allows it.
 use shared::envelope::{DeadLetter, DispatchJob, InboundEvent, Stage};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -16,6 +17,8 @@ pub struct Plan {
     pub send: Vec<Letter>,
     /// Already replayed and not forced.
     pub skipped: Vec<Letter>,
+    /// Not sent because its seal does not verify, and why.
+    pub refused: Vec<(Letter, String)>,
 }
 
 impl Plan {
@@ -30,16 +33,27 @@ impl Plan {
     }
 }
 
-/// Splits the selected letters into those to send and those to skip. A letter selected twice
-/// goes once.
-pub fn plan(letters: Vec<Letter>, ledger: &Ledger, force: bool) -> Plan {
+/// What a replay was asked to allow beyond the usual.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Send letters that were already replayed.
+    pub force: bool,
+    /// Send letters whose seal does not verify (records from before the audit key).
+    pub unverified: bool,
+}
+
+/// Splits the selected letters into those to send, those to skip and those refused. A letter
+/// selected twice goes once.
+pub fn plan(letters: Vec<Letter>, ledger: &Ledger, allow: Allow) -> Plan {
     let mut seen = HashSet::new();
     let mut out = Plan::default();
     for l in letters {
         if !seen.insert(l.letter.id) {
             continue;
         }
-        if !force && ledger.replayed(l.letter.id) {
+        if let Some(why) = l.unverified().filter(|_| !allow.unverified) {
+            out.refused.push((l, why));
+        } else if !allow.force && ledger.replayed(l.letter.id) {
             out.skipped.push(l);
         } else {
             out.send.push(l);
@@ -224,12 +238,13 @@ mod tests {
             offset: n as u64,
             origin: Origin::Envelope,
             letter: dl,
+            seal: None,
         }
     }
 
     #[test]
     fn replayed_letters_are_skipped_unless_forced() {
-        let ledger = Ledger::from_records(vec![ReplayRecord {
+        let ledger = Ledger::from_records(vec![(ReplayRecord {
             replay_id: Uuid::now_v7(),
             part: 0,
             state: RunState::Done,
@@ -246,17 +261,45 @@ mod tests {
             failed: 0,
             sent_ids: vec![Uuid::from_u128(2)],
             failures: vec![],
-        }]);
+            via: None,
+            seq: None,
+            prev: None,
+        }, true)]);
         let ids = |v: &[Letter]| v.iter().map(|l| l.letter.id.as_u128()).collect::<Vec<_>>();
         let p = plan(
             vec![letter(1), letter(2), letter(3), letter(1)],
             &ledger,
-            false,
+            Allow::default(),
         );
         assert_eq!((ids(&p.send), ids(&p.skipped)), (vec![1, 3], vec![2]));
-        let p = plan(vec![letter(1), letter(2), letter(3)], &ledger, true);
+        let forced = Allow {
+            force: true,
+            ..Allow::default()
+        };
+        let p = plan(vec![letter(1), letter(2), letter(3)], &ledger, forced);
         assert_eq!((ids(&p.send), ids(&p.skipped)), (vec![1, 2, 3], vec![]));
         assert_eq!(p.per_stage(), (3, 0));
+    }
+
+    #[test]
+    fn letters_that_do_not_verify_are_refused_unless_allowed() {
+        use shared::seal::Verdict;
+        let mut forged = letter(1);
+        forged.seal = Some(Verdict::Forged { key_id: "k".into() });
+        let mut good = letter(2);
+        good.seal = Some(Verdict::Verified { key_id: "k".into() });
+        let mut old = letter(3);
+        old.seal = Some(Verdict::Unsealed);
+        let all = vec![forged, good, old];
+        let p = plan(all.clone(), &Ledger::default(), Allow::default());
+        let refused: Vec<u128> = p.refused.iter().map(|(l, _)| l.letter.id.as_u128()).collect();
+        assert_eq!((refused, p.send.len()), (vec![1, 3], 1));
+        assert!(p.refused[0].1.contains("forged"), "{}", p.refused[0].1);
+        let allow = Allow {
+            unverified: true,
+            ..Allow::default()
+        };
+        assert_eq!(plan(all, &Ledger::default(), allow).send.len(), 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::{DeadLetter, Envelope};
+use shared::seal::Verdict;
 use std::collections::BTreeMap;
 
 use crate::audit::Mark;
@@ -39,11 +40,15 @@ impl ListItem {
     }
 }
 
-/// Where a letter sits in the store and what replays it had, next to it in `export`.
+/// Where a letter sits in the store, what its seal says and what replays it had, next to it
+/// in `export`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreInfo {
     pub offset: u64,
     pub origin: Origin,
+    /// What its seal says; absent when seals are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Verdict>,
     pub replays: Vec<Mark>,
 }
 
@@ -67,6 +72,7 @@ impl ExportLine {
             store: StoreInfo {
                 offset: l.offset,
                 origin: l.origin,
+                seal: l.seal.clone(),
                 replays: replays.to_vec(),
             },
         }
@@ -139,6 +145,9 @@ mod tests {
             offset: 12,
             origin: Origin::Envelope,
             letter: serde_json::from_value(wire).unwrap(),
+            seal: Some(shared::seal::Verdict::Verified {
+                key_id: "0011223344556677".into(),
+            }),
         }
     }
 

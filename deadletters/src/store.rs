@@ -7,7 +7,8 @@
 //! So a read first attaches its consumer, then appends an end marker (an empty message with
 //! [`MARKER_HEADER`] and a fresh id) and reads until that marker comes back: everything
 //! appended before the read started is before the marker, and nothing waits on an idle timeout.
-//! Every reader skips every marker. This module decides nothing about what entries mean.
+//! Every reader skips every marker. With a keyring, everything this module appends or publishes
+//! carries its seal ([`shared::seal`]). This module decides nothing about what entries mean.
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -17,8 +18,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
 };
+use shared::config::BrokerConfig;
+use shared::seal::{Keyring, SEAL_HEADER};
 use shared::topology::Topology;
-use shared::Config;
 use std::ops::ControlFlow;
 use std::time::Duration;
 use uuid::Uuid;
@@ -49,6 +51,7 @@ pub struct Store {
     conn: Connection,
     publisher: Channel,
     topology: Topology,
+    keyring: Option<Keyring>,
 }
 
 impl std::fmt::Debug for Store {
@@ -61,11 +64,12 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connects once, with a deadline: the commands are run by a person who wants an answer.
-    pub async fn connect(config: &Config) -> Result<Self, DlqError> {
+    /// What it appends and publishes is sealed with `keyring` when given.
+    pub async fn connect(config: &BrokerConfig, keyring: Option<Keyring>) -> Result<Self, DlqError> {
         // On a cluster, the first node that answers (the URLs in the order configured).
         let mut last = None;
         let mut connected = None;
-        for url in config.broker.url.iter() {
+        for url in config.url.iter() {
             match Self::connect_node(url.expose()).await {
                 Ok(c) => {
                     connected = Some(c);
@@ -93,7 +97,8 @@ impl Store {
         Ok(Self {
             conn,
             publisher,
-            topology: Topology::from_config(config),
+            topology: Topology::of_broker(config),
+            keyring,
         })
     }
 
@@ -115,6 +120,11 @@ impl Store {
             }),
             Ok(Ok(c)) => Ok(c),
         }
+    }
+
+    /// The keyring this store seals with (and readers verify with).
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
     }
 
     /// Whether a queue or stream exists (a passive declare, on a channel of its own because a
@@ -146,58 +156,78 @@ impl Store {
         start: Start,
         mut visit: impl FnMut(StreamEntry) -> ControlFlow<()>,
     ) -> Result<(), DlqError> {
+        let (ch, mut consumer, tag) = self.follow(stream, start).await?;
+        // The consumer is attached (consume-ok came back), so the marker lands after its
+        // starting point and is bound to come back to it.
+        let marker = Uuid::now_v7().to_string();
+        let mut result = self.append_marker(stream, &marker).await;
+        let mut seen = 0u64;
+        while result.is_ok() {
+            let entry = match next_entry(&mut consumer, stream, &mut seen).await {
+                Ok(e) => e,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            match &entry.meta.marker {
+                Some(m) if *m == marker => break,
+                Some(_) => continue,
+                None => {}
+            }
+            if visit(entry).is_break() {
+                break;
+            }
+        }
+        detach(ch, &tag).await;
+        result
+    }
+
+    /// Reads `stream` from offset `from` until the entry at offset `until` (inclusive), which
+    /// the caller knows exists (it saw it); appends no end marker. Entries retention removed
+    /// are skipped (the read starts at the first retained one).
+    pub async fn read_range(
+        &self,
+        stream: &str,
+        from: u64,
+        until: u64,
+        mut visit: impl FnMut(StreamEntry) -> ControlFlow<()>,
+    ) -> Result<(), DlqError> {
+        let (ch, mut consumer, tag) = self.follow(stream, Start::Offset(from)).await?;
+        let mut seen = 0u64;
+        let result = loop {
+            let entry = match next_entry(&mut consumer, stream, &mut seen).await {
+                Ok(e) => e,
+                Err(e) => break Err(e),
+            };
+            let last = entry.offset >= until;
+            if entry.meta.marker.is_none() && visit(entry).is_break() || last {
+                break Ok(());
+            }
+        };
+        detach(ch, &tag).await;
+        result
+    }
+
+    /// Attaches a consumer to `stream` at `start` on a channel of its own, for a reader that
+    /// follows the stream as it grows (the caller acks every [`ACK_EVERY`] and cancels).
+    pub async fn follow(
+        &self,
+        stream: &str,
+        start: Start,
+    ) -> Result<(Channel, Consumer, String), DlqError> {
         if !self.exists(stream).await? {
             return Err(DlqError::NoStream(stream.to_owned()));
         }
         let ch = self.conn.create_channel().await.map_err(broker)?;
         let tag = format!("switchboard-dlq-{}", Uuid::now_v7().simple());
-        let mut consumer = attach(&ch, stream, start, &tag).await?;
-        // The consumer is attached (consume-ok came back), so the marker lands after its
-        // starting point and is bound to come back to it.
-        let marker = Uuid::now_v7().to_string();
-        self.append_marker(stream, &marker).await?;
-        let mut seen = 0u64;
-        let result = loop {
-            let next = match tokio::time::timeout(STALL_TIMEOUT, consumer.next()).await {
-                Err(_) => break Err(DlqError::Stalled(stream.to_owned())),
-                Ok(None) => {
-                    break Err(DlqError::Broker(format!(
-                        "the read of `{stream}` was cancelled by the broker"
-                    )))
-                }
-                Ok(Some(Err(e))) => break Err(broker(e)),
-                Ok(Some(Ok(d))) => d,
-            };
-            seen += 1;
-            if seen.is_multiple_of(ACK_EVERY) {
-                if let Err(e) = next.acker.ack(BasicAckOptions { multiple: true }).await {
-                    break Err(broker(e));
-                }
-            }
-            let headers = next.properties.headers().clone().unwrap_or_default();
-            let (offset, meta) = read_headers(&headers, *next.properties.timestamp());
-            match &meta.marker {
-                Some(m) if *m == marker => break Ok(()),
-                Some(_) => continue,
-                None => {}
-            }
-            let entry = StreamEntry {
-                offset: offset.unwrap_or(0),
-                body: next.data,
-                meta,
-            };
-            if visit(entry).is_break() {
-                break Ok(());
-            }
-        };
-        let _ = ch
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        let _ = ch.close(200, "read".into()).await;
-        result
+        let consumer = attach(&ch, stream, start, &tag).await?;
+        Ok((ch, consumer, tag))
     }
 
-    async fn append_marker(&self, stream: &str, marker: &str) -> Result<(), DlqError> {
+    /// Appends an end marker with this id: a reader following the stream knows it has read
+    /// everything appended before once its marker comes back.
+    pub async fn append_marker(&self, stream: &str, marker: &str) -> Result<(), DlqError> {
         let mut headers = FieldTable::default();
         headers.insert(
             MARKER_HEADER.into(),
@@ -210,13 +240,26 @@ impl Store {
         settle(confirm, stream).await
     }
 
-    /// Appends a message to a stream (or any queue) and waits for the broker's confirm.
+    /// Appends a message to a stream (or any queue), sealed, and waits for the broker's confirm.
     pub async fn append(&self, queue: &str, body: &[u8]) -> Result<(), DlqError> {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+        let props = self.sealed(
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        );
         let confirm = self.start_publish(queue, body, props).await?;
         settle(confirm, queue).await
+    }
+
+    /// The properties with the body's seal added, when this store seals.
+    fn sealed(&self, body: &[u8], props: BasicProperties) -> BasicProperties {
+        let Some(k) = &self.keyring else {
+            return props;
+        };
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(SEAL_HEADER.into(), long(&k.seal(body)));
+        props.with_headers(headers)
     }
 
     /// Publishes a replayed message to a stage queue; the returned confirm settles later, so
@@ -232,6 +275,7 @@ impl Store {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message_id.into());
+        let props = self.sealed(body, props);
         self.start_publish(queue, body, props).await
     }
 
@@ -263,6 +307,50 @@ impl Store {
     }
 }
 
+/// The next entry of a followed stream, acking (multiple) every [`ACK_EVERY`] to keep
+/// credit flowing; an error when the broker sends nothing for [`STALL_TIMEOUT`].
+pub async fn next_entry(
+    consumer: &mut Consumer,
+    stream: &str,
+    seen: &mut u64,
+) -> Result<StreamEntry, DlqError> {
+    let next = match tokio::time::timeout(STALL_TIMEOUT, consumer.next()).await {
+        Err(_) => return Err(DlqError::Stalled(stream.to_owned())),
+        Ok(None) => {
+            return Err(DlqError::Broker(format!(
+                "the read of `{stream}` was cancelled by the broker"
+            )))
+        }
+        Ok(Some(Err(e))) => return Err(broker(e)),
+        Ok(Some(Ok(d))) => d,
+    };
+    *seen += 1;
+    if seen.is_multiple_of(ACK_EVERY) {
+        next.acker
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .map_err(broker)?;
+    }
+    Ok(entry_of(next))
+}
+
+/// Cancels a reader's consumer and closes its channel.
+pub async fn detach(ch: Channel, tag: &str) {
+    let _ = ch.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+    let _ = ch.close(200, "read".into()).await;
+}
+
+/// A delivery from a stream as an entry: its offset, body and the facts about it.
+pub fn entry_of(d: lapin::message::Delivery) -> StreamEntry {
+    let headers = d.properties.headers().clone().unwrap_or_default();
+    let (offset, meta) = read_headers(&headers, *d.properties.timestamp());
+    StreamEntry {
+        offset: offset.unwrap_or(0),
+        body: d.data,
+        meta,
+    }
+}
+
 /// Attaches a consumer to `stream` at `start` on a channel of its own.
 async fn attach(ch: &Channel, stream: &str, start: Start, tag: &str) -> Result<Consumer, DlqError> {
     // Streams require a prefetch; it bounds how far the broker reads ahead of our acks.
@@ -276,6 +364,7 @@ async fn attach(ch: &Channel, stream: &str, start: Start, tag: &str) -> Result<C
         match start {
             Start::First => AMQPValue::LongString("first".into()),
             Start::Timestamp(secs) => AMQPValue::Timestamp(secs),
+            Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
         },
     );
     ch.basic_consume(
@@ -327,6 +416,7 @@ pub fn read_headers(headers: &FieldTable, timestamp: Option<u64>) -> (Option<u64
     };
     let meta = EntryMeta {
         marker: text(MARKER_HEADER),
+        seal: text(SEAL_HEADER),
         first_death_queue: text("x-first-death-queue"),
         first_death_reason: text("x-first-death-reason"),
         death,

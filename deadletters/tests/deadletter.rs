@@ -184,7 +184,8 @@ async fn dlq(config: &Config, args: &[&str], input: &str, tty: bool) -> Out {
     let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     let (mut console, captured) = Console::in_memory(input, tty);
-    let code = run_with(cli.command, config, &mut console).await;
+    let auditors = shared::config::AuditorConfig::from(config);
+    let code = run_with(cli.command, &auditors, &mut console).await;
     Out {
         code,
         stdout: captured.stdout(),

@@ -3,8 +3,11 @@
 //! for consumers. A publish returns only once the broker confirmed it (or says why not), so a
 //! caller can answer "kept" or "not kept" truthfully. On a cluster (`broker.url` lists several
 //! nodes) it connects to any live node and moves to another when that one goes away; which node
-//! comes next is [`NodeRing`]'s decision. This module never decides what to publish.
+//! comes next is [`NodeRing`]'s decision. With an `[audit] key`, every publish carries the
+//! body's seal ([`crate::seal`]), so whatever a role publishes can be told from what someone
+//! else put on the broker. This module never decides what to publish.
 use crate::nodes::{endpoint, NodeRing, NodeUrls};
+use crate::seal::{Keyring, SEAL_HEADER};
 use crate::topology::Topology;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -55,6 +58,8 @@ struct Inner {
     pool_size: usize,
     publish_timeout: Duration,
     topology: Topology,
+    /// Seals every publish when set (once, right after start).
+    keyring: std::sync::OnceLock<Keyring>,
     live: Mutex<Option<Arc<Live>>>,
     next: AtomicUsize,
     /// Bumped on every successful connect; `None` while disconnected.
@@ -94,6 +99,7 @@ impl Broker {
                 pool_size: pool_size.max(1),
                 publish_timeout,
                 topology,
+                keyring: std::sync::OnceLock::new(),
                 live: Mutex::new(None),
                 next: AtomicUsize::new(0),
                 generation,
@@ -105,6 +111,17 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    /// Seals every message published from now on with `keyring`'s key; consumers of this
+    /// broker check seals when the keyring requires them. Set once; later calls are ignored.
+    pub fn seal_with(&self, keyring: Keyring) {
+        let _ = self.inner.keyring.set(keyring);
+    }
+
+    /// The keyring this broker seals and verifies with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.inner.keyring.get()
     }
 
     /// Whether a connection is up right now (`/readyz`).
@@ -209,9 +226,10 @@ impl Broker {
         if let Some(exp) = opts.expiration {
             props = props.with_expiration(exp.as_millis().to_string().as_str().into());
         }
-        if !opts.headers.is_empty() {
+        let seal = self.keyring().map(|k| (SEAL_HEADER.to_owned(), k.seal(body)));
+        if !opts.headers.is_empty() || seal.is_some() {
             let mut headers = FieldTable::default();
-            for (k, v) in opts.headers {
+            for (k, v) in opts.headers.into_iter().chain(seal) {
                 headers.insert(
                     k.as_str().into(),
                     AMQPValue::LongString(v.into_bytes().into()),

@@ -4,6 +4,7 @@
 //! keys are carried as a table ([`SourceConfig::settings`], [`TargetConfig::settings`]) and
 //! checked by the role crate that understands them; this module never interprets them.
 pub use crate::nodes::NodeUrls;
+pub use crate::auditors::{AuditConfig, AuditorConfig, ConsoleConfig};
 use crate::secret::Secret;
 use crate::units::{self, Rate};
 use figment::providers::{Env, Format, Toml};
@@ -31,6 +32,12 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The key that seals what the roles publish and the replay record (see docs/CONSOLE.md).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The auditors' web console (`switchboard console`; inside `all` when present).
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// Dify apps the worker may call.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -497,6 +504,34 @@ impl ConfigError {
     }
 }
 
+/// Extracts a config type from a file's figment with the `SWITCHBOARD_SECTION__KEY` overrides,
+/// every problem naming its key.
+pub(crate) fn figment_of<T: serde::de::DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+    let figment = figment.merge(
+        Env::prefixed("SWITCHBOARD_")
+            // Only SECTION__KEY names override: SWITCHBOARD_CONFIG, or a secret kept in
+            // SWITCHBOARD_AMQP_URL and referenced as `env:SWITCHBOARD_AMQP_URL`, are not keys.
+            .filter(|key| key.as_str().contains("__"))
+            .split("__")
+            .lowercase(true),
+    );
+    figment.extract().map_err(|errors| {
+        ConfigError(
+            errors
+                .into_iter()
+                .map(|e| ConfigIssue {
+                    key: if e.path.is_empty() {
+                        "(top level)".into()
+                    } else {
+                        e.path.join(".")
+                    },
+                    problem: e.kind.to_string(),
+                })
+                .collect(),
+        )
+    })
+}
+
 /// The environment variable that names the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "SWITCHBOARD_CONFIG";
 
@@ -528,30 +563,7 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let figment = figment.merge(
-            Env::prefixed("SWITCHBOARD_")
-                // Only SECTION__KEY names override: SWITCHBOARD_CONFIG, or a secret kept in
-                // SWITCHBOARD_AMQP_URL and referenced as `env:SWITCHBOARD_AMQP_URL`, are not keys.
-                .filter(|key| key.as_str().contains("__"))
-                .split("__")
-                .lowercase(true),
-        );
-        let config: Config = figment.extract().map_err(|errors| {
-            ConfigError(
-                errors
-                    .into_iter()
-                    .map(|e| ConfigIssue {
-                        key: if e.path.is_empty() {
-                            "(top level)".into()
-                        } else {
-                            e.path.join(".")
-                        },
-                        problem: e.kind.to_string(),
-                    })
-                    .collect(),
-            )
-        })?;
-        Ok(config)
+        figment_of(figment)
     }
 
     /// Cross-checks between sections that serde cannot express.
@@ -624,6 +636,13 @@ impl Config {
             if !(0.0..1.0).contains(&j) {
                 push(key.into(), format!("{j} must be at least 0 and below 1"));
             }
+        }
+        for issue in self.audit.issues().into_iter().chain(
+            self.console
+                .iter()
+                .flat_map(|c| c.issues()),
+        ) {
+            push(issue.key, issue.problem);
         }
         if self.worker.concurrency == 0 {
             push("worker.concurrency".into(), "must be at least 1".into());

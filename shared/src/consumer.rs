@@ -2,12 +2,17 @@
 //! bounded prefetch, hand each to a task, come back after a broker outage, and on shutdown stop
 //! taking new work and let the tasks in flight finish (within a grace period) before the channel
 //! closes — a message not acked by then returns to the queue for another process. The handler
-//! owns the ack; this loop never acks or decides anything about a message.
+//! owns the ack. The one message this loop settles itself is one whose seal does not verify
+//! while `[audit] require_seals` holds: it is rejected unread, and the queue dead-letters it to
+//! the dead-letter stream, where auditors see it as poison that does not verify (and replay
+//! refuses it). Nothing else about a message is decided here.
 use crate::broker::Broker;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +85,9 @@ pub async fn consume<H, F>(
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        if refuse_unsealed(&broker, &spec, &delivery).await {
+                            continue;
+                        }
                         metrics::gauge!("switchboard_in_flight", "role" => spec.role).increment(1.0);
                         let fut = handler(delivery);
                         let role = spec.role;
@@ -118,4 +126,33 @@ pub async fn consume<H, F>(
         let _ = ch.close(200, "shutdown".into()).await;
     }
     tracing::info!(role = spec.role, "stopped consuming");
+}
+
+/// Rejects (without requeue, so the queue dead-letters it) a delivery whose seal does not
+/// verify, when the broker's keyring requires seals. Returns whether it did.
+async fn refuse_unsealed(broker: &Broker, spec: &ConsumerSpec, delivery: &Delivery) -> bool {
+    let Some(keyring) = broker.keyring().filter(|k| k.requires_seals()) else {
+        return false;
+    };
+    let verdict = keyring.verify(&delivery.data, seal_of(&delivery.properties).as_deref());
+    if verdict.is_verified() {
+        return false;
+    }
+    tracing::error!(role = spec.role, queue = %spec.queue, seal = verdict.word(), why = %verdict.explain(), "refusing a message whose seal does not verify; the queue dead-letters it");
+    metrics::counter!("switchboard_unsealed_refused_total", "role" => spec.role).increment(1);
+    let _ = delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await;
+    true
+}
+
+/// The seal header of a message, if it has one.
+pub fn seal_of(props: &lapin::BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(crate::seal::SEAL_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
 }

@@ -4,6 +4,7 @@
 //! platform, Dify or a target kind; those live in the role crates.
 #![forbid(unsafe_code)]
 
+pub mod auditors;
 pub mod broker;
 pub mod config;
 pub mod consumer;
@@ -13,6 +14,7 @@ pub mod gcra;
 pub mod keys;
 pub mod nodes;
 pub mod retry;
+pub mod seal;
 pub mod secret;
 pub mod services;
 pub mod shutdown;

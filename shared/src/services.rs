@@ -14,7 +14,8 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts the broker supervisor and builds the Redis pool. Returns at once, connected or
+    /// Starts the broker supervisor (sealing with `[audit] key` when set) and builds the Redis
+    /// pool. Returns at once, connected or
     /// not; the broker connects (and reconnects) in the background.
     pub fn start(config: &Config, name: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let topology = Topology::from_config(config);
@@ -26,6 +27,9 @@ impl Services {
             topology,
             shutdown,
         );
+        if let Some(keyring) = config.audit.keyring() {
+            broker.seal_with(keyring);
+        }
         let store = Store::new(&config.redis)?;
         crate::telemetry::metrics();
         Ok(Self { broker, store })

@@ -63,6 +63,26 @@ impl Topology {
         }
     }
 
+    /// The names and stream retention of a `[broker]` section alone, without delay levels:
+    /// enough for the auditors' tools, which read the streams and publish to the stage queues
+    /// but never declare or use a delay queue.
+    pub fn of_broker(broker: &BrokerConfig) -> Self {
+        Self {
+            prefix: broker.prefix.clone(),
+            work_levels: Vec::new(),
+            deliver_levels: Vec::new(),
+            delivery_limit: broker.delivery_limit,
+            dead_letter_max_age: broker.dead_letter_max_age,
+            dead_letter_max_bytes: broker.dead_letter_max_bytes,
+            group_size: broker.quorum_group_size(),
+        }
+    }
+
+    /// How long the streams keep an entry (`[broker] dead_letter_max_age`).
+    pub fn stream_max_age(&self) -> Duration {
+        self.dead_letter_max_age
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -32,6 +32,7 @@ const REPLAY_HELP: &str = "Examples:
   switchboard dlq replay --all --force --yes";
 const AUDIT_HELP: &str = "Examples:
   switchboard dlq audit
+  switchboard dlq audit --verify
   switchboard dlq audit 0190f3b0-1d2e-7f00-8a9b-0c1d2e3f4a5b
   switchboard dlq audit --json";
 
@@ -170,6 +171,10 @@ pub struct ReplayArgs {
     /// Replay dead letters that were already replayed, too.
     #[arg(long)]
     pub force: bool,
+    /// Replay dead letters whose seal does not verify, too (written before [audit] key was
+    /// set); refused without it. On record like every replay.
+    #[arg(long)]
+    pub allow_unverified: bool,
     /// At most this pace: 50/s, 600/min, 3/5s (default: as fast as the broker confirms).
     #[arg(long, value_parser = Rate::parse, value_name = "RATE")]
     pub rate: Option<Rate>,
@@ -182,6 +187,9 @@ pub struct ReplayArgs {
 pub struct AuditArgs {
     /// One replay's full record: every dead letter it sent and every failure.
     pub replay: Option<Uuid>,
+    /// Verify the chain of replay records: whether it is intact, and where it breaks.
+    #[arg(long, conflicts_with = "replay")]
+    pub verify: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -2,7 +2,7 @@
 //! `DeadLetter` envelope plus where it sits in the store and its replays), to a file or stdout.
 //! A file is removed again when the read fails or nothing matched, so an empty or partial
 //! export is never mistaken for a whole one.
-use shared::Config;
+use shared::config::AuditorConfig;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
@@ -20,7 +20,7 @@ use crate::DlqError;
 pub(super) async fn export(
     a: &ExportArgs,
     filter: Filter,
-    config: &Config,
+    config: &AuditorConfig,
     c: &mut Console,
 ) -> Result<(), DlqError> {
     let (store, names, ledger) = open(config).await?;

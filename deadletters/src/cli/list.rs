@@ -1,6 +1,6 @@
 //! `dlq list`: the dead letters a filter selects, oldest first (or the newest `--limit`), each
 //! with whether and when it was replayed, as a table or as JSON.
-use shared::Config;
+use shared::config::AuditorConfig;
 use std::ops::ControlFlow;
 
 use super::read::{none_found, open, select};
@@ -13,7 +13,7 @@ use crate::DlqError;
 pub(super) async fn list(
     a: &ListArgs,
     filter: Filter,
-    config: &Config,
+    config: &AuditorConfig,
     c: &mut Console,
 ) -> Result<(), DlqError> {
     let (store, names, ledger) = open(config).await?;

@@ -21,20 +21,20 @@ pub use args::{
 pub use terminal::{Captured, Console};
 
 use chrono::Utc;
-use shared::Config;
+use shared::config::AuditorConfig;
 use std::io::Write;
 use std::process::ExitCode;
 
 use crate::DlqError;
 
 /// Runs one `dlq` command on the process's terminal.
-pub async fn run(cmd: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: DlqCommand, config: &AuditorConfig) -> anyhow::Result<ExitCode> {
     let mut console = Console::terminal();
     Ok(run_with(cmd, config, &mut console).await)
 }
 
 /// Runs one `dlq` command on a console; a failure is one line on its stderr.
-pub async fn run_with(cmd: DlqCommand, config: &Config, console: &mut Console) -> ExitCode {
+pub async fn run_with(cmd: DlqCommand, config: &AuditorConfig, console: &mut Console) -> ExitCode {
     let code = match dispatch(cmd, config, console).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -53,7 +53,7 @@ pub async fn run_with(cmd: DlqCommand, config: &Config, console: &mut Console) -
     code
 }
 
-async fn dispatch(cmd: DlqCommand, config: &Config, c: &mut Console) -> Result<(), DlqError> {
+async fn dispatch(cmd: DlqCommand, config: &AuditorConfig, c: &mut Console) -> Result<(), DlqError> {
     let now = Utc::now();
     match cmd {
         DlqCommand::List(a) => list::list(&a, a.filter.to_filter(now)?, config, c).await,

@@ -6,38 +6,26 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 use uuid::Uuid;
 
-use shared::Config;
+use shared::config::AuditorConfig;
 
 use super::Console;
-use crate::audit::{Ledger, ReplayRecord};
+use crate::audit::Ledger;
 use crate::filter::{Filter, Start, SINCE_MARGIN};
 use crate::record::{self, Letter, Names, Summary};
 use crate::store::{Store, StreamEntry};
 use crate::DlqError;
 
-/// Connects and reads the replay record.
-pub(super) async fn open(config: &Config) -> Result<(Store, Names, Ledger), DlqError> {
-    let store = Store::connect(config).await?;
-    let names = Names::of(store.topology());
-    let ledger = ledger(&store).await?;
-    Ok((store, names, ledger))
+/// Connects (sealing and verifying with the audit key, when one is configured).
+pub(super) async fn connect(config: &AuditorConfig) -> Result<Store, DlqError> {
+    Store::connect(&config.broker, config.audit.keyring()).await
 }
 
-/// The replay record (empty when no replay stream exists yet).
-pub(super) async fn ledger(store: &Store) -> Result<Ledger, DlqError> {
-    let replays = store.topology().replays();
-    let mut records = Vec::new();
-    if store.exists(&replays).await? {
-        store
-            .scan(&replays, Start::First, |e| {
-                if let Ok(r) = shared::envelope::decode::<ReplayRecord>(&e.body) {
-                    records.push(r);
-                }
-                ControlFlow::Continue(())
-            })
-            .await?;
-    }
-    Ok(Ledger::from_records(records))
+/// Connects and reads the replay record.
+pub(super) async fn open(config: &AuditorConfig) -> Result<(Store, Names, Ledger), DlqError> {
+    let store = connect(config).await?;
+    let names = Names::of(store.topology(), store.keyring());
+    let (ledger, _) = crate::trail::read(&store).await?;
+    Ok((store, names, ledger))
 }
 
 /// Nothing matched: an error when a filter was given, a note when the store is just empty.

@@ -3,7 +3,9 @@
 //! already replayed unless `--force`), show a dry run or ask a person (unless `--yes`), send
 //! with a progress bar and Ctrl-C stopping it cleanly, and report how it went. Planning and
 //! sending are [`crate::replay`]'s and [`crate::execute`]'s; this module is the conversation.
-use shared::Config;
+//! With an audit key, letters whose seal does not verify are refused (`--allow-unverified`
+//! sends them, on record) and the run's record parts go into the chain.
+use shared::config::AuditorConfig;
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +17,8 @@ use crate::execute::{execute, Outcome, RunSpec};
 use crate::filter::Filter;
 use crate::record::{self, Letter, Names};
 use crate::render;
-use crate::replay::{plan, Plan};
+use crate::replay::{plan, Allow, Plan};
+use crate::trail::Appender;
 use crate::report::ListItem;
 use crate::store::Store;
 use crate::DlqError;
@@ -23,14 +26,41 @@ use crate::DlqError;
 pub(super) async fn replay(
     a: &ReplayArgs,
     filter: Filter,
-    config: &Config,
+    config: &AuditorConfig,
     c: &mut Console,
 ) -> Result<(), DlqError> {
     let selection = selection(a, &filter)?;
     let (store, names, ledger) = open(config).await?;
-    let result = replay_on(a, &filter, selection, &store, &names, &ledger, c).await;
+    if store.keyring().is_none() {
+        c.note("no [audit] key: seals are not checked and this replay's record is not chained");
+    }
+    let trail = appender(config, &store)?;
+    let ctx = Ctx {
+        store: &store,
+        trail: trail.as_ref(),
+        names: &names,
+        ledger: &ledger,
+    };
+    let result = replay_on(a, &filter, selection, &ctx, c).await;
     store.close().await;
     result
+}
+
+/// What a replay runs against.
+struct Ctx<'a> {
+    store: &'a Store,
+    trail: Option<&'a Appender>,
+    names: &'a Names,
+    ledger: &'a Ledger,
+}
+
+/// The chain's appender, when there is an audit key.
+pub(super) fn appender(config: &AuditorConfig, store: &Store) -> Result<Option<Appender>, DlqError> {
+    if store.keyring().is_none() {
+        return Ok(None);
+    }
+    let redis = shared::store::Store::new(&config.redis).map_err(|e| DlqError::Redis(e.to_string()))?;
+    Ok(Some(Appender::new(redis, config.audit.checkpoint_every, host())))
 }
 
 /// What the command line asked to replay: ids, or a filter (`--all` is the empty one).
@@ -65,25 +95,33 @@ async fn replay_on(
     a: &ReplayArgs,
     filter: &Filter,
     selection: Selection,
-    store: &Store,
-    names: &Names,
-    ledger: &Ledger,
+    x: &Ctx<'_>,
     c: &mut Console,
 ) -> Result<(), DlqError> {
     let letters = if a.ids.is_empty() {
-        by_filter(store, names, filter).await?
+        by_filter(x.store, x.names, filter).await?
     } else {
-        by_ids(store, names, &a.ids.iter().copied().collect()).await?
+        by_ids(x.store, x.names, &a.ids.iter().copied().collect()).await?
     };
-    let p = plan(letters, ledger, a.force);
+    let allow = Allow {
+        force: a.force,
+        unverified: a.allow_unverified,
+    };
+    let p = plan(letters, x.ledger, allow);
     if a.dry_run {
-        return dry_run(&p, names, ledger, c);
+        return dry_run(&p, x.names, x.ledger, c);
     }
     let actor = actor(&a.actor);
     if !p.send.is_empty() && !a.yes {
-        confirm(&p, names, &actor, c)?;
+        confirm(&p, x.names, &actor, c)?;
     }
+    let os_user = actor_of_os();
     let spec = RunSpec {
+        via: if os_user == actor {
+            "cli".into()
+        } else {
+            format!("cli (os user {os_user})")
+        },
         actor,
         host: host(),
         selection,
@@ -93,7 +131,7 @@ async fn replay_on(
             .rate
             .map(|r| format!("{}/{}", r.count, humantime::format_duration(r.per))),
     };
-    let outcome = send(store, &p, &spec, c).await?;
+    let outcome = send(x, &p, &spec, c).await?;
     report(&outcome, &p, &spec.actor, c)
 }
 
@@ -119,7 +157,7 @@ async fn by_filter(store: &Store, names: &Names, filter: &Filter) -> Result<Vec<
 /// Sends the plan with a progress bar; Ctrl-C stops it cleanly (what is in flight settles and
 /// the run is recorded as interrupted).
 async fn send(
-    store: &Store,
+    x: &Ctx<'_>,
     p: &Plan,
     spec: &RunSpec,
     c: &mut Console,
@@ -134,7 +172,7 @@ async fn send(
             }
         })
     };
-    let outcome = execute(store, p, spec, &progress, &stop).await;
+    let outcome = execute(x.store, x.trail, p, spec, &progress, &stop).await;
     on_ctrl_c.abort();
     progress.finish_and_clear();
     outcome
@@ -152,6 +190,9 @@ fn report(o: &Outcome, p: &Plan, actor: &str, c: &mut Console) -> Result<(), Dlq
         "replay {}: {} sent{pace}, {} skipped as already replayed, {} failed (by {actor}; `switchboard dlq audit {}` shows the record)",
         o.replay_id, o.sent, o.skipped, o.failed, o.replay_id
     ))?;
+    for (l, why) in &p.refused {
+        c.note(&format!("refused {}: {why}", l.letter.id));
+    }
     if o.state == RunState::Interrupted {
         return Err(DlqError::Interrupted {
             sent: o.sent,
@@ -162,7 +203,7 @@ fn report(o: &Outcome, p: &Plan, actor: &str, c: &mut Console) -> Result<(), Dlq
     if o.failed > 0 {
         return Err(DlqError::ReplayFailed {
             failed: o.failed,
-            total: p.send.len() as u64,
+            total: (p.send.len() + p.refused.len()) as u64,
             replay_id: o.replay_id,
         });
     }
@@ -178,12 +219,17 @@ fn actor(given: &Option<String>) -> String {
     given
         .clone()
         .filter(|a| !a.trim().is_empty())
-        .or_else(|| whoami::username().ok())
+        .unwrap_or_else(actor_of_os)
+}
+
+fn actor_of_os() -> String {
+    whoami::username()
+        .ok()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn host() -> String {
+pub(super) fn host() -> String {
     whoami::hostname().unwrap_or_else(|_| "unknown".into())
 }
 
@@ -206,6 +252,12 @@ fn plan_summary(p: &Plan, names: &Names) -> String {
             p.skipped.len()
         ));
     }
+    if !p.refused.is_empty() {
+        s.push_str(&format!(
+            "; {} refused: their seal does not verify (--allow-unverified sends them)",
+            p.refused.len()
+        ));
+    }
     s
 }
 
@@ -214,9 +266,13 @@ fn dry_run(p: &Plan, names: &Names, ledger: &Ledger, c: &mut Console) -> Result<
         .send
         .iter()
         .chain(p.skipped.iter())
+        .chain(p.refused.iter().map(|(l, _)| l))
         .map(|l| ListItem::new(record::Summary::of(l), ledger.marks(l.letter.id)))
         .collect();
     c.print(&render::list_table(&items, c.width))?;
+    for (l, why) in &p.refused {
+        c.note(&format!("refused {}: {why}", l.letter.id));
+    }
     c.print(&format!(
         "dry run: would replay {}; nothing sent, nothing recorded",
         plan_summary(p, names)

@@ -1,6 +1,6 @@
 //! `dlq show ID`: one dead letter in full — the record, its replays, its attempts as a timeline
 //! and the original message — or, with `--json`, the line `dlq export` would write for it.
-use shared::Config;
+use shared::config::AuditorConfig;
 use std::collections::HashSet;
 
 use super::read::{by_ids, open};
@@ -9,7 +9,7 @@ use crate::render;
 use crate::report::ExportLine;
 use crate::DlqError;
 
-pub(super) async fn show(a: &ShowArgs, config: &Config, c: &mut Console) -> Result<(), DlqError> {
+pub(super) async fn show(a: &ShowArgs, config: &AuditorConfig, c: &mut Console) -> Result<(), DlqError> {
     let (store, names, ledger) = open(config).await?;
     let ids = HashSet::from([a.id]);
     let found = by_ids(&store, &names, &ids).await;

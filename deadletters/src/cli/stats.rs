@@ -1,6 +1,6 @@
 //! `dlq stats`: the dead letters a filter selects, counted by reason, stage, source, target and
 //! day, and how many were replayed; tables or JSON.
-use shared::Config;
+use shared::config::AuditorConfig;
 use std::ops::ControlFlow;
 
 use super::read::{open, select};
@@ -13,7 +13,7 @@ use crate::DlqError;
 pub(super) async fn stats(
     a: &StatsArgs,
     filter: Filter,
-    config: &Config,
+    config: &AuditorConfig,
     c: &mut Console,
 ) -> Result<(), DlqError> {
     let (store, names, ledger) = open(config).await?;

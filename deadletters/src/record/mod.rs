@@ -4,11 +4,15 @@
 //! the end markers readers append to know where the stream ends. This module turns an entry —
 //! its offset, body and the AMQP facts lifted off it ([`EntryMeta`]) — into a [`Letter`] or a
 //! cheap [`Summary`]; it is pure and never talks to the broker. Envelopes are read here; what a
-//! raw entry (poison, or not a dead letter at all) reads as is put together in `raw`.
+//! raw entry (poison, or not a dead letter at all) reads as is put together in `raw`. Every
+//! letter carries what its seal says ([`Verdict`]) when the reader holds the audit key: for an
+//! envelope, that a stage wrote it as it is; for poison, that the original message is the one
+//! a role published.
 use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use shared::envelope::{DeadLetter, Envelope, Reason, Stage};
+use shared::seal::{Keyring, Verdict};
 use shared::topology::Topology;
 use uuid::Uuid;
 
@@ -28,6 +32,8 @@ const RAW_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_2c3a_9b0e_4f47_8a55_0d2c_7
 pub struct EntryMeta {
     /// Set on end markers: the reader's marker id.
     pub marker: Option<String>,
+    /// The seal header, when the entry carries one.
+    pub seal: Option<String>,
     /// `x-first-death-queue`: the queue the broker dead-lettered the message from.
     pub first_death_queue: Option<String>,
     /// `x-first-death-reason`: `delivery_limit`, `rejected`, `expired`, `maxlen`.
@@ -77,21 +83,31 @@ pub enum Origin {
     Broker,
 }
 
-/// The names an entry is read against: the stream (for raw ids) and the stage queues.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an entry is read against: the stream (for raw ids), the stage queues, and the keys
+/// its seal is checked with (none: seals are not checked).
+#[derive(Debug, Clone)]
 pub struct Names {
     pub stream: String,
     pub work: String,
     pub deliver: String,
+    pub keyring: Option<Keyring>,
 }
 
 impl Names {
-    pub fn of(topology: &Topology) -> Self {
+    pub fn of(topology: &Topology, keyring: Option<&Keyring>) -> Self {
         Self {
             stream: topology.dead_letters(),
             work: topology.stage_queue(Stage::Work),
             deliver: topology.stage_queue(Stage::Deliver),
+            keyring: keyring.cloned(),
         }
+    }
+
+    /// What the entry's seal says, when seals are checked.
+    pub fn verdict(&self, body: &[u8], meta: &EntryMeta) -> Option<Verdict> {
+        self.keyring
+            .as_ref()
+            .map(|k| k.verify(body, meta.seal.as_deref()))
     }
 
     /// The queue a letter of this stage is replayed to.
@@ -144,6 +160,18 @@ pub struct Letter {
     pub offset: u64,
     pub origin: Origin,
     pub letter: DeadLetter,
+    /// What its seal says; `None` when seals are not checked (no audit key).
+    pub seal: Option<Verdict>,
+}
+
+impl Letter {
+    /// Why a replay must not send it: its seal is checked and does not verify.
+    pub fn unverified(&self) -> Option<String> {
+        match &self.seal {
+            Some(v) if !v.is_verified() => Some(v.explain()),
+            _ => None,
+        }
+    }
 }
 
 /// The fields that filters, tables and stats need, decoded without building the original
@@ -161,6 +189,8 @@ pub struct Summary {
     pub dead_at: DateTime<Utc>,
     pub attempts: usize,
     pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Verdict>,
 }
 
 impl Summary {
@@ -177,6 +207,7 @@ impl Summary {
             dead_at: l.dead_at,
             attempts: l.attempts.len(),
             error: l.error.clone(),
+            seal: letter.seal.clone(),
         }
     }
 }
@@ -214,6 +245,7 @@ pub fn summary(offset: u64, body: &[u8], meta: &EntryMeta, names: &Names) -> Sum
                     dead_at: h.dead_at,
                     attempts: h.attempts.len(),
                     error: h.error,
+                    seal: names.verdict(body, meta),
                 };
             }
         }
@@ -229,6 +261,7 @@ pub fn letter(offset: u64, body: &[u8], meta: &EntryMeta, names: &Names) -> Lett
                 offset,
                 origin: Origin::Envelope,
                 letter: l,
+                seal: names.verdict(body, meta),
             };
         }
     }
@@ -250,6 +283,7 @@ mod tests {
             stream: "t.dead-letters".into(),
             work: "t.work".into(),
             deliver: "t.deliver".into(),
+            keyring: None,
         }
     }
 

@@ -142,6 +142,7 @@ pub(super) fn raw_view(offset: u64, body: &[u8], meta: &EntryMeta, names: &Names
     Letter {
         offset,
         origin: Origin::Broker,
+        seal: names.verdict(body, meta),
         letter: DeadLetter {
             id: names.raw_id(offset),
             stage,

@@ -1,6 +1,8 @@
 //! What the door remembers in Redis, and nothing else: which events were kept (door dedup, keyed
 //! by the platform's own id and, for a source whose captured requests stay valid forever, also by
-//! the signed body), and which body each body-free signature vouched for (DingTalk). Keys are
+//! the signed body), each kept event's source and platform id under its event id (so the
+//! auditors' console finds an event by either id), and which body each body-free signature
+//! vouched for (DingTalk). Keys are
 //! built here and only here; the server decides what a Redis failure means.
 use crate::platform::BodyFreeSignature;
 use deadpool_redis::redis;
@@ -8,9 +10,10 @@ use sha2::{Digest, Sha256};
 use shared::store::{Store, StoreError};
 use std::time::Duration;
 
-/// The keys under which a kept event is remembered at the door.
+/// The keys under which a kept event is remembered at the door, and what its event id's own
+/// record (`event:{id}`) says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeenKeys(Vec<String>);
+pub struct SeenKeys(Vec<String>, String);
 
 impl SeenKeys {
     /// The event's own dedup key, and, when `by_body`, the body's hash too: the same signed body
@@ -21,7 +24,8 @@ impl SeenKeys {
             let hash = hex::encode(Sha256::digest(body));
             keys.push(store.key(&["seen-body", source_id, &hash]));
         }
-        Self(keys)
+        let origin = serde_json::json!({"source": source_id, "dedup_key": dedup_key});
+        Self(keys, origin.to_string())
     }
 
     /// The id of the event first kept under any of these keys.
@@ -34,7 +38,7 @@ impl SeenKeys {
         Ok(found.into_iter().flatten().next())
     }
 
-    /// Remembers the event under every key for `ttl`.
+    /// Remembers the event under every key for `ttl`, and its origin under its id.
     pub async fn remember(
         &self,
         store: &Store,
@@ -51,6 +55,12 @@ impl SeenKeys {
                 .arg(ttl.as_secs().max(1))
                 .ignore();
         }
+        pipe.cmd("SET")
+            .arg(store.key(&["event", event_id]))
+            .arg(&self.1)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .ignore();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
