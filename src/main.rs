@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: Box<deadletters::cli::DlqCommand>,
     },
+    /// The auditors' web console and API on `console.listen` (or a helper for its config).
+    Console {
+        #[command(subcommand)]
+        command: Option<switchboard_console::cli::ConsoleCommand>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,10 +75,29 @@ enum Roles {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Dlq { command } = cli.command {
-        return auditors(&cli.config, |config| async move {
-            deadletters::cli::run(*command, &config).await
-        });
+    match cli.command {
+        Command::Dlq { command } => {
+            return auditors(&cli.config, |config| async move {
+                deadletters::cli::run(*command, &config).await
+            })
+        }
+        Command::Console {
+            command: Some(helper),
+        } => {
+            // The helpers need no config: they make what goes into it.
+            return match switchboard_console::cli::run(&helper) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard console: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Console { command: None } => return auditors(&cli.config, console),
+        _ => {}
     }
     // `config check` reports the cross-checks together with every role's findings.
     let checking = matches!(cli.command, Command::Config { .. });
@@ -103,7 +127,8 @@ fn main() -> ExitCode {
                 command: ConfigCommand::Check,
             } => Ok(config_check(&config, &cli.config)),
             Command::Topology => topology(&config).await,
-            Command::Dlq { .. } => Ok(ExitCode::from(2)),
+            // Run above, with the auditors' part of the config only.
+            Command::Dlq { .. } | Command::Console { .. } => Ok(ExitCode::from(2)),
             Command::Ingress => serve(config, Roles::Ingress).await,
             Command::Worker => serve(config, Roles::Worker).await,
             Command::Dispatcher => serve(config, Roles::Dispatcher).await,
@@ -148,6 +173,20 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// `switchboard console`: the auditors' console on its own, until SIGINT/SIGTERM.
+async fn console(config: Arc<AuditorConfig>) -> anyhow::Result<ExitCode> {
+    let Some(c) = config.console.as_ref() else {
+        anyhow::bail!("there is no [console] section in the config");
+    };
+    let listener = TcpListener::bind(c.listen)
+        .await
+        .with_context(|| format!("cannot listen on console.listen {}", c.listen))?;
+    let stop = CancellationToken::new();
+    shared::shutdown::cancel_on_signals(stop.clone());
+    switchboard_console::run(config, listener, stop).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every problem the roles find in the config, beyond what loading checked.
@@ -252,6 +291,14 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
             shared::depth::sample(broker, stages, stop).await;
             Ok(())
         });
+    }
+    // The console joins `all` when the config has a [console] section.
+    if let (Roles::All, Some(c)) = (roles, config.console.as_ref()) {
+        let listener = TcpListener::bind(c.listen)
+            .await
+            .with_context(|| format!("cannot listen on console.listen {}", c.listen))?;
+        let auditors = Arc::new(AuditorConfig::from(config.as_ref()));
+        tasks.spawn(switchboard_console::run(auditors, listener, stop.clone()));
     }
     // /metrics, /healthz, /readyz on an admin listener, never the public port: the metrics name
     // every source id, that is, every hook URL. A process with the ingress uses the ingress's.

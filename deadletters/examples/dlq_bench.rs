@@ -15,12 +15,12 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use shared::config::AuditorConfig;
 use shared::envelope::{
     Answer, AnswerPayload, Attempt, ChatType, Conversation, DeadLetter, Destination, DispatchJob,
     InboundEvent, Reason,
 };
 use shared::topology::Topology;
-use shared::config::AuditorConfig;
 use shared::Config;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,7 +179,11 @@ impl Write for Lines {
 }
 
 /// Runs one command in-process; returns how long it took and the start of its output.
-async fn run(config: &AuditorConfig, args: &[&str], print: bool) -> anyhow::Result<(Duration, String)> {
+async fn run(
+    config: &AuditorConfig,
+    args: &[&str],
+    print: bool,
+) -> anyhow::Result<(Duration, String)> {
     let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))?;
     let (out, err) = (Lines::default(), Lines::default());
     let mut console = Console {

@@ -34,6 +34,8 @@ pub const PART_INTERVAL: Duration = Duration::from_secs(2);
 /// Who runs a replay and what they asked for.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
+    /// The run's id (UUID v7), known before it starts so a caller can point to its record.
+    pub replay_id: Uuid,
     pub actor: String,
     /// How the actor is known: `cli` or `console`.
     pub via: String,
@@ -75,12 +77,7 @@ struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    fn new(
-        store: &'a Store,
-        trail: Option<&'a Appender>,
-        plan: &Plan,
-        spec: &'a RunSpec,
-    ) -> Self {
+    fn new(store: &'a Store, trail: Option<&'a Appender>, plan: &Plan, spec: &'a RunSpec) -> Self {
         let failures: Vec<Failure> = plan
             .refused
             .iter()
@@ -94,7 +91,7 @@ impl<'a> Recorder<'a> {
             trail,
             stream: store.topology().replays(),
             spec,
-            replay_id: Uuid::now_v7(),
+            replay_id: spec.replay_id,
             started_at: Utc::now(),
             part: 0,
             matched: (plan.send.len() + plan.skipped.len() + plan.refused.len()) as u64,

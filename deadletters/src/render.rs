@@ -310,7 +310,8 @@ pub fn run_detail(r: &Run) -> String {
     if !r.trusted {
         line(
             "seal",
-            "UNVERIFIED: a part of this record does not verify; it marks nothing as replayed".into(),
+            "UNVERIFIED: a part of this record does not verify; it marks nothing as replayed"
+                .into(),
         );
     }
     line("started", time(r.started_at));

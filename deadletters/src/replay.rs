@@ -244,27 +244,30 @@ mod tests {
 
     #[test]
     fn replayed_letters_are_skipped_unless_forced() {
-        let ledger = Ledger::from_records(vec![(ReplayRecord {
-            replay_id: Uuid::now_v7(),
-            part: 0,
-            state: RunState::Done,
-            actor: "a".into(),
-            host: "h".into(),
-            started_at: Utc::now(),
-            at: Utc::now(),
-            selection: Selection::Ids { ids: vec![] },
-            force: false,
-            rate: None,
-            matched: 1,
-            sent: 1,
-            skipped: 0,
-            failed: 0,
-            sent_ids: vec![Uuid::from_u128(2)],
-            failures: vec![],
-            via: None,
-            seq: None,
-            prev: None,
-        }, true)]);
+        let ledger = Ledger::from_records(vec![(
+            ReplayRecord {
+                replay_id: Uuid::now_v7(),
+                part: 0,
+                state: RunState::Done,
+                actor: "a".into(),
+                host: "h".into(),
+                started_at: Utc::now(),
+                at: Utc::now(),
+                selection: Selection::Ids { ids: vec![] },
+                force: false,
+                rate: None,
+                matched: 1,
+                sent: 1,
+                skipped: 0,
+                failed: 0,
+                sent_ids: vec![Uuid::from_u128(2)],
+                failures: vec![],
+                via: None,
+                seq: None,
+                prev: None,
+            },
+            true,
+        )]);
         let ids = |v: &[Letter]| v.iter().map(|l| l.letter.id.as_u128()).collect::<Vec<_>>();
         let p = plan(
             vec![letter(1), letter(2), letter(3), letter(1)],
@@ -292,7 +295,11 @@ mod tests {
         old.seal = Some(Verdict::Unsealed);
         let all = vec![forged, good, old];
         let p = plan(all.clone(), &Ledger::default(), Allow::default());
-        let refused: Vec<u128> = p.refused.iter().map(|(l, _)| l.letter.id.as_u128()).collect();
+        let refused: Vec<u128> = p
+            .refused
+            .iter()
+            .map(|(l, _)| l.letter.id.as_u128())
+            .collect();
         assert_eq!((refused, p.send.len()), (vec![1, 3], 1));
         assert!(p.refused[0].1.contains("forged"), "{}", p.refused[0].1);
         let allow = Allow {

@@ -122,6 +122,11 @@ impl Store {
         }
     }
 
+    /// Whether the connection is still up (a long-lived user reconnects when it is not).
+    pub fn is_open(&self) -> bool {
+        self.conn.status().connected()
+    }
+
     /// The keyring this store seals with (and readers verify with).
     pub fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
@@ -336,7 +341,9 @@ pub async fn next_entry(
 
 /// Cancels a reader's consumer and closes its channel.
 pub async fn detach(ch: Channel, tag: &str) {
-    let _ = ch.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+    let _ = ch
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await;
     let _ = ch.close(200, "read".into()).await;
 }
 

@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 use serde::Deserialize;
-use shared::seal::digest;
+use shared::seal::{digest, Keyring};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ struct PlaceHead {
 }
 
 /// An entry of the replays stream: its link, and the replay part it is (if it is one).
-pub fn link_of(e: &StreamEntry, store: &Store) -> (Link, Option<ReplayRecord>) {
+pub fn link_of(e: &StreamEntry, keyring: Option<&Keyring>) -> (Link, Option<ReplayRecord>) {
     let head: Option<PlaceHead> = serde_json::from_slice(&e.body).ok();
     let place = head.as_ref().and_then(|h| match (h.seq, &h.prev) {
         (Some(seq), Some(prev)) => Some(Place {
@@ -52,9 +52,7 @@ pub fn link_of(e: &StreamEntry, store: &Store) -> (Link, Option<ReplayRecord>) {
     let link = Link {
         offset: e.offset,
         digest: digest(&e.body),
-        seal: store
-            .keyring()
-            .map(|k| k.verify(&e.body, e.meta.seal.as_deref())),
+        seal: keyring.map(|k| k.verify(&e.body, e.meta.seal.as_deref())),
         place,
         at: head
             .as_ref()
@@ -78,7 +76,7 @@ pub async fn read(store: &Store) -> Result<(Ledger, Vec<Link>), DlqError> {
     if store.exists(&replays).await? {
         store
             .scan(&replays, Start::First, |e| {
-                let (link, record) = link_of(&e, store);
+                let (link, record) = link_of(&e, store.keyring());
                 if let Some(r) = record {
                     let trusted = link.seal.as_ref().is_none_or(|v| v.is_verified());
                     parts.push((r, trusted));
@@ -95,7 +93,8 @@ pub async fn read(store: &Store) -> Result<(Ledger, Vec<Link>), DlqError> {
 pub async fn verify(store: &Store, trail: &Appender) -> Result<ChainReport, DlqError> {
     let (_, links) = read(store).await?;
     let head = trail.head().await?;
-    Ok(crate::chain::verify(&links, head.as_ref(), trail.horizon(store)))
+    let horizon = trail.horizon(store.topology().stream_max_age());
+    Ok(crate::chain::verify(&links, head.as_ref(), horizon))
 }
 
 /// The last good link of a stream's chain, as a head.
@@ -151,11 +150,11 @@ impl Appender {
 
     /// What verification measures a cut start against: now, the streams' retention and how
     /// often checkpoints are written.
-    pub fn horizon(&self, store: &Store) -> Horizon {
+    pub fn horizon(&self, max_age: Duration) -> Horizon {
         let d = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         Horizon {
             now: Utc::now(),
-            max_age: d(store.topology().stream_max_age()),
+            max_age: d(max_age),
             checkpoint_every: d(self.checkpoint_every),
         }
     }
@@ -194,7 +193,10 @@ impl Appender {
         let result = async {
             let mut head = self.settled_head(store).await?;
             if self.checkpoint_due(head.as_ref()) {
-                head = Some(self.write(store, head.as_ref(), |seq, prev| self.checkpoint(seq, prev)).await?);
+                head = Some(
+                    self.write(store, head.as_ref(), |seq, prev| self.checkpoint(seq, prev))
+                        .await?,
+                );
             }
             self.write(store, head.as_ref(), make).await.map(|_| ())
         }
@@ -222,7 +224,8 @@ impl Appender {
     }
 
     fn checkpoint_due(&self, head: Option<&Head>) -> bool {
-        let every = chrono::Duration::from_std(self.checkpoint_every).unwrap_or(chrono::Duration::MAX);
+        let every =
+            chrono::Duration::from_std(self.checkpoint_every).unwrap_or(chrono::Duration::MAX);
         head.is_some_and(|h| Utc::now() - h.at >= every)
     }
 
@@ -239,7 +242,10 @@ impl Appender {
     /// the stream when Redis has none.
     async fn settled_head(&self, store: &Store) -> Result<Option<Head>, DlqError> {
         let mut c = self.redis.conn().await.map_err(redis_err)?;
-        let pending: Option<Vec<u8>> = c.hget(self.head_key(), "pending").await.map_err(redis_err)?;
+        let pending: Option<Vec<u8>> = c
+            .hget(self.head_key(), "pending")
+            .await
+            .map_err(redis_err)?;
         let mut head = self.head().await?;
         if head.is_none() {
             let (_, links) = read(store).await?;
@@ -249,8 +255,9 @@ impl Appender {
             }
         }
         if let Some(body) = pending {
-            let place: PlaceHead = serde_json::from_slice(&body)
-                .map_err(|e| DlqError::Broker(format!("a pending replay record is unreadable: {e}")))?;
+            let place: PlaceHead = serde_json::from_slice(&body).map_err(|e| {
+                DlqError::Broker(format!("a pending replay record is unreadable: {e}"))
+            })?;
             let prev = place.prev.unwrap_or_default();
             let linked = head.as_ref().map_or(GENESIS_PREV, |h| h.digest.as_str()) == prev;
             if linked {
@@ -264,7 +271,10 @@ impl Appender {
                 head = Some(h);
             } else {
                 // Already the head's predecessor or older: it made it; drop it.
-                let _: () = c.hdel(self.head_key(), "pending").await.map_err(redis_err)?;
+                let _: () = c
+                    .hdel(self.head_key(), "pending")
+                    .await
+                    .map_err(redis_err)?;
             }
         }
         Ok(head)
@@ -283,7 +293,10 @@ impl Appender {
         };
         let body = make(seq, prev);
         let mut c = self.redis.conn().await.map_err(redis_err)?;
-        let _: () = c.hset(self.head_key(), "pending", &body).await.map_err(redis_err)?;
+        let _: () = c
+            .hset(self.head_key(), "pending", &body)
+            .await
+            .map_err(redis_err)?;
         store.append(&store.topology().replays(), &body).await?;
         let new = Head {
             seq,

@@ -62,7 +62,9 @@ impl AuditConfig {
         if self.key.as_ref().is_some_and(short) {
             issues.push(ConfigIssue {
                 key: "audit.key".into(),
-                problem: format!("must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -base64 32`)"),
+                problem: format!(
+                    "must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -base64 32`)"
+                ),
             });
         }
         if self.previous_keys.iter().any(short) {
@@ -180,7 +182,10 @@ impl ConsoleConfig {
         let mut names = std::collections::HashSet::new();
         for u in &self.users {
             if u.name.trim().is_empty() || u.name.contains(':') {
-                push("console.users.name".into(), "must be non-empty, without `:`");
+                push(
+                    "console.users.name".into(),
+                    "must be non-empty, without `:`",
+                );
             } else if !names.insert(u.name.as_str()) {
                 push(format!("console.users.{}", u.name), "is listed twice");
             }

@@ -226,7 +226,9 @@ impl Broker {
         if let Some(exp) = opts.expiration {
             props = props.with_expiration(exp.as_millis().to_string().as_str().into());
         }
-        let seal = self.keyring().map(|k| (SEAL_HEADER.to_owned(), k.seal(body)));
+        let seal = self
+            .keyring()
+            .map(|k| (SEAL_HEADER.to_owned(), k.seal(body)));
         if !opts.headers.is_empty() || seal.is_some() {
             let mut headers = FieldTable::default();
             for (k, v) in opts.headers.into_iter().chain(seal) {

@@ -4,7 +4,7 @@
 //! keys are carried as a table ([`SourceConfig::settings`], [`TargetConfig::settings`]) and
 //! checked by the role crate that understands them; this module never interprets them.
 pub use crate::nodes::NodeUrls;
-pub use crate::auditors::{AuditConfig, AuditorConfig, ConsoleConfig};
+pub use crate::auditors::{AuditConfig, AuditorConfig, ConsoleConfig, ConsoleRole};
 use crate::secret::Secret;
 use crate::units::{self, Rate};
 use figment::providers::{Env, Format, Toml};
@@ -506,7 +506,9 @@ impl ConfigError {
 
 /// Extracts a config type from a file's figment with the `SWITCHBOARD_SECTION__KEY` overrides,
 /// every problem naming its key.
-pub(crate) fn figment_of<T: serde::de::DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+pub(crate) fn figment_of<T: serde::de::DeserializeOwned>(
+    figment: Figment,
+) -> Result<T, ConfigError> {
     let figment = figment.merge(
         Env::prefixed("SWITCHBOARD_")
             // Only SECTION__KEY names override: SWITCHBOARD_CONFIG, or a secret kept in
@@ -637,11 +639,12 @@ impl Config {
                 push(key.into(), format!("{j} must be at least 0 and below 1"));
             }
         }
-        for issue in self.audit.issues().into_iter().chain(
-            self.console
-                .iter()
-                .flat_map(|c| c.issues()),
-        ) {
+        for issue in self
+            .audit
+            .issues()
+            .into_iter()
+            .chain(self.console.iter().flat_map(|c| c.issues()))
+        {
             push(issue.key, issue.problem);
         }
         if self.worker.concurrency == 0 {

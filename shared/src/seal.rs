@@ -129,7 +129,11 @@ impl Keyring {
 
     /// The seal of a body, for [`SEAL_HEADER`].
     pub fn seal(&self, body: &[u8]) -> String {
-        format!("v1:{}:{}", self.current.id, B64.encode(self.current.mac(body)))
+        format!(
+            "v1:{}:{}",
+            self.current.id,
+            B64.encode(self.current.mac(body))
+        )
     }
 
     /// What `header` (the message's [`SEAL_HEADER`], if any) says about `body`.

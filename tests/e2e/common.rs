@@ -424,7 +424,9 @@ impl Drop for TestApp {
 /// through the same reader `switchboard dlq` uses.
 pub async fn read_dead_letters(config: &Config) -> Vec<DeadLetter> {
     use deadletters::{filter::Start, store::Store};
-    let store = Store::connect(config).await.expect("dead-letter store");
+    let store = Store::connect(&config.broker, None)
+        .await
+        .expect("dead-letter store");
     let stream = shared::topology::Topology::from_config(config).dead_letters();
     let mut out = Vec::new();
     store

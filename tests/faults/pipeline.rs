@@ -416,8 +416,10 @@ impl Pipeline {
 /// Every entry of the dead-letter stream of `config`'s broker, read as `switchboard dlq` reads
 /// them.
 pub async fn read_dead_letters(config: &Config) -> Vec<Letter> {
-    let store = DlqStore::connect(config).await.expect("dead-letter store");
-    let names = Names::of(store.topology());
+    let store = DlqStore::connect(&config.broker, config.audit.keyring())
+        .await
+        .expect("dead-letter store");
+    let names = Names::of(store.topology(), store.keyring());
     let mut out = Vec::new();
     store
         .scan(&names.stream, Start::First, |e| {

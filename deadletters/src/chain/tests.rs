@@ -83,7 +83,17 @@ fn each_break_is_found_where_it_is() {
     let mut gap = good.clone();
     gap.remove(2);
     let r = verify(&gap, Some(&head), h);
-    assert!(matches!(r.state, ChainState::Broken { seq: Some(3), offset: Some(30), .. }), "{r:?}");
+    assert!(
+        matches!(
+            r.state,
+            ChainState::Broken {
+                seq: Some(3),
+                offset: Some(30),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     assert!(why(&r).contains("records 2..2 are missing"), "{}", why(&r));
 
     // A second writer linked to record 2 as well.
@@ -109,13 +119,20 @@ fn each_break_is_found_where_it_is() {
 
     // The last two records are gone: the head in Redis says so.
     let r = verify(&good[..3], Some(&head), h);
-    assert!(why(&r).contains("last 2 record(s) are missing"), "{}", why(&r));
+    assert!(
+        why(&r).contains("last 2 record(s) are missing"),
+        "{}",
+        why(&r)
+    );
 
     // The stream was emptied while the head is recent.
     let r = verify(&[], Some(&head), h);
     assert!(why(&r).contains("emptied or replaced"), "{}", why(&r));
     // ... but a head older than retention means everything simply expired.
-    assert_eq!(verify(&[], Some(&head), horizon(24 * 40)).state, ChainState::Empty);
+    assert_eq!(
+        verify(&[], Some(&head), horizon(24 * 40)).state,
+        ChainState::Empty
+    );
 }
 
 #[test]
@@ -150,5 +167,9 @@ fn a_cut_start_holds_only_when_retention_explains_it() {
     assert!(matches!(r.start, ChainStart::Cut { seq: 240, .. }));
     // Someone removed the first 20 days: the start is far younger than retention explains.
     let r = verify(&all[24 * 20..], Some(&head), now);
-    assert!(why(&r).contains("later than retention explains"), "{}", why(&r));
+    assert!(
+        why(&r).contains("later than retention explains"),
+        "{}",
+        why(&r)
+    );
 }

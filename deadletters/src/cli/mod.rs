@@ -53,7 +53,11 @@ pub async fn run_with(cmd: DlqCommand, config: &AuditorConfig, console: &mut Con
     code
 }
 
-async fn dispatch(cmd: DlqCommand, config: &AuditorConfig, c: &mut Console) -> Result<(), DlqError> {
+async fn dispatch(
+    cmd: DlqCommand,
+    config: &AuditorConfig,
+    c: &mut Console,
+) -> Result<(), DlqError> {
     let now = Utc::now();
     match cmd {
         DlqCommand::List(a) => list::list(&a, a.filter.to_filter(now)?, config, c).await,

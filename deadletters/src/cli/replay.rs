@@ -18,9 +18,9 @@ use crate::filter::Filter;
 use crate::record::{self, Letter, Names};
 use crate::render;
 use crate::replay::{plan, Allow, Plan};
-use crate::trail::Appender;
 use crate::report::ListItem;
 use crate::store::Store;
+use crate::trail::Appender;
 use crate::DlqError;
 
 pub(super) async fn replay(
@@ -55,12 +55,20 @@ struct Ctx<'a> {
 }
 
 /// The chain's appender, when there is an audit key.
-pub(super) fn appender(config: &AuditorConfig, store: &Store) -> Result<Option<Appender>, DlqError> {
+pub(super) fn appender(
+    config: &AuditorConfig,
+    store: &Store,
+) -> Result<Option<Appender>, DlqError> {
     if store.keyring().is_none() {
         return Ok(None);
     }
-    let redis = shared::store::Store::new(&config.redis).map_err(|e| DlqError::Redis(e.to_string()))?;
-    Ok(Some(Appender::new(redis, config.audit.checkpoint_every, host())))
+    let redis =
+        shared::store::Store::new(&config.redis).map_err(|e| DlqError::Redis(e.to_string()))?;
+    Ok(Some(Appender::new(
+        redis,
+        config.audit.checkpoint_every,
+        host(),
+    )))
 }
 
 /// What the command line asked to replay: ids, or a filter (`--all` is the empty one).
@@ -117,6 +125,7 @@ async fn replay_on(
     }
     let os_user = actor_of_os();
     let spec = RunSpec {
+        replay_id: uuid::Uuid::now_v7(),
         via: if os_user == actor {
             "cli".into()
         } else {
@@ -156,12 +165,7 @@ async fn by_filter(store: &Store, names: &Names, filter: &Filter) -> Result<Vec<
 
 /// Sends the plan with a progress bar; Ctrl-C stops it cleanly (what is in flight settles and
 /// the run is recorded as interrupted).
-async fn send(
-    x: &Ctx<'_>,
-    p: &Plan,
-    spec: &RunSpec,
-    c: &mut Console,
-) -> Result<Outcome, DlqError> {
+async fn send(x: &Ctx<'_>, p: &Plan, spec: &RunSpec, c: &mut Console) -> Result<Outcome, DlqError> {
     let progress = c.progress(p.send.len() as u64);
     let stop = CancellationToken::new();
     let on_ctrl_c = {

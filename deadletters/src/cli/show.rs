@@ -9,7 +9,11 @@ use crate::render;
 use crate::report::ExportLine;
 use crate::DlqError;
 
-pub(super) async fn show(a: &ShowArgs, config: &AuditorConfig, c: &mut Console) -> Result<(), DlqError> {
+pub(super) async fn show(
+    a: &ShowArgs,
+    config: &AuditorConfig,
+    c: &mut Console,
+) -> Result<(), DlqError> {
     let (store, names, ledger) = open(config).await?;
     let ids = HashSet::from([a.id]);
     let found = by_ids(&store, &names, &ids).await;

@@ -34,7 +34,10 @@ pub fn chain(r: &ChainReport) -> String {
         ),
     };
     out.push_str(&format!("  starts         {start}\n"));
-    out.push_str(&format!("  records        {} verified and linked\n", r.records));
+    out.push_str(&format!(
+        "  records        {} verified and linked\n",
+        r.records
+    ));
     if let Some((seq, digest, offset)) = &r.tip {
         out.push_str(&format!(
             "  last           record {seq} at stream offset {offset}, sha256 {digest}\n"
