@@ -31,9 +31,6 @@ pub(super) async fn replay(
 ) -> Result<(), DlqError> {
     let selection = selection(a, &filter)?;
     let (store, names, ledger) = open(config).await?;
-    if store.keyring().is_none() {
-        c.note("no [audit] key: seals are not checked and this replay's record is not chained");
-    }
     let trail = appender(config, &store)?;
     let ctx = Ctx {
         store: &store,
@@ -141,7 +138,12 @@ async fn replay_on(
             .map(|r| format!("{}/{}", r.count, humantime::format_duration(r.per))),
     };
     let outcome = send(x, &p, &spec, c).await?;
-    report(&outcome, &p, &spec.actor, c)
+    let actor = match x.trail {
+        Some(_) => spec.actor.clone(),
+        // Said on the summary line (stdout), so a failure stays one line on stderr.
+        None => format!("{}; no [audit] key: not sealed, not chained", spec.actor),
+    };
+    report(&outcome, &p, &actor, c)
 }
 
 /// The whole letters a filter selects; none is an error (there is nothing to replay).
