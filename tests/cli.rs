@@ -72,6 +72,14 @@ fn the_shipped_configs_pass_config_check() {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         ),
         ("OPS_ROBOT_KEY", "robot-key"),
+        (
+            "SWITCHBOARD_AUDIT_KEY",
+            "example-audit-key-0123456789abcdef0123456789",
+        ),
+        (
+            "CONSOLE_ALICE_HASH",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ),
     ];
     let (code, out, err) = switchboard(
         &[
@@ -216,4 +224,33 @@ app = "a"
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = config_check(&config("encrypt_key = \"k\""));
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn the_auditors_commands_need_none_of_the_platforms_secrets() {
+    // The Dify key and the platform token reference variables that are not set: the roles
+    // could not load this config, the auditors' commands only read what they need.
+    let prefix = format!("sbt-cli-{}", uuid::Uuid::now_v7().simple());
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[broker]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nprefix = \"{prefix}\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[[apps]]\nid = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:SB_CLI_SURELY_UNSET_DIFY\"\nkind = \"chat\"\n[[sources]]\nid = \"s\"\nplatform = \"bearer\"\ntoken = \"env:SB_CLI_SURELY_UNSET_TOKEN\"\napp = \"a\"\n"
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let (code, _, err) = switchboard(&["--config", config, "worker"], &[]);
+    assert_eq!(code, 2, "the roles need every secret: {err}");
+    assert!(err.contains("SB_CLI_SURELY_UNSET_DIFY"), "{err}");
+    // No store under this prefix: the broker answers, not the config loader.
+    let (code, _, err) = switchboard(&["--config", config, "dlq", "list"], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("there is no"), "{err}");
+    let (code, out, err) = switchboard(&["console", "new-token"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sbt_") && out.contains("sha256"), "{out}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

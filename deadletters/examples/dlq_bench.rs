@@ -50,6 +50,9 @@ struct Args {
     /// Only fill the store (with --keep: for the console's bench, which reads the prefix).
     #[arg(long)]
     fill_only: bool,
+    /// Seal every letter with this audit key, as the roles do when `[audit] key` is set.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 const SOURCES: [&str; 4] = ["wecom-support", "feishu-sales", "crm", "github"];
@@ -132,16 +135,29 @@ async fn fill(conn: &Connection, stream: &str, args: &Args) -> anyhow::Result<(D
     let started = Instant::now();
     let mut bytes = 0;
     let mut in_flight = FuturesUnordered::new();
+    let keyring = args
+        .key
+        .as_ref()
+        .map(|k| shared::seal::Keyring::new(&shared::Secret::new(k.clone()), &[], true));
     for n in 0..args.count {
         let body = shared::envelope::encode(&letter(n, args.replay_every));
         bytes += body.len();
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(k) = &keyring {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                shared::seal::SEAL_HEADER.into(),
+                lapin::types::AMQPValue::LongString(k.seal(&body).into_bytes().into()),
+            );
+            props = props.with_headers(headers);
+        }
         let confirm = ch
             .basic_publish(
                 "".into(),
                 stream.into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_delivery_mode(2),
+                props,
             )
             .await?;
         in_flight.push(confirm);

@@ -3,8 +3,8 @@
 //! the cross-checks between sections ([`Config::validate`]). Platform-, app- and target-specific
 //! keys are carried as a table ([`SourceConfig::settings`], [`TargetConfig::settings`]) and
 //! checked by the role crate that understands them; this module never interprets them.
-pub use crate::nodes::NodeUrls;
 pub use crate::auditors::{AuditConfig, AuditorConfig, ConsoleConfig, ConsoleRole};
+pub use crate::nodes::NodeUrls;
 use crate::secret::Secret;
 use crate::units::{self, Rate};
 use figment::providers::{Env, Format, Toml};
