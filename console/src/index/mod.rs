@@ -74,6 +74,9 @@ pub struct Replays {
     pub links: Vec<Link>,
     pub ledger: Ledger,
     pub last_offset: Option<u64>,
+    /// Parts were added since the ledger was built (it is rebuilt when next read, so that
+    /// reading a long record at start does not rebuild it once per part).
+    stale: bool,
 }
 
 /// The index of one console process.
@@ -201,8 +204,8 @@ impl Index {
 
     /// Counts of the letters `q` matches, by reason, stage, source, target and day.
     pub fn stats(&self, q: &Query) -> Stats {
+        let replays = self.replays();
         let l = read(&self.letters);
-        let replays = read(&self.replays);
         let mut s = Stats::default();
         for r in l.rows.iter().filter(|r| q.matches(r)) {
             s.add(&summary_of(r), replays.ledger.replayed(r.id));
@@ -247,7 +250,7 @@ impl Index {
         r.links.push(link);
         if let Some(p) = part {
             r.parts.push((p, trusted));
-            r.ledger = Ledger::from_records(r.parts.iter().cloned());
+            r.stale = true;
         }
     }
 
@@ -262,12 +265,19 @@ impl Index {
 
     /// The replay record, to read under one lock.
     pub fn replays(&self) -> RwLockReadGuard<'_, Replays> {
+        if read(&self.replays).stale {
+            let mut r = write(&self.replays);
+            if r.stale {
+                r.ledger = Ledger::from_records(r.parts.iter().cloned());
+                r.stale = false;
+            }
+        }
         read(&self.replays)
     }
 
     /// The replays of one letter.
     pub fn marks(&self, id: Uuid) -> Vec<Mark> {
-        read(&self.replays).ledger.marks(id).to_vec()
+        self.replays().ledger.marks(id).to_vec()
     }
 }
 
