@@ -41,7 +41,7 @@ const FILTERS: [(&str, &str); 7] = [
     ("source + stage", "source=crm&stage=work"),
     (
         "reason + source + target",
-        "reason=exhausted&source=feishu-sales&target=crm-hook",
+        "reason=exhausted&source=feishu-sales&target=ops-robot",
     ),
     ("text", "q=order+4242%3A"),
     ("seal unverified (none)", "seal=unverified"),
