@@ -37,7 +37,10 @@ enum Command {
     Worker,
     /// Deliver answers to targets (admin listener on `dispatcher.admin_listen`).
     Dispatcher,
-    /// All three roles in one process: the quick start and small sites (admin listener on
+    /// Hold the outbound connections of the sources with `mode = "stream"` (admin listener on
+    /// `connector.admin_listen`).
+    Connector,
+    /// Every role in one process: the quick start and small sites (admin listener on
     /// `ingress.admin_listen`).
     All,
     /// Work with the config file.
@@ -70,6 +73,7 @@ enum Roles {
     Ingress,
     Worker,
     Dispatcher,
+    Connector,
     All,
 }
 
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             Command::Ingress => serve(config, Roles::Ingress).await,
             Command::Worker => serve(config, Roles::Worker).await,
             Command::Dispatcher => serve(config, Roles::Dispatcher).await,
+            Command::Connector => serve(config, Roles::Connector).await,
             Command::All => serve(config, Roles::All).await,
         }
     });
@@ -194,11 +199,14 @@ fn role_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = ingress::validate(config);
     issues.extend(worker::validate(config));
     issues.extend(dispatcher::validate(config));
-    // A source block is read by the ingress (its platform's keys) and by the dispatcher (its
-    // reply channel's): a key neither declares is a typo.
+    issues.extend(connector::validate(config));
+    // A source block is read by the ingress (its platform's keys), by the dispatcher (its
+    // reply channel's) and, in stream mode, by the connector (its connection's): a key none
+    // declares is a typo.
     for source in &config.sources {
-        let reply_keys = dispatcher::target::reply::keys(&source.platform);
-        issues.extend(ingress::platform::unknown_keys(source, reply_keys));
+        let mut also = dispatcher::target::reply::keys(&source.platform).to_vec();
+        also.extend(connector::keys(source));
+        issues.extend(ingress::platform::unknown_keys(source, &also));
     }
     issues
 }
@@ -278,6 +286,16 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
             stop.clone(),
         ));
     }
+    // The connector's connections, which `/readyz` reports one by one.
+    let links = connector::Status::default();
+    if matches!(roles, Roles::Connector | Roles::All) {
+        tasks.spawn(connector::run(
+            config.clone(),
+            services.clone(),
+            links.clone(),
+            stop.clone(),
+        ));
+    }
     // Queue depths of the stages this process consumes, for dashboards and autoscalers.
     let stages: Vec<Stage> = match roles {
         Roles::Worker => vec![Stage::Work],
@@ -306,12 +324,16 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
         Roles::Ingress | Roles::All => config.ingress.admin_listen,
         Roles::Worker => config.worker.admin_listen,
         Roles::Dispatcher => config.dispatcher.admin_listen,
+        Roles::Connector => config.connector.admin_listen,
     };
     let admin = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on admin address {addr}"))?;
     tracing::info!(admin = %admin.local_addr()?, "admin listener (/metrics, /healthz, /readyz)");
-    let app = shared::telemetry::admin_router(services.broker.clone());
+    let app = shared::telemetry::admin_router(connector::ConnectorReadiness {
+        broker: services.broker.clone(),
+        status: links,
+    });
     let admin_stop = stop.clone();
     tasks.spawn(async move {
         axum_serve(admin, app, admin_stop).await?;

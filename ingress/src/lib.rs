@@ -3,6 +3,8 @@
 //! once the broker confirmed it. It never calls Dify.
 #![forbid(unsafe_code)]
 
+pub mod door;
+pub mod keep;
 pub mod platform;
 pub mod serve;
 pub mod server;

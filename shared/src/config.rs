@@ -30,6 +30,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
+    /// The connector role: outbound connections of the sources with `mode = "stream"`.
+    #[serde(default)]
+    pub connector: ConnectorConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// The key that seals what the roles publish and the replay record (see docs/CONSOLE.md).
@@ -186,6 +189,47 @@ pub struct TlsConfig {
     /// up without a restart).
     #[serde(default = "d_10s", with = "units::duration")]
     pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorConfig {
+    /// `/metrics`, `/healthz` and `/readyz` (one line per connection) when the connector runs
+    /// on its own.
+    pub admin_listen: SocketAddr,
+    /// Connections each stream source holds from one process (the platform gives each event
+    /// to one of them).
+    pub connections: usize,
+    /// How often a quiet connection is probed with a WebSocket ping; nothing heard for three
+    /// times this and the connection is taken for dead and replaced.
+    #[serde(with = "units::duration")]
+    pub heartbeat: Duration,
+    /// The first reconnect waits up to this (full jitter); each failure in a row doubles it…
+    #[serde(with = "units::duration")]
+    pub backoff_initial: Duration,
+    /// …up to this.
+    #[serde(with = "units::duration")]
+    pub backoff_max: Duration,
+    /// Credentials the platform refused are tried again after this (and a clear log line).
+    #[serde(with = "units::duration")]
+    pub refused_retry: Duration,
+    /// Opening a connection (the ticket request and the WebSocket handshake) gives up after this.
+    #[serde(with = "units::duration")]
+    pub open_timeout: Duration,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9094)),
+            connections: 1,
+            heartbeat: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            refused_retry: Duration::from_secs(300),
+            open_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,11 +396,26 @@ pub enum GroupConversation {
     PerSender,
 }
 
+/// How a source's events reach us.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    /// The platform calls `POST /hooks/{source}` on the ingress.
+    #[default]
+    Http,
+    /// The connector role holds an outbound WebSocket to the platform, which pushes events over
+    /// it (DingTalk Stream mode): no public URL needed.
+    Stream,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct SourceConfig {
     pub id: String,
     /// wecom | dingtalk | feishu | lark | slack | telegram | github | standard | hmac | bearer
     pub platform: String,
+    /// `http` (the default: callbacks to the ingress) or `stream` (the connector role).
+    #[serde(default)]
+    pub mode: SourceMode,
     /// The Dify app that answers this source's events.
     pub app: String,
     /// Answer back into the conversation the event came from.

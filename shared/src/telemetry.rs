@@ -54,6 +54,14 @@ pub fn metrics() -> PrometheusHandle {
 /// What `/readyz` asks.
 pub trait Readiness: Send + Sync + 'static {
     fn ready(&self) -> bool;
+    /// What `/readyz` says about it (a line per thing it checks).
+    fn report(&self) -> String {
+        if self.ready() {
+            "ready".into()
+        } else {
+            "broker unreachable".into()
+        }
+    }
 }
 
 impl Readiness for crate::broker::Broker {
@@ -70,11 +78,12 @@ pub fn admin_router<R: Readiness + Clone>(readiness: R) -> Router {
         .route(
             "/readyz",
             get(|State(r): State<R>| async move {
-                if r.ready() {
-                    (StatusCode::OK, "ready")
+                let status = if r.ready() {
+                    StatusCode::OK
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, r.report())
             }),
         )
         .with_state(readiness)

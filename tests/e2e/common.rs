@@ -40,6 +40,8 @@ pub struct Options {
     pub ingress: bool,
     pub worker: bool,
     pub dispatcher: bool,
+    /// The connector role (the stream sources' connections).
+    pub connector: bool,
     pub response_mode: &'static str,
 }
 
@@ -58,6 +60,7 @@ impl Default for Options {
             ingress: true,
             worker: true,
             dispatcher: true,
+            connector: false,
             response_mode: "streaming",
         }
     }
@@ -73,6 +76,8 @@ pub struct TestApp {
     pub proxy: Option<Proxy>,
     pub services: Services,
     pub http: reqwest::Client,
+    /// The connector's connections (what its `/readyz` reports).
+    pub links: connector::Status,
     stop: CancellationToken,
     close: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -228,6 +233,15 @@ impl TestApp {
                 stop.clone(),
             ));
         }
+        let links = connector::Status::default();
+        if opts.connector {
+            tasks.spawn(connector::run(
+                config.clone(),
+                services.clone(),
+                links.clone(),
+                stop.clone(),
+            ));
+        }
         let app = TestApp {
             prefix,
             config,
@@ -238,6 +252,7 @@ impl TestApp {
             proxy,
             services,
             http: reqwest::Client::new(),
+            links,
             stop,
             close,
             tasks,
@@ -375,6 +390,7 @@ impl TestApp {
             .env("SWITCHBOARD_INGRESS__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_CONNECTOR__ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", log)
             .stderr(match log_file {
                 Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),

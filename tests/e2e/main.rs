@@ -3,6 +3,7 @@
 //! test has its own queue and key prefix and removes them when it ends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
+mod connectors;
 mod crash;
 mod forged;
 mod hardening;

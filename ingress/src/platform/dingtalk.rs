@@ -13,6 +13,11 @@
 //! the signature's identity and remaining validity ([`Platform::body_free_signature`]): the
 //! server lets one signature vouch for one body only. The reply URL a body names is the
 //! dispatcher's to check against DingTalk's hosts. It must not do I/O.
+//!
+//! In Stream mode (`mode = "stream"`) the connector pushes the same message JSON through
+//! [`Platform::pushed`]: the connection authenticated it, so `app_secret` is not needed (the
+//! connector's `client_id`/`client_secret` open the connection) and the normalisation is
+//! this module's.
 use super::sender::SignedRequest;
 use super::verify::{
     check_window_ms, ct_eq, hmac_sha256, json_at, json_body, json_str, B64_LENIENT,
@@ -22,7 +27,7 @@ use axum::http::Method;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::Value;
-use shared::config::{ConfigIssue, SourceConfig};
+use shared::config::{ConfigIssue, SourceConfig, SourceMode};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
 use shared::keys::Keys;
 use shared::Secret;
@@ -37,18 +42,25 @@ pub const PLATFORM_WINDOW_SECS: u64 = 3600;
 
 #[derive(Debug)]
 pub struct Dingtalk {
-    app_secret: Secret,
+    /// None only in Stream mode, whose sources the ingress does not serve.
+    app_secret: Option<Secret>,
     robot_code: Option<String>,
 }
 
 impl Dingtalk {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut keys = Keys::source(source);
-        let app_secret = keys.required_secret("app_secret");
+        let stream = source.mode == SourceMode::Stream;
+        // A stream source's events come over the connection: nothing to sign them with.
+        let app_secret = if stream {
+            keys.secret("app_secret")
+        } else {
+            keys.required_secret("app_secret")
+        };
         let robot_code = keys.str("robot_code");
         // The window is always DingTalk's hour: a narrower one would refuse DingTalk's own
         // retries, a wider one (or none) would let an observed signature sign any body longer.
-        if source.max_skew_secs == 0 || source.max_skew_secs > PLATFORM_WINDOW_SECS {
+        if !stream && (source.max_skew_secs == 0 || source.max_skew_secs > PLATFORM_WINDOW_SECS) {
             keys.issue(
                 "max_skew_secs",
                 format!(
@@ -58,7 +70,7 @@ impl Dingtalk {
                 ),
             );
         }
-        let value = app_secret.map(|app_secret| Self {
+        let value = (stream || app_secret.is_some()).then_some(Self {
             app_secret,
             robot_code,
         });
@@ -81,10 +93,12 @@ impl Platform for Dingtalk {
         if req.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
+        // A Stream-mode source has no secret to verify a callback with: it takes none.
+        let secret = self.app_secret.as_ref().ok_or(Rejection::BadSignature)?;
         let ts = req.header("timestamp").ok_or(Rejection::MissingSignature)?;
         let presented = req.header("sign").ok_or(Rejection::MissingSignature)?;
         let ts = ts.trim();
-        let secret = self.app_secret.expose();
+        let secret = secret.expose();
         // The timestamp is signed as sent, not as we would write the number.
         let expected = hmac_sha256(
             secret.as_bytes(),
@@ -117,6 +131,12 @@ impl Platform for Dingtalk {
             // At least a second: a signature at the window's edge is still remembered.
             valid_for: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0).max(1000)),
         })
+    }
+
+    /// A robot message pushed in Stream mode: the callback's own JSON.
+    fn pushed(&self, payload: &[u8]) -> Result<Intake, Rejection> {
+        let payload = json_body(payload)?;
+        Ok(Intake::answered_empty(self.normalise(&payload)?, payload))
     }
 }
 
@@ -431,5 +451,36 @@ mod tests {
                 "{skew}"
             );
         }
+    }
+
+    #[test]
+    fn stream_mode_needs_no_app_secret_and_normalises_a_pushed_message_as_the_callback() {
+        let mut stream = source("dingtalk", 300, json!({}));
+        stream.mode = SourceMode::Stream;
+        let pushed = Dingtalk::from_config(&stream).unwrap();
+        let body = text_message(
+            "msg-9",
+            "cid-9",
+            false,
+            "staff1",
+            "hi",
+            "https://oapi.dingtalk.com/robot/sendBySession?session=x",
+            1_700_000_000_000,
+        );
+        let via_stream = event(pushed.pushed(body.as_bytes()));
+        let callback =
+            request("s3cret", 1_700_000_000_000, &body).to_hook_request(at(1_700_000_000));
+        let via_http = event(platform(300).receive(&callback));
+        assert_eq!(via_stream, via_http, "same event, same dedup key");
+        assert_eq!(via_stream.dedup_key, "msg-9");
+        // No secret: it takes no callback.
+        assert_eq!(pushed.receive(&callback), Err(Rejection::BadSignature));
+        assert!(matches!(
+            pushed.pushed(b"not json"),
+            Err(Rejection::Malformed(_))
+        ));
+        // An HTTP source still needs its secret.
+        let issues = Dingtalk::from_config(&source("dingtalk", 300, json!({}))).unwrap_err();
+        assert_eq!(issue_keys(&issues), ["sources.src.app_secret"]);
     }
 }

@@ -234,6 +234,17 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     fn replayable_forever(&self) -> bool {
         false
     }
+    /// Reads one event pushed over a persistent connection the connector holds (`mode =
+    /// "stream"`): the platform's message JSON, the same as its callback body. The connection
+    /// is the authentication, so there is no signature to check; the normalisation, the
+    /// `InboundEvent` and the dedup key are the HTTP mode's. Platforms without such a mode
+    /// refuse it.
+    fn pushed(&self, _payload: &[u8]) -> Result<Intake, Rejection> {
+        Err(Rejection::malformed(format!(
+            "platform `{}` has no persistent-connection mode",
+            self.name()
+        )))
+    }
 }
 
 /// Every platform word a source may use.

@@ -15,10 +15,10 @@
 //! Steps 4 to 7 run within `request_timeout`: what is not kept by then gets 503, never 200.
 //! Every refusal is `{"error": reason}` and counted in `switchboard_ingress_rejected_total`.
 use super::client_ip::{allowed, client_ip};
-use super::door::{self, Claim};
 use super::inbound_rate::retry_after_secs;
-use super::keep::KeepOutcome;
 use super::{Ingress, Source};
+use crate::door::{self, Claim};
+use crate::keep::KeepOutcome;
 use crate::platform::{HookReply, HookRequest, Intake, Rejection};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -141,7 +141,11 @@ impl Ingress {
                     .platform
                     .replayable_forever()
                     .then_some(&req.body[..]);
-                match self.keep(source_id, source, event, by_body).await {
+                match self
+                    .keeper
+                    .keep(source_id, source.platform.name(), event, by_body)
+                    .await
+                {
                     KeepOutcome::New | KeepOutcome::Duplicate => reply(r),
                     KeepOutcome::NotKept => not_kept(),
                 }

@@ -1,26 +1,24 @@
 //! The ingress HTTP server's routes: `/hooks/{source}` for every configured source, `/healthz`
 //! and `/readyz` (the metrics are on the admin listener: they name every source id, that is,
 //! every hook URL). What a request goes through is `hook`'s (in order: source, address, body,
-//! signature, rate, a slot, the door, the broker); what the door remembers in Redis is `door`'s;
-//! keeping an event is `keep`'s; who a request comes from is `client_ip`'s; the per-source rate
+//! signature, rate, a slot, the door, the broker); what the door remembers in Redis is
+//! `crate::door`'s; keeping an event is `crate::keep`'s (shared with the connector); who a request comes from is `client_ip`'s; the per-source rate
 //! is `inbound_rate`'s. Connections (their number, the header timeout, TLS) are
 //! `crate::serve`'s.
 mod client_ip;
-mod door;
 mod hook;
 mod inbound_rate;
-mod keep;
 
 use inbound_rate::InboundRates;
 
+use crate::keep::{Door, Keeper};
 use crate::platform::{self, Platform};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use shared::config::{Config, ConfigIssue};
-use shared::topology::Stage;
+use shared::config::{Config, ConfigIssue, SourceMode};
 use shared::Services;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,11 +38,10 @@ struct Source {
 pub struct Ingress {
     sources: HashMap<String, Source>,
     services: Services,
-    work_queue: String,
+    keeper: Keeper,
     body_limit: usize,
     body_timeout: Duration,
     request_timeout: Duration,
-    dedup_ttl: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
     rates: InboundRates,
     /// One per verified request doing Redis or broker work (`max_concurrency`).
@@ -78,6 +75,8 @@ impl Ingress {
         let sources = config
             .sources
             .iter()
+            // A stream source has no hook URL: the connector role receives its events.
+            .filter(|s| s.mode == SourceMode::Http)
             .filter_map(|s| {
                 let platform = platforms.remove(&s.id)?;
                 let source = Source {
@@ -90,12 +89,11 @@ impl Ingress {
         let ingress = &config.ingress;
         Ok(Self {
             sources,
-            work_queue: services.broker.topology().stage_queue(Stage::Work),
+            keeper: Keeper::new(services.clone(), ingress.dedup_ttl, Door::Ingress),
             services,
             body_limit: usize::try_from(ingress.body_limit).unwrap_or(usize::MAX),
             body_timeout: ingress.body_timeout,
             request_timeout: ingress.request_timeout,
-            dedup_ttl: ingress.dedup_ttl,
             trusted_proxies: ingress.trusted_proxies.clone(),
             rates: InboundRates::new(config),
             slots: Semaphore::new(ingress.max_concurrency.max(1)),

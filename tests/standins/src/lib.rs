@@ -1,5 +1,5 @@
 //! Local stand-ins for everything outside Switchboard's control, used by the tests, the quick
-//! start and the load harness: a Dify service, webhook receivers, the platforms' outbound APIs,
+//! start and the load harness: a Dify service, webhook receivers, the platforms' outbound APIs, DingTalk's Stream-mode gateway,
 //! and a TCP proxy that can cut the broker away. They behave like the real services (status
 //! codes, errcodes, latency, streaming) and count what they receive. The benchmarks that drive
 //! them against the real roles are the `bench` crate (`./dev bench`), not this one.
@@ -9,3 +9,4 @@ pub mod dify;
 pub mod platforms;
 pub mod proxy;
 pub mod receiver;
+pub mod stream;

@@ -6,7 +6,8 @@
 //! ingress): `app_key`, `app_secret`, `robot_code` (default: the message's, else `app_key`),
 //! `api_base` (default `https://api.dingtalk.com`), `oapi_base` (default
 //! `https://oapi.dingtalk.com`), `session_webhook_origins`. Without `app_key` only the session
-//! webhook is used.
+//! webhook is used. A Stream-mode source's `client_id`/`client_secret` (the connector's keys)
+//! are its AppKey/AppSecret, so they stand for `app_key`/`app_secret` there.
 //!
 //! The session webhook is a URL the message's body names, and DingTalk signs no body: it is used
 //! only on DingTalk's own hosts (`session_webhook_origins`, by default the origins of `oapi_base`
@@ -129,8 +130,14 @@ pub enum Route {
 impl DingtalkReply {
     pub fn from_source(s: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut k = Keys::reply(s);
-        let app_key = k.str("app_key");
-        let secret = k.secret("app_secret");
+        // In Stream mode the app's AppKey/AppSecret are the connection's client_id/client_secret.
+        let stream = s.mode == shared::config::SourceMode::Stream;
+        let app_key = k
+            .str("app_key")
+            .or_else(|| stream.then(|| k.str("client_id")).flatten());
+        let secret = k
+            .secret("app_secret")
+            .or_else(|| stream.then(|| k.secret("client_secret")).flatten());
         let robot_code = k.str("robot_code");
         let api_base = k.base_url("api_base", DEFAULT_API_BASE);
         let oapi_base = k.base_url("oapi_base", DEFAULT_OAPI_BASE);

@@ -3,7 +3,7 @@
 //! the signed body), each kept event's source and platform id under its event id (so the
 //! auditors' console finds an event by either id), and which body each body-free signature
 //! vouched for (DingTalk). Keys are
-//! built here and only here; the server decides what a Redis failure means.
+//! built here and only here; the doors (ingress, connector) decide what a Redis failure means.
 use crate::platform::BodyFreeSignature;
 use deadpool_redis::redis;
 use sha2::{Digest, Sha256};

@@ -1,0 +1,122 @@
+//! The connector role (`switchboard connector`, also inside `all`): for every source with
+//! `mode = "stream"` it holds outbound WebSocket connections to the platform, which pushes
+//! events over them, so no public callback URL is needed. Each pushed event takes the
+//! ingress's own path (the platform module's normalisation into the same `InboundEvent` with
+//! the same dedup key, door dedup, publish with the broker's confirm) and is acknowledged on the
+//! connection only once kept: what could not be kept is not acknowledged, and the platform
+//! delivers it again. The protocols are pluggable (`protocol`); a connection's I/O is `link`'s,
+//! keeping it up is `slot`'s, the reconnect timing `backoff`'s, `/readyz` per connection
+//! `status`'s.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+mod link;
+pub mod protocol;
+mod slot;
+pub mod status;
+
+use anyhow::Context as _;
+use ingress::keep::{Door, Keeper};
+use shared::config::{Config, ConfigIssue, SourceConfig, SourceMode};
+use shared::Services;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use status::{ConnectorReadiness, LinkState, Status};
+
+/// The sources the connector serves.
+pub fn stream_sources(config: &Config) -> impl Iterator<Item = &SourceConfig> {
+    config
+        .sources
+        .iter()
+        .filter(|s| s.mode == SourceMode::Stream)
+}
+
+/// The keys a source's block holds for its connection (none for an HTTP source).
+pub fn keys(source: &SourceConfig) -> &'static [&'static str] {
+    match source.mode {
+        SourceMode::Stream => protocol::keys(&source.platform).unwrap_or(&[]),
+        SourceMode::Http => &[],
+    }
+}
+
+/// Every problem in the stream sources' connection keys and the `[connector]` section.
+pub fn validate(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues: Vec<ConfigIssue> = stream_sources(config)
+        .filter_map(|s| protocol::build(s).err())
+        .flatten()
+        .collect();
+    let c = &config.connector;
+    let mut issue = |key: &str, problem: &str| {
+        issues.push(ConfigIssue {
+            key: format!("connector.{key}"),
+            problem: problem.into(),
+        })
+    };
+    if c.connections == 0 {
+        issue("connections", "must be at least 1");
+    }
+    for (key, value) in [
+        ("heartbeat", c.heartbeat),
+        ("backoff_initial", c.backoff_initial),
+        ("open_timeout", c.open_timeout),
+        ("refused_retry", c.refused_retry),
+    ] {
+        if value.is_zero() {
+            issue(key, "must be more than 0s");
+        }
+    }
+    if c.backoff_max < c.backoff_initial {
+        issue("backoff_max", "must be at least backoff_initial");
+    }
+    issues
+}
+
+/// Holds every stream source's connections until `shutdown`; events in flight finish and are
+/// acknowledged before their connections close. `status` is what `/readyz` reads.
+pub async fn run(
+    config: Arc<Config>,
+    services: Services,
+    status: Status,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let keeper = Keeper::new(services, config.ingress.dedup_ttl, Door::Connector);
+    let http = reqwest::Client::builder()
+        .timeout(config.connector.open_timeout)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let mut slots = tokio::task::JoinSet::new();
+    for source in stream_sources(&config) {
+        let protocol: Arc<dyn protocol::Protocol> = protocol::build(source)
+            .map_err(shared::config::ConfigError)?
+            .into();
+        let platform = ingress::platform::build(source).map_err(shared::config::ConfigError)?;
+        let ctx = Arc::new(link::SourceCtx {
+            source_id: source.id.clone(),
+            platform,
+            keeper: keeper.clone(),
+            heartbeat: config.connector.heartbeat.max(Duration::from_millis(10)),
+        });
+        for n in 0..config.connector.connections.max(1) {
+            let name = format!("{}#{n}", source.id);
+            status.set(&name, &source.id, LinkState::Connecting(None));
+            let slot = slot::Slot {
+                name,
+                protocol: protocol.clone(),
+                ctx: ctx.clone(),
+                http: http.clone(),
+                status: status.clone(),
+                config: config.connector.clone(),
+            };
+            slots.spawn(slot.run(shutdown.clone()));
+        }
+    }
+    tracing::info!(connections = slots.len(), "connector started");
+    if slots.is_empty() {
+        shutdown.cancelled().await;
+    }
+    while slots.join_next().await.is_some() {}
+    tracing::info!("connector stopped");
+    Ok(())
+}
