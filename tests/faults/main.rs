@@ -21,6 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod account;
+mod connector;
 mod env;
 mod failover;
 mod load;
@@ -141,4 +142,20 @@ fn a_cluster_node_restarted_loses_nothing() {
 #[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
 fn a_redis_master_killed_under_sentinel_loses_nothing() {
     run(Fault::SentinelFailover);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_broker_down_under_a_connector_acks_nothing_then_answers_everything_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(FAULT_TIMEOUT, connector::broker_down_under_a_connector())
+            .await
+            .expect("the connector fault did not finish in time")
+    });
 }
