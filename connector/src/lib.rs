@@ -120,3 +120,95 @@ pub async fn run(
     tracing::info!("connector stopped");
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml(&format!(
+            r#"
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[apps]]
+id = "support"
+base_url = "http://127.0.0.1:1"
+api_key = "app-x"
+kind = "chat"
+{extra}
+"#
+        ))
+        .expect("config")
+    }
+
+    fn issue_keys(issues: &[ConfigIssue]) -> Vec<String> {
+        issues.iter().map(|i| i.key.clone()).collect()
+    }
+
+    #[test]
+    fn stream_sources_name_every_missing_key_and_unsupported_platform() {
+        let c = config(
+            r#"
+[connector]
+connections = 0
+backoff_initial = "2s"
+backoff_max = "1s"
+[[sources]]
+id = "ding"
+platform = "dingtalk"
+mode = "stream"
+app = "support"
+[[sources]]
+id = "tg"
+platform = "telegram"
+mode = "stream"
+app = "support"
+secret_token = "x"
+[[sources]]
+id = "http-ding"
+platform = "dingtalk"
+app = "support"
+app_secret = "s"
+"#,
+        );
+        assert_eq!(
+            issue_keys(&validate(&c)),
+            [
+                "sources.ding.client_id",
+                "sources.ding.client_secret",
+                "sources.tg.mode",
+                "connector.connections",
+                "connector.backoff_max",
+            ]
+        );
+        assert_eq!(stream_sources(&c).count(), 2);
+        let http = c.sources.iter().find(|s| s.id == "http-ding").unwrap();
+        assert!(
+            keys(http).is_empty(),
+            "an HTTP source has no connection keys"
+        );
+    }
+
+    #[test]
+    fn a_complete_stream_source_is_valid_and_shows_no_secret() {
+        let c = config(
+            r#"
+[[sources]]
+id = "ding"
+platform = "dingtalk"
+mode = "stream"
+app = "support"
+client_id = "dingabc"
+client_secret = "zzsecretzz"
+"#,
+        );
+        assert!(validate(&c).is_empty());
+        let built = protocol::build(&c.sources[0]).unwrap();
+        assert_eq!(built.name(), "dingtalk");
+        assert!(!format!("{built:?}").contains("zzsecretzz"));
+        assert_eq!(keys(&c.sources[0]), protocol::dingtalk::KEYS);
+    }
+}
