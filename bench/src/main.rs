@@ -3,10 +3,12 @@
 //! the stand-ins it needs in this process (Dify, the receiver, the load generator), uses its own
 //! broker and Redis prefixes, removes its queues and keys at the end, and prints a table and
 //! writes `<out>/<scenario>.json`. Scenarios: `ingress` and `pipeline` (issue 7), `worker`
-//! (issue 4), `dispatcher` (issue 5); without one, all four run in turn. This module owns the
-//! command line and the order; the scenarios own their measurements. The stand-ins it drives
-//! (Dify, the receiver) come from the `standins` crate; nothing here is used by the tests.
+//! (issue 4), `dispatcher` (issue 5), `connector` (issue 13); without one, all five run in turn.
+//! This module owns the command line and the order; the scenarios own their measurements. The
+//! stand-ins it drives (Dify, the receiver, DingTalk's Stream gateway) come from the `standins`
+//! crate; nothing here is used by the tests.
 mod ceiling;
+mod connector;
 mod dispatcher;
 mod fixture;
 mod ingress;
@@ -42,6 +44,9 @@ pub enum Scenario {
     Worker(worker::WorkerArgs),
     /// One dispatcher against the broker's own consume-and-ack rate; the rate limiter's accuracy.
     Dispatcher(dispatcher::DispatcherArgs),
+    /// DingTalk Stream mode through a connector: ack latency on the connection vs the
+    /// ingress's, and the pipeline's overhead per pushed event.
+    Connector(connector::ConnectorArgs),
     /// The ceiling service alone (started by the `ingress` scenario as its own process).
     #[command(hide = true)]
     CeilingServer(ceiling::CeilingArgs),
@@ -66,7 +71,7 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let scenarios = match cmd.scenario {
         Some(Scenario::CeilingServer(args)) => return ceiling::serve(args).await,
         Some(s) => vec![s],
-        None => ["ingress", "pipeline", "worker", "dispatcher"]
+        None => ["ingress", "pipeline", "worker", "dispatcher", "connector"]
             .into_iter()
             .map(|name| Ok(Defaults::try_parse_from(["bench", name])?.scenario))
             .collect::<anyhow::Result<Vec<_>>>()?,
@@ -78,6 +83,7 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Scenario::Pipeline(a) => ("pipeline", pipeline::run(&common, a).await),
             Scenario::Worker(a) => ("worker", worker::run(&common, a).await),
             Scenario::Dispatcher(a) => ("dispatcher", dispatcher::run(&common, a).await),
+            Scenario::Connector(a) => ("connector", connector::run(&common, a).await),
             Scenario::CeilingServer(_) => continue,
         };
         match result {

@@ -81,6 +81,7 @@ pub fn spawn_role(
         .env("SWITCHBOARD_INGRESS__ADMIN_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_CONNECTOR__ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", log_level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -63,6 +63,9 @@ struct Seen {
     acked: HashMap<String, u32>,
     /// Deliveries per messageId (first and redeliveries).
     deliveries: HashMap<String, u32>,
+    /// When each message first went out, and when its first ack came.
+    first_sent: HashMap<String, Instant>,
+    first_ack: HashMap<String, Instant>,
     pings: HashMap<String, String>,
     pongs: usize,
     opens: usize,
@@ -289,6 +292,15 @@ impl DingtalkStreamStandin {
     pub fn deliveries(&self, id: &str) -> u32 {
         self.inner.seen().deliveries.get(id).copied().unwrap_or(0)
     }
+    /// When this message first went out on a connection, and when its first ack came back.
+    pub fn ack_timing(&self, id: &str) -> (Option<Instant>, Option<Instant>) {
+        let seen = self.inner.seen();
+        (
+            seen.first_sent.get(id).copied(),
+            seen.first_ack.get(id).copied(),
+        )
+    }
+
     /// The bodies of every open request, as received.
     pub fn open_bodies(&self) -> Vec<Value> {
         self.inner.seen().open_bodies.clone()
@@ -369,6 +381,7 @@ fn deliver_due(inner: &Inner) {
         p.sent = Some((conn, now));
         p.deliveries += 1;
         let text = frame("CALLBACK", BOT_TOPIC, &id, &p.data);
+        seen.first_sent.entry(id.clone()).or_insert(now);
         *seen.deliveries.entry(id).or_default() += 1;
         if let Some(c) = seen.conns.get(&conn) {
             let _ = c.tx.send(if cut {
@@ -398,6 +411,9 @@ fn answered(inner: &Inner, text: &str) {
             return;
         }
         if seen.pending.remove(&id).is_some() || seen.acked.contains_key(&id) {
+            seen.first_ack
+                .entry(id.clone())
+                .or_insert_with(Instant::now);
             *seen.acked.entry(id).or_default() += 1;
         }
     }
