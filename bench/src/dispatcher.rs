@@ -80,7 +80,7 @@ fn jobs(prefix: &str, target: &str, n: usize) -> Vec<Vec<u8>> {
             let event_id = uuid::Uuid::now_v7();
             let destination = Destination::Target { id: target.into() };
             let job = DispatchJob {
-                id: DispatchJob::job_id(event_id, &destination),
+                id: DispatchJob::job_id_of_event(event_id, &destination),
                 destination,
                 payload: AnswerPayload {
                     event_id,

@@ -199,13 +199,25 @@ async fn deliveries(
     let mut pipe = redis::pipe();
     for n in &names {
         // A job id depends only on the destination's name (`reply` or the target id), not on
-        // a reply's handle, so a target named like it gives the same id.
-        let job = DispatchJob::job_id(event, &Destination::Target { id: n.clone() });
-        pipe.exists(state.redis.key(&["delivered", &job.to_string()]));
+        // a reply's handle, so a target named like it gives the same id. It comes from the
+        // platform's identity of the event (source, message id); a job of an earlier version,
+        // a replay or an event without a message id has its id from the event id instead.
+        let destination = Destination::Target { id: n.clone() };
+        let legacy = DispatchJob::job_id_of_event(event, &destination);
+        let by_identity = match (t.source.as_deref(), t.message_id.as_deref()) {
+            (Some(s), Some(m)) if !m.is_empty() => {
+                DispatchJob::job_id_of_platform_event(s, m, &destination)
+            }
+            _ => legacy,
+        };
+        pipe.exists(vec![
+            state.redis.key(&["delivered", &by_identity.to_string()]),
+            state.redis.key(&["delivered", &legacy.to_string()]),
+        ]);
     }
-    let found: Vec<bool> = pipe.query_async(c).await.map_err(unavailable)?;
+    let found: Vec<u32> = pipe.query_async(c).await.map_err(unavailable)?;
     for (n, f) in names.into_iter().zip(found) {
-        if f {
+        if f > 0 {
             t.delivered.push(n);
         } else {
             t.not_delivered.push(n);

@@ -276,7 +276,11 @@ async fn where_is_my_event_and_the_exports() {
     // What the ingress, the worker and the dispatcher leave in Redis for this event.
     let key = |parts: &[&str]| c.services.store.key(parts);
     let mut r = c.services.store.conn().await.unwrap();
-    let job = DispatchJob::job_id(event, &Destination::Target { id: "hook".into() });
+    let job = DispatchJob::job_id_of_platform_event(
+        "crm",
+        &message_id,
+        &Destination::Target { id: "hook".into() },
+    );
     let _: () = deadpool_redis::redis::pipe()
         .set(key(&["seen", "crm", &message_id]), event.to_string())
         .set(

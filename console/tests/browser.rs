@@ -110,7 +110,7 @@ fn job(target: &str) -> DispatchJob {
     let ev = common::event("crm", "where is order 4242?");
     let destination = Destination::Target { id: target.into() };
     DispatchJob {
-        id: DispatchJob::job_id(ev.id, &destination),
+        id: DispatchJob::job_id_of_event(ev.id, &destination),
         destination,
         payload: AnswerPayload {
             event_id: ev.id,

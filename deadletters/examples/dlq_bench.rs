@@ -105,7 +105,7 @@ fn letter(n: usize, replay_every: usize) -> DeadLetter {
             id: TARGETS[(n / 2) % TARGETS.len()].into(),
         };
         let job = DispatchJob {
-            id: DispatchJob::job_id(event.id, &destination),
+            id: DispatchJob::job_id(&event, &destination),
             destination,
             payload: AnswerPayload {
                 event_id: event.id,

@@ -256,7 +256,7 @@ fn job(source: &str, target: &str) -> DispatchJob {
     let ev = event(source, "hello");
     let destination = Destination::Target { id: target.into() };
     DispatchJob {
-        id: DispatchJob::job_id(ev.id, &destination),
+        id: DispatchJob::job_id_of_event(ev.id, &destination),
         destination,
         payload: AnswerPayload {
             event_id: ev.id,

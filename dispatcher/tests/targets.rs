@@ -76,7 +76,7 @@ impl Drop for Env {
 fn job_to(text: &str, destination: Destination, chat_type: ChatType) -> DispatchJob {
     let event_id = Uuid::now_v7();
     DispatchJob {
-        id: DispatchJob::job_id(event_id, &destination),
+        id: DispatchJob::job_id_of_event(event_id, &destination),
         destination,
         payload: AnswerPayload {
             event_id,

@@ -315,8 +315,11 @@ pub struct Timings {
 /// One answer on its way to one destination.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DispatchJob {
-    /// Derived from event id + destination, so a republished job has the same id and the
-    /// dispatcher recognises it as delivered.
+    /// Derived from the platform's identity of the event (source + dedup key) and the
+    /// destination ([`DispatchJob::job_id`]), so a republished job — or the job of a second copy
+    /// of the same platform event kept under another event id — has the same id and the
+    /// dispatcher recognises it as delivered. It is the receivers' `webhook-id`. Read from the
+    /// wire as written: a job published by an older version keeps the id it was given.
     pub id: Uuid,
     pub destination: Destination,
     pub payload: AnswerPayload,
@@ -331,9 +334,45 @@ impl Envelope for DispatchJob {
     const VERSION: u16 = 1;
 }
 
+/// The namespace of job ids derived from the platform's identity of an event (UUID v5).
+const PLATFORM_EVENT_JOBS: Uuid = Uuid::from_u128(0x5b1e_7c4a_9d1f_4e0b_8a6c_2f3d_0e91_b7a4);
+
 impl DispatchJob {
-    /// The job id for an event and a destination: UUID v5 over both, deterministic.
-    pub fn job_id(event_id: Uuid, destination: &Destination) -> Uuid {
+    /// The job id of `event`'s answer to `destination` (UUID v5, deterministic):
+    ///
+    /// - from the platform's identity of the event — its source, its dedup key and the
+    ///   destination's name — so that two copies of one platform event kept under two event ids
+    ///   (a 503 whose publish did reach the queue, then the platform's retry) give one job id,
+    ///   and the delivered marker and the receivers' `webhook-id` dedup recognise it;
+    /// - from the event id ([`DispatchJob::job_id_of_event`], the rule of earlier versions) for a
+    ///   replayed event (`replay_of`: a replay is meant to be delivered) and for an event without
+    ///   a dedup key.
+    pub fn job_id(event: &InboundEvent, destination: &Destination) -> Uuid {
+        if event.replay_of.is_some() || event.dedup_key.is_empty() {
+            return Self::job_id_of_event(event.id, destination);
+        }
+        Self::job_id_of_platform_event(&event.source, &event.dedup_key, destination)
+    }
+
+    /// The id from the platform's identity: the three parts are length-prefixed, so distinct
+    /// `(source, dedup key, destination)` tuples never give the same name.
+    pub fn job_id_of_platform_event(
+        source: &str,
+        dedup_key: &str,
+        destination: &Destination,
+    ) -> Uuid {
+        let mut name = Vec::new();
+        for part in [source, dedup_key, destination.name().as_str()] {
+            name.extend_from_slice(part.len().to_string().as_bytes());
+            name.push(b':');
+            name.extend_from_slice(part.as_bytes());
+        }
+        Uuid::new_v5(&PLATFORM_EVENT_JOBS, &name)
+    }
+
+    /// The id from the event id and the destination: replays, events without a dedup key, and
+    /// every job published before ids came from the platform's identity.
+    pub fn job_id_of_event(event_id: Uuid, destination: &Destination) -> Uuid {
         let name = format!("{event_id}/{}", destination.name());
         Uuid::new_v5(&event_id, name.as_bytes())
     }
@@ -595,7 +634,74 @@ mod tests {
         let id = Uuid::now_v7();
         let a = Destination::Target { id: "crm".into() };
         let b = Destination::Target { id: "ops".into() };
-        assert_eq!(DispatchJob::job_id(id, &a), DispatchJob::job_id(id, &a));
-        assert_ne!(DispatchJob::job_id(id, &a), DispatchJob::job_id(id, &b));
+        let of = DispatchJob::job_id_of_event;
+        assert_eq!(of(id, &a), of(id, &a));
+        assert_ne!(of(id, &a), of(id, &b));
+    }
+
+    #[test]
+    fn two_copies_of_one_platform_event_give_one_job_id_per_destination() {
+        let first = event();
+        let second = InboundEvent {
+            id: Uuid::now_v7(),
+            ..first.clone()
+        };
+        let a = Destination::Target { id: "crm".into() };
+        let b = Destination::Target { id: "ops".into() };
+        assert_eq!(
+            DispatchJob::job_id(&first, &a),
+            DispatchJob::job_id(&second, &a)
+        );
+        assert_ne!(
+            DispatchJob::job_id(&first, &a),
+            DispatchJob::job_id(&first, &b)
+        );
+        // Another dedup key or another source is another platform event.
+        let other_key = InboundEvent {
+            dedup_key: "k2".into(),
+            ..first.clone()
+        };
+        let other_source = InboundEvent {
+            source: "ops".into(),
+            ..first.clone()
+        };
+        assert_ne!(
+            DispatchJob::job_id(&first, &a),
+            DispatchJob::job_id(&other_key, &a)
+        );
+        assert_ne!(
+            DispatchJob::job_id(&first, &a),
+            DispatchJob::job_id(&other_source, &a)
+        );
+        // The parts cannot run into each other: ("a:b", "c") is not ("a", "b:c").
+        let split = |s: &str, k: &str| DispatchJob::job_id_of_platform_event(s, k, &a);
+        assert_ne!(split("a:b", "c"), split("a", "b:c"));
+        assert_ne!(split("a1", "1:c"), split("a", "11:c"));
+    }
+
+    #[test]
+    fn replays_and_events_without_a_dedup_key_keep_the_event_id_rule() {
+        let a = Destination::Target { id: "crm".into() };
+        let replayed = InboundEvent {
+            replay_of: Some(Uuid::now_v7()),
+            ..event()
+        };
+        assert_eq!(
+            DispatchJob::job_id(&replayed, &a),
+            DispatchJob::job_id_of_event(replayed.id, &a)
+        );
+        let keyless = InboundEvent {
+            dedup_key: String::new(),
+            ..event()
+        };
+        assert_eq!(
+            DispatchJob::job_id(&keyless, &a),
+            DispatchJob::job_id_of_event(keyless.id, &a)
+        );
+        let plain = event();
+        assert_ne!(
+            DispatchJob::job_id(&plain, &a),
+            DispatchJob::job_id_of_event(plain.id, &a)
+        );
     }
 }

@@ -107,6 +107,98 @@ async fn an_event_redelivered_after_its_answer_was_recorded_is_not_sent_to_dify_
     app.shutdown().await;
 }
 
+/// Issue 19: the ingress answered 503 although its publish reached the queue, the platform
+/// retried, and the retry was kept as a second event (another event id, the same dedup key).
+/// Both copies reach the worker, at once and one after the other: Dify is called once, and each
+/// destination receives the answer once, under one `webhook-id` derived from the platform's
+/// identity of the event.
+#[tokio::test]
+async fn one_platform_event_kept_twice_is_answered_once_and_delivered_once_per_destination() {
+    let app = TestApp::spawn(Options {
+        extra: r#"
+[[sources]]
+id = "twice"
+platform = "bearer"
+token = "tok-twice"
+app = "support"
+targets = ["crm", "audit"]
+
+[[targets]]
+id = "audit"
+kind = "webhook"
+url = "{receiver}/audit"
+secret = "{OUT_SECRET}"
+"#
+        .replace("{OUT_SECRET}", OUT_SECRET),
+        ..Default::default()
+    })
+    .await;
+    let copy = |key: &str| shared::InboundEvent {
+        id: uuid::Uuid::now_v7(),
+        source: "twice".into(),
+        platform: "bearer".into(),
+        dedup_key: key.into(),
+        kind: "message".into(),
+        received_at: chrono::Utc::now(),
+        conversation: shared::envelope::Conversation {
+            chat_id: format!("chat-{key}"),
+            chat_type: shared::envelope::ChatType::Single,
+            sender_id: "u-twice".into(),
+            sender_name: None,
+            thread_id: None,
+        },
+        text: format!("kept twice: {key}"),
+        reply: None,
+        payload: serde_json::json!({}),
+        attempts: vec![],
+        replay_of: None,
+    };
+    let work = app.services.broker.topology().stage_queue(Stage::Work);
+    let publish = |e: shared::InboundEvent| {
+        let broker = app.services.broker.clone();
+        let work = work.clone();
+        async move { broker.publish(&work, &encode(&e), Default::default()).await }
+    };
+    // Both copies in the queue at once (they race for the claim)...
+    publish(copy("ev2309")).await.unwrap();
+    publish(copy("ev2309")).await.unwrap();
+    app.wait_answers("ev2309 at both destinations", 2).await;
+    // ...and a third copy after the answer was delivered.
+    publish(copy("ev2309")).await.unwrap();
+    let (d, r) = (app.dify.clone(), app.receiver.clone());
+    assert!(
+        stays(Duration::from_secs(1), || d.calls() == 1
+            && r.accepted() == 2)
+        .await,
+        "calls {} deliveries {}",
+        app.dify.calls(),
+        app.receiver.accepted()
+    );
+    let received = app.receiver.received();
+    let ids: std::collections::BTreeSet<_> =
+        received.iter().map(|x| x.webhook_id.clone()).collect();
+    assert_eq!(ids.len(), 2, "one webhook-id per destination: {ids:?}");
+    for id in &ids {
+        assert_eq!(app.receiver.requests_for(id), 1, "{id} posted once");
+    }
+    let expected: std::collections::BTreeSet<_> = ["crm", "audit"]
+        .iter()
+        .map(|t| {
+            shared::envelope::DispatchJob::job_id_of_platform_event(
+                "twice",
+                "ev2309",
+                &shared::envelope::Destination::Target { id: (*t).into() },
+            )
+            .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids, expected,
+        "the webhook-ids come from (source, dedup key, destination)"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_receiver_failing_twice_gets_the_answer_on_the_third_attempt() {
     let app = TestApp::spawn(Options::default()).await;

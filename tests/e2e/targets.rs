@@ -479,19 +479,15 @@ retry_schedule = ["0s", "250ms", "500ms", "1s", "1s", "2s", "2s", "4s", "8s"]
     for i in 0..n {
         ask(&app, &format!("outage-{i}"), &format!("question {i}")).await;
     }
-    // The job ids, from the event ids Dify saw (X-Trace-Id).
+    // The job ids, from the platform's identity of each event (source and dedup key).
     let d = app.dify.clone();
     eventually("Dify answered every question", || d.calls() == n).await;
-    let jobs: Vec<String> = app
-        .dify
-        .records()
-        .iter()
-        .map(|r| {
-            let event_id = r.trace_id.as_deref().unwrap().parse().unwrap();
+    let jobs: Vec<String> = (0..n)
+        .map(|i| {
             let dest = shared::envelope::Destination::Target {
                 id: "patient".into(),
             };
-            DispatchJob::job_id(event_id, &dest).to_string()
+            DispatchJob::job_id_of_platform_event("ask", &format!("outage-{i}"), &dest).to_string()
         })
         .collect();
     // Down for a while: every job has failed at least twice.
@@ -648,10 +644,10 @@ secret = "{OUT_SECRET}"
         );
     }
     // Nothing reached the receiver, by any of the three.
-    let event_id = named.event_id.unwrap();
     for t in ["mapped", "literal", "named"] {
-        let job = DispatchJob::job_id(
-            event_id,
+        let job = DispatchJob::job_id_of_platform_event(
+            "ask",
+            "ssrf-1",
             &shared::envelope::Destination::Target { id: t.into() },
         );
         assert_eq!(receiver.requests_for(&job.to_string()), 0, "{t}");

@@ -1,14 +1,16 @@
 //! The once-per-event record in Redis. One hash per event (source + the platform's dedup key)
 //! holds a lease (owner, fencing token, expiry) while a worker calls Dify, the Dify ids as soon as
 //! a stream reveals them (so a worker taking over can recover the run instead of repeating it),
-//! and finally the answer, kept for `answer_ttl` so a redelivered or replayed event is answered
-//! from the record. Every transition is one Lua script, so two workers racing for one event
+//! and finally the answer with the id of the event it answered, kept for `answer_ttl` so a
+//! redelivered or replayed event is answered from the record (and a second copy of the platform
+//! event, kept under another event id, is recognised as one). Every transition is one Lua script, so two workers racing for one event
 //! cannot both win, and a worker whose lease was taken over cannot overwrite the new owner.
 use deadpool_redis::redis::{self, Script};
 use serde::{Deserialize, Serialize};
 use shared::envelope::Answer;
 use shared::store::{Store, StoreError};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Dify's ids for a run, recorded as they become known (mirrors the Dify client's ids).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,8 +35,12 @@ impl RunIds {
 /// What a worker may do with an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// The answer is recorded: dispatch it, don't call Dify.
-    Done(Box<Answer>),
+    /// The answer is recorded: dispatch it, don't call Dify. `by` is the event id it was
+    /// recorded for (`None` in a record written before versions kept it).
+    Done {
+        answer: Box<Answer>,
+        by: Option<Uuid>,
+    },
     /// Another live worker holds the lease; come back after this long.
     Held(Duration),
     /// This worker holds the lease with `token`. `previous` holds the ids an earlier owner
@@ -64,7 +70,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' then
-  return {'done', redis.call('HGET', KEYS[1], 'answer')}
+  return {'done', redis.call('HGET', KEYS[1], 'answer'), redis.call('HGET', KEYS[1], 'event') or ''}
 end
 local takeovers = 0
 if state == 'leased' then
@@ -108,12 +114,13 @@ redis.call('HSET', KEYS[1], 'ids', ARGV[2])
 return 1
 "#;
 
-// KEYS[1]. ARGV: token, answer json, ttl_ms. Records the answer if we still hold the lease.
+// KEYS[1]. ARGV: token, answer json, ttl_ms, event id. Records the answer, and the event it
+// answered, if we still hold the lease.
 const COMPLETE: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'answer', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'done', 'answer', ARGV[2], 'event', ARGV[4])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'ids')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -187,19 +194,25 @@ impl Idempotency {
         self.fenced(RECORD_IDS, key, token, &[&json]).await
     }
 
-    /// Records the answer; false if the lease was lost (the new owner will dispatch).
+    /// Records the answer to the event `event_id`; false if the lease was lost (the new owner
+    /// will dispatch).
     pub async fn complete(
         &self,
         key: &str,
         token: i64,
         answer: &Answer,
+        event_id: Uuid,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(answer).unwrap_or_default();
         self.fenced(
             COMPLETE,
             key,
             token,
-            &[&json, &(self.ttl.as_millis() as u64).to_string()],
+            &[
+                &json,
+                &(self.ttl.as_millis() as u64).to_string(),
+                &event_id.to_string(),
+            ],
         )
         .await
     }
@@ -242,7 +255,11 @@ fn parse_claim(reply: &[String]) -> Claim {
                 .get(1)
                 .and_then(|a| serde_json::from_str(a).ok())
                 .unwrap_or_default();
-            Claim::Done(Box::new(answer))
+            let by = reply.get(2).and_then(|e| Uuid::parse_str(e).ok());
+            Claim::Done {
+                answer: Box::new(answer),
+                by,
+            }
         }
         Some("held") => {
             let ms = reply.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
@@ -304,9 +321,28 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_string(&answer).unwrap();
+        // A record written before the answering event was kept: no `event`.
         assert_eq!(
             parse_claim(&s(&["done", &json])),
-            Claim::Done(Box::new(answer))
+            Claim::Done {
+                answer: Box::new(answer.clone()),
+                by: None
+            }
+        );
+        assert_eq!(
+            parse_claim(&s(&["done", &json, ""])),
+            Claim::Done {
+                answer: Box::new(answer.clone()),
+                by: None
+            }
+        );
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_claim(&s(&["done", &json, &id.to_string()])),
+            Claim::Done {
+                answer: Box::new(answer),
+                by: Some(id)
+            }
         );
     }
 }

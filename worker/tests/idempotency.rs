@@ -95,18 +95,24 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
         ..Default::default()
     };
     assert!(
-        !a.complete(&key, ta, &answer).await.unwrap(),
+        !a.complete(&key, ta, &answer, uuid::Uuid::now_v7())
+            .await
+            .unwrap(),
         "the old owner is fenced out"
     );
     let answer = Answer {
         text: "recovered".into(),
         ..Default::default()
     };
-    assert!(b.complete(&key, tb, &answer).await.unwrap());
+    let answering = uuid::Uuid::now_v7();
+    assert!(b.complete(&key, tb, &answer, answering).await.unwrap());
     assert_eq!(
         a.claim(&key).await.unwrap(),
-        Claim::Done(Box::new(answer)),
-        "later claims get the recorded answer"
+        Claim::Done {
+            answer: Box::new(answer),
+            by: Some(answering)
+        },
+        "later claims get the recorded answer, and the event it answered"
     );
 }
 

@@ -1,8 +1,9 @@
 //! The first step for an event: claim it in the idempotency record (or find its answer recorded
 //! there), then take its conversation's turn, so that a conversation's messages reach Dify one
 //! at a time and in order. An event that cannot be claimed or whose conversation is busy waits
-//! in a delay queue; one that keeps killing its workers becomes a dead letter. Must not call
-//! Dify.
+//! in a delay queue; one that keeps killing its workers becomes a dead letter; a second copy of
+//! a platform event whose answer another event id recorded is acked without fanning out again
+//! ([`fans_out_recorded`]). Must not call Dify.
 use super::{Claimed, Hold, Worker, STORE_WAIT};
 use crate::conversation::conversation_of;
 use crate::idempotency::Claim;
@@ -10,6 +11,7 @@ use shared::config::SourceConfig;
 use shared::envelope::{InboundEvent, Reason};
 use shared::stage::Settle;
 use std::time::Duration;
+use uuid::Uuid;
 
 impl Worker {
     /// Claims the event and takes its conversation's turn; `Err`: the event was settled instead
@@ -29,7 +31,16 @@ impl Worker {
             }
         };
         let (token, previous, takeovers) = match claim {
-            Claim::Done(answer) => {
+            Claim::Done { answer, by } => {
+                if !fans_out_recorded(event, by) {
+                    // Another copy of this platform event (kept under another event id: a 503
+                    // whose publish reached the queue, then the platform's retry) was answered
+                    // and fans out itself: it is acked only once its jobs are confirmed.
+                    tracing::info!(answered_by = ?by, "answer recorded for another copy of this platform event; not fanned out again");
+                    metrics::counter!("switchboard_worker_events_total", "outcome" => "duplicate")
+                        .increment(1);
+                    return Err(Settle::Ack);
+                }
                 tracing::info!("answer already recorded; dispatching it without calling Dify");
                 metrics::counter!("switchboard_worker_events_total", "outcome" => "from_record")
                     .increment(1);
@@ -87,6 +98,7 @@ impl Worker {
                 return Ok(Claimed {
                     key,
                     token,
+                    event_id: event.id,
                     conv,
                     holder,
                 })
@@ -102,5 +114,70 @@ impl Worker {
         };
         let _ = self.idem.release(&key, token).await;
         Err(self.defer(event, wait).await)
+    }
+}
+
+/// Whether an event whose answer is recorded fans it out (pure). Yes for the event the answer
+/// was recorded for (a redelivery: its fan-out may not have completed before a crash), for a
+/// replay (meant to be delivered), and for a record that does not say which event it answered
+/// (written by an earlier version). No for another copy of the platform event under another
+/// event id: the answering event is not acked before its jobs are confirmed, so it fans out (or
+/// is redelivered and fans out) itself.
+pub fn fans_out_recorded(event: &InboundEvent, answered: Option<Uuid>) -> bool {
+    match answered {
+        None => true,
+        Some(_) if event.replay_of.is_some() => true,
+        Some(by) => by == event.id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::envelope::{ChatType, Conversation};
+
+    fn event() -> InboundEvent {
+        InboundEvent {
+            id: Uuid::now_v7(),
+            source: "crm".into(),
+            platform: "bearer".into(),
+            dedup_key: "ev2309".into(),
+            kind: "message".into(),
+            received_at: chrono::Utc::now(),
+            conversation: Conversation {
+                chat_id: "c".into(),
+                chat_type: ChatType::Single,
+                sender_id: "u".into(),
+                sender_name: None,
+                thread_id: None,
+            },
+            text: "hi".into(),
+            reply: None,
+            payload: serde_json::json!({}),
+            attempts: vec![],
+            replay_of: None,
+        }
+    }
+
+    #[test]
+    fn only_the_answering_event_a_replay_or_an_old_record_fans_out_a_recorded_answer() {
+        let e = event();
+        assert!(
+            fans_out_recorded(&e, Some(e.id)),
+            "a redelivery of the answering event"
+        );
+        assert!(
+            fans_out_recorded(&e, None),
+            "a record of an earlier version"
+        );
+        assert!(
+            !fans_out_recorded(&e, Some(Uuid::now_v7())),
+            "a second copy"
+        );
+        let replay = InboundEvent {
+            replay_of: Some(Uuid::now_v7()),
+            ..e
+        };
+        assert!(fans_out_recorded(&replay, Some(Uuid::now_v7())), "a replay");
     }
 }

@@ -13,8 +13,9 @@ use shared::stage::Settle;
 use shared::topology::Stage;
 
 impl Worker {
-    /// Records the answer under the claim; a record that cannot be written is logged, and the
-    /// jobs still go out (their ids are derived from the event, so the dispatcher dedups them).
+    /// Records the answer under the claim, with the event it answers; a record that cannot be
+    /// written is logged, and the jobs still go out (their ids are derived from the platform's
+    /// identity of the event, so the dispatcher dedups them).
     pub(super) async fn record(&self, claimed: &Claimed, answer: &Answer) {
         // Store the conversation before the next message of it may be sent (we hold its turn).
         if let Some(cid) = &answer.conversation_id {
@@ -22,7 +23,11 @@ impl Worker {
                 tracing::warn!(error = %e, "could not store the conversation id");
             }
         }
-        match self.idem.complete(&claimed.key, claimed.token, answer).await {
+        match self
+            .idem
+            .complete(&claimed.key, claimed.token, answer, claimed.event_id)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease was taken over before the answer was recorded; dispatching anyway (job ids dedup)"),
             Err(e) => tracing::warn!(error = %e, "could not record the answer"),
@@ -50,7 +55,7 @@ impl Worker {
         let queue = self.services.broker.topology().stage_queue(Stage::Deliver);
         for destination in destinations(source, event) {
             let job = DispatchJob {
-                id: DispatchJob::job_id(event.id, &destination),
+                id: DispatchJob::job_id(event, &destination),
                 destination,
                 payload: payload.clone(),
                 attempts: Vec::new(),

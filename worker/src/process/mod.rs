@@ -53,6 +53,8 @@ pub struct Worker {
 struct Claimed {
     key: String,
     token: i64,
+    /// The event the claim is for (recorded with its answer).
+    event_id: uuid::Uuid,
     conv: ConversationKey,
     /// Who holds the conversation's turn: unique per claim.
     holder: String,
