@@ -165,13 +165,15 @@ pub fn cache_ttl(expires_in: Duration) -> Option<Duration> {
     (ttl >= Duration::from_millis(1)).then_some(ttl)
 }
 
+/// The cached token's key and its refresh lock's key, each under its own name (a suffix on the
+/// token's key could be another app's token key).
 fn keys(ctx: &Context, source: &dyn TokenSource) -> (String, String) {
     let id = source.cache_id();
     let mut parts: Vec<&str> = vec!["token"];
     parts.extend(id.iter().map(String::as_str));
     let key = ctx.store.key(&parts);
-    let lock = format!("{key}:lock");
-    (key, lock)
+    parts[0] = "token-lock";
+    (key, ctx.store.key(&parts))
 }
 
 /// Compare-and-delete: only the holder's value is removed.

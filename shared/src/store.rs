@@ -2,6 +2,14 @@
 //! configured prefix; the modules that own a kind of key (idempotency, conversations, rate
 //! limits, tokens) build their keys through [`Store::key`] and never by hand.
 //!
+//! A key's parts come from platform bodies and headers (chat ids, sender ids, dedup keys), which
+//! the sender chooses. [`key_part`] encodes each part so that it never holds the separator `:`
+//! (nor `%`, the escape, nor `*`, which marks our own "every sender" part), so the parts of a key
+//! can always be told apart again: distinct tuples of parts never give one key (`"a:b"`,`"c"` is
+//! not `"a"`,`"b:c"`; a sender `victim:turn` cannot name anyone's lock). The encoding is
+//! percent-escaping of those three characters only: a part without them — every id the platforms
+//! issue today — is written as it is, so the keys stored by earlier versions keep their names.
+//!
 //! Connections come from a deadpool-redis pool, but a pool checks every reused connection with
 //! an `UNWATCH`+`PING` round trip, which would double the cost of each command on the hot paths.
 //! The connections are multiplexed (any number of tasks may pipeline commands over one), so the
@@ -18,6 +26,7 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::IntoConnectionInfo;
 use deadpool_redis::sentinel;
 use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as Sizing, Runtime};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -148,12 +157,12 @@ impl Store {
         })
     }
 
-    /// `prefix:part:part…`
+    /// `prefix:part:part…`, every part encoded by [`key_part`].
     pub fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         for p in parts {
             k.push(':');
-            k.push_str(p);
+            k.push_str(&key_part(p));
         }
         k
     }
@@ -224,6 +233,34 @@ impl Store {
     }
 }
 
+/// One part of a key (or of any name joined with `:` from ids a sender chooses, such as the
+/// Dify `user`), encoded so that it holds no `:` and no `*`: `%` → `%25`, `:` → `%3A`,
+/// `*` → `%2A`. Injective, and the identity on parts without those characters.
+pub fn key_part(part: &str) -> Cow<'_, str> {
+    if !part.contains([':', '%', '*']) {
+        return Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '*' => out.push_str("%2A"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Parts joined with `:`, each encoded by [`key_part`] (a name outside Redis built the same way).
+pub fn join_parts(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|p| key_part(p))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// One health check: PING answers; under Sentinel, also still the master (`ROLE`).
 async fn check(
     c: &mut MultiplexedConnection,
@@ -268,6 +305,71 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use deadpool_redis::redis::Value;
+
+    fn store() -> Store {
+        Store::new(&RedisConfig {
+            url: crate::Secret::new("redis://127.0.0.1:6379"),
+            prefix: "p".into(),
+            pool_size: 1,
+            sentinel: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn parts_without_separators_are_written_as_they_are() {
+        let s = store();
+        assert_eq!(s.key(&["conv", "src", "c1", "u1"]), "p:conv:src:c1:u1");
+        // Ids the platforms issue: base64, underscores, dots, UUIDs.
+        for id in [
+            "cidAbC+/x==",
+            "ou_7d8a",
+            "1712345678.000100",
+            "0190a3c4-0000-7000-8000-0000000000aa",
+        ] {
+            assert_eq!(key_part(id), id);
+        }
+    }
+
+    #[test]
+    fn distinct_tuples_never_give_one_key() {
+        let s = store();
+        assert_eq!(s.key(&["conv", "a:b", "c"]), "p:conv:a%3Ab:c");
+        assert_ne!(s.key(&["conv", "a:b", "c"]), s.key(&["conv", "a", "b:c"]));
+        assert_ne!(
+            s.key(&["conv", "src", "c", "victim:turn"]),
+            s.key(&["conv", "src", "c", "victim", "turn"])
+        );
+        assert_ne!(s.key(&["x", "%3A"]), s.key(&["x", ":"]));
+        assert_ne!(s.key(&["x", "*"]), s.key(&["x", "%2A"]));
+        assert_eq!(key_part("*"), "%2A");
+        // Exhaustively over short strings of the characters that matter: the encoding is
+        // injective and its output never holds a separator.
+        let alphabet = ['a', ':', '%', '*', '3', 'A'];
+        let mut words = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = words
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            words.extend(longer);
+        }
+        words.sort();
+        words.dedup();
+        let mut seen = std::collections::HashMap::new();
+        for w in &words {
+            let e = key_part(w).into_owned();
+            assert!(!e.contains(':') && !e.contains('*'), "{w:?} -> {e:?}");
+            if let Some(other) = seen.insert(e.clone(), w.clone()) {
+                panic!("{w:?} and {other:?} both give {e:?}");
+            }
+        }
+        assert_eq!(join_parts(&["src", "group:c1"]), "src:group%3Ac1");
+        assert_ne!(
+            join_parts(&["src", "group:c1"]),
+            join_parts(&["src", "group", "c1"])
+        );
+    }
 
     #[test]
     fn only_a_master_role_keeps_its_connections() {

@@ -404,7 +404,7 @@ impl TestApp {
 
     /// The idempotency record of an event of source `hooks` (a Redis hash).
     pub async fn idem_record(&self, dedup_key: &str) -> std::collections::HashMap<String, String> {
-        let key = format!("{}:idem:hooks:{dedup_key}", self.prefix);
+        let key = self.services.store.key(&["idem", "hooks", dedup_key]);
         let mut c = self.services.store.conn().await.expect("redis");
         deadpool_redis::redis::cmd("HGETALL")
             .arg(key)

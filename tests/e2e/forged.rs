@@ -219,3 +219,42 @@ async fn a_timed_hmac_sender_may_send_the_same_body_twice() {
     work_queue_holds(&app, 2).await;
     stop(app, p).await;
 }
+
+/// Issue 11 item 4: conversation keys are built from ids the sender chooses. A sender named
+/// `victim:turn` once wrote its conversation id over the victim's turn lock (for the mapping's
+/// 7 days: every later message of the victim deferred); chat `a:b` with sender `c` and chat `a`
+/// with sender `b:c` once shared one conversation. Through the real ingress, worker and Redis.
+#[tokio::test]
+async fn key_injection_a_sender_cannot_take_anothers_turn_lock_or_conversation() {
+    let app = TestApp::spawn(Options::default()).await;
+    let say = |id: &'static str, chat: &'static str, sender: &'static str, text: &'static str| {
+        let body = json!({ "text": text, "chat_id": chat, "sender_id": sender }).to_string();
+        let app = &app;
+        async move { assert_eq!(app.send_signed(id, &body).await.status(), 202, "{id}") }
+    };
+    say("inj-1", "c1", "victim:turn", "I hold your turn now").await;
+    app.wait_answers("the attacker's answer", 1).await;
+    // The victim's next message is answered, not deferred behind a forged lock.
+    say("inj-2", "c1", "victim", "hello, it is me").await;
+    app.wait_answers("the victim's answer", 2).await;
+
+    say("inj-3", "a:b", "c", "first conversation").await;
+    app.wait_answers("the answer in a:b", 3).await;
+    say("inj-4", "a", "b:c", "second conversation").await;
+    app.wait_answers("the answer in a", 4).await;
+    // Neither the victim's nor `b:c`'s call continued someone else's conversation.
+    for query in ["hello, it is me", "second conversation"] {
+        let calls: Vec<_> = app
+            .dify
+            .records()
+            .into_iter()
+            .filter(|r| r.query.as_deref() == Some(query))
+            .collect();
+        assert!(!calls.is_empty(), "{query}");
+        for c in calls {
+            assert_eq!(c.conversation_id, None, "{query}: {c:?}");
+        }
+    }
+    assert_eq!(app.dify.calls(), 4);
+    app.shutdown().await;
+}

@@ -4,11 +4,14 @@
 //! conversation or keep one per sender, as the source says. It also holds the per-conversation
 //! turn lock: one message of a conversation at a time, so one answer's `conversation_id` is
 //! stored before the next message of that conversation is sent — while other conversations go
-//! on (no head-of-line blocking).
+//! on (no head-of-line blocking). Chat, sender and thread ids are the sender's to choose: every
+//! key and the Dify `user` are built from encoded parts (`shared::store::key_part`), and the turn
+//! lock lives under its own `turn:` name rather than as a suffix of the mapping's key, so no id
+//! can name another conversation's mapping or lock.
 use deadpool_redis::redis::{AsyncCommands, Script};
 use shared::config::GroupConversation;
 use shared::envelope::{ChatType, Conversation};
-use shared::store::{Store, StoreError};
+use shared::store::{join_parts, key_part, Store, StoreError};
 use std::time::Duration;
 
 /// Which Dify conversation an event belongs to.
@@ -16,6 +19,8 @@ use std::time::Duration;
 pub struct ConversationKey {
     /// The Redis key of the mapping.
     pub key: String,
+    /// The Redis key of the conversation's turn lock.
+    pub turn: String,
     /// The Dify `user`: conversations are scoped to it, so it must be stable.
     pub user: String,
 }
@@ -28,22 +33,30 @@ pub fn conversation_of(
     store: &Store,
 ) -> ConversationKey {
     let shared_group = conv.chat_type == ChatType::Group && group == GroupConversation::Shared;
-    let who = if shared_group {
-        "*"
-    } else {
-        conv.sender_id.as_str()
-    };
-    let mut parts = vec!["conv", source, conv.chat_id.as_str(), who];
-    if let Some(t) = &conv.thread_id {
-        parts.push(t);
-    }
     let user = if shared_group {
-        format!("{source}:group:{}", conv.chat_id)
+        join_parts(&[source, "group", &conv.chat_id])
     } else {
-        format!("{source}:{}", conv.sender_id)
+        join_parts(&[source, &conv.sender_id])
+    };
+    let name = |kind: &str| {
+        let mut k = store.key(&[kind, source, &conv.chat_id]);
+        k.push(':');
+        // `*` (every sender of a shared group) is written as it is: no sender id encodes to it
+        // (`key_part` escapes `*`), so it is ours alone.
+        if shared_group {
+            k.push('*');
+        } else {
+            k.push_str(&key_part(&conv.sender_id));
+        }
+        if let Some(t) = &conv.thread_id {
+            k.push(':');
+            k.push_str(&key_part(t));
+        }
+        k
     };
     ConversationKey {
-        key: store.key(&parts),
+        key: name("conv"),
+        turn: name("turn"),
         user,
     }
 }
@@ -127,7 +140,7 @@ impl Conversations {
     ) -> Result<Option<Duration>, StoreError> {
         let mut c = self.store.conn().await?;
         let pttl: i64 = Script::new(TAKE_TURN)
-            .key(format!("{}:turn", key.key))
+            .key(&key.turn)
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut c)
@@ -144,7 +157,7 @@ impl Conversations {
     ) -> Result<bool, StoreError> {
         let mut c = self.store.conn().await?;
         let renewed: i64 = Script::new(RENEW_TURN)
-            .key(format!("{}:turn", key.key))
+            .key(&key.turn)
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut c)
@@ -155,7 +168,7 @@ impl Conversations {
     pub async fn end_turn(&self, key: &ConversationKey, holder: &str) -> Result<(), StoreError> {
         let mut c = self.store.conn().await?;
         let _: i64 = Script::new(END_TURN)
-            .key(format!("{}:turn", key.key))
+            .key(&key.turn)
             .arg(holder)
             .invoke_async(&mut c)
             .await?;
@@ -203,5 +216,55 @@ mod tests {
         let p1 = k(conv(ChatType::Group, "u1"), GroupConversation::PerSender);
         let p2 = k(conv(ChatType::Group, "u2"), GroupConversation::PerSender);
         assert_ne!(p1, p2, "per-sender groups keep one conversation each");
+        assert_eq!(a.turn, "p:turn:src:c1:u1");
+        assert_eq!(g1.key, "p:conv:src:c1:*", "the name earlier versions gave");
+    }
+
+    /// Issue 11 item 4: ids the sender chooses cannot name another conversation's mapping or
+    /// lock, nor its Dify user.
+    #[test]
+    fn ids_cannot_name_another_conversation() {
+        let s = store();
+        let with = |chat: &str, sender: &str, thread: Option<&str>, chat_type| {
+            let c = Conversation {
+                chat_id: chat.into(),
+                chat_type,
+                sender_id: sender.into(),
+                sender_name: None,
+                thread_id: thread.map(Into::into),
+            };
+            conversation_of("src", &c, GroupConversation::Shared, &s)
+        };
+        let single = ChatType::Single;
+        // "a:b"/"c" vs "a"/"b:c".
+        let x = with("a:b", "c", None, single);
+        let y = with("a", "b:c", None, single);
+        assert_ne!(x.key, y.key);
+        assert_ne!(x.turn, y.turn);
+        // A sender `victim:turn`, or a thread named `turn`, meets no lock of the victim's.
+        let victim = with("c1", "victim", None, single);
+        let every = [
+            with("c1", "victim:turn", None, single),
+            with("c1", "victim", Some("turn"), single),
+            with("c1:victim", "turn", None, single),
+        ];
+        for attacker in &every {
+            for k in [&attacker.key, &attacker.turn] {
+                assert_ne!(k, &victim.turn, "{attacker:?}");
+                assert_ne!(k, &victim.key, "{attacker:?}");
+            }
+        }
+        // A sender `*` is not the shared group, nor is a sender `group:c1` its Dify user.
+        let group = with("c1", "u1", None, ChatType::Group);
+        let star = with("c1", "*", None, single);
+        assert_ne!(star.key, group.key);
+        assert_ne!(star.turn, group.turn);
+        assert_ne!(with("x", "group:c1", None, single).user, group.user);
+        // Ordinary ids give the names earlier versions gave (the stored mappings are found).
+        assert_eq!(victim.key, "p:conv:src:c1:victim");
+        assert_eq!(
+            (victim.user.as_str(), group.user.as_str()),
+            ("src:victim", "src:group:c1")
+        );
     }
 }
