@@ -2,9 +2,10 @@
 //! dispatcher at our own network (loopback, private ranges, cloud metadata). This module owns
 //! the address policy ([`forbidden`]), the outbound HTTP [`client`] whose resolver drops
 //! forbidden addresses so that the connection goes to exactly the address that was checked (no
-//! DNS-rebinding window between check and connect), and [`check_url`] for IP-literal hosts,
-//! which reqwest connects to without asking any resolver. It never follows redirects and never
-//! puts a URL (whose query may carry a key) in an error.
+//! DNS-rebinding window between check and connect), [`check_url`] for IP-literal hosts,
+//! which reqwest connects to without asking any resolver, and [`send`], the one way the
+//! dispatcher sends a request (deliveries and access-token fetches alike), which applies both.
+//! It never follows redirects and never puts a URL (whose query may carry a key) in an error.
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use shared::config::DispatcherConfig;
@@ -107,13 +108,16 @@ const V6_RANGES: &[(Ipv6Net, &str)] = &[
 ];
 
 /// The IPv4 address an IPv6 address stands for, when it is one of the forms that reach an IPv4
-/// host: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`
-/// and 6to4 `2002:AABB:CCDD::`.
+/// host: IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d` (SIIT, RFC 2765),
+/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:AABB:CCDD::`. (The
+/// local-use NAT64 prefix `64:ff9b:1::/48`, whose IPv4 may sit at any of RFC 6052's positions,
+/// and Teredo are refused whole, in `V6_RANGES`.)
 pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail),
         // `::` and `::1` are themselves, not IPv4-compatible addresses.
         [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
         [0, 0, 0, 0, 0, 0, _, _] => Some(tail),
@@ -214,6 +218,34 @@ pub fn check_url(url: &url::Url, allow: &[IpNet]) -> Result<(), Forbidden> {
         Some(reason) => Err(Forbidden::Address { addr, reason }),
         None => Ok(()),
     }
+}
+
+/// Why [`send`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request could not be built (a bad URL or header): it never will be.
+    #[error("cannot build the request: {}", crate::target::describe_transport_error(.0))]
+    Build(reqwest::Error),
+    /// The URL names an address the guard refuses: it will not change by retrying.
+    #[error("refused by the SSRF guard: {0}")]
+    Refused(Forbidden),
+    /// Sending failed (a connection, a name the guarded resolver emptied, a timeout).
+    #[error("{}", crate::target::describe_transport_error(.0))]
+    Transport(reqwest::Error),
+}
+
+/// The one way the dispatcher sends a request: built on the client that made it (the guarded
+/// [`client`], whose resolver checks names), its URL checked with [`check_url`] (IP literals,
+/// which no resolver sees), then executed. Deliveries and access-token fetches both come here,
+/// so an `api_base` from the config is guarded like a receiver's URL.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    allow: &[IpNet],
+) -> Result<reqwest::Response, SendError> {
+    let (client, request) = request.build_split();
+    let request = request.map_err(SendError::Build)?;
+    check_url(request.url(), allow).map_err(SendError::Refused)?;
+    client.execute(request).await.map_err(SendError::Transport)
 }
 
 /// Why a name gave no address the dispatcher may connect to.

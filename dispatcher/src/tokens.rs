@@ -49,6 +49,10 @@ pub enum TokenError {
     Malformed { status: u16 },
     #[error("another process is fetching the token and did not finish in time")]
     Busy,
+    /// The token endpoint's URL is refused by the SSRF guard (or cannot be built): permanent,
+    /// and nothing was sent.
+    #[error("{0}")]
+    Unsendable(String),
 }
 
 impl From<shared::store::StoreError> for TokenError {
@@ -69,7 +73,8 @@ impl TokenError {
         let verdict = match self {
             TokenError::Refused {
                 permanent: true, ..
-            } => Verdict::Permanent,
+            }
+            | TokenError::Unsendable(_) => Verdict::Permanent,
             _ => Verdict::Retry { retry_after: None },
         };
         let (status, code) = match self {
@@ -88,7 +93,10 @@ impl TokenError {
                 duration_ms: 0,
             },
             // The platform's token endpoint was asked, unless the cache or its lock failed.
-            sent: !matches!(self, TokenError::Store(_) | TokenError::Busy),
+            sent: !matches!(
+                self,
+                TokenError::Store(_) | TokenError::Busy | TokenError::Unsendable(_)
+            ),
             verdict,
         }
     }
@@ -245,11 +253,14 @@ async fn fetch_and_store(
 }
 
 async fn fetch(ctx: &Context, source: &dyn TokenSource) -> Result<Fresh, TokenError> {
-    let resp = source
-        .request(&ctx.http)
-        .send()
+    // Through the SSRF guard like every delivery: `api_base` comes from the config, and an IP
+    // literal there would reach no resolver.
+    let resp = crate::ssrf::send(source.request(&ctx.http), &ctx.allow_private)
         .await
-        .map_err(|e| TokenError::Transport(describe_transport_error(&e)))?;
+        .map_err(|e| match e {
+            crate::ssrf::SendError::Transport(_) => TokenError::Transport(e.to_string()),
+            refused => TokenError::Unsendable(refused.to_string()),
+        })?;
     let status = resp.status().as_u16();
     let body = resp
         .bytes()

@@ -24,6 +24,11 @@ async fn literal_loopback_urls_are_refused_unless_allowed() {
     for url in [
         format!("http://127.0.0.1:{port}/x"),
         format!("http://[::ffff:127.0.0.1]:{port}/x"),
+        // IPv4-translated, NAT64, 6to4 and IPv4-compatible forms of 127.0.0.1.
+        format!("http://[::ffff:0:127.0.0.1]:{port}/x"),
+        format!("http://[64:ff9b::7f00:1]:{port}/x"),
+        format!("http://[2002:7f00:1::]:{port}/x"),
+        format!("http://[::127.0.0.1]:{port}/x"),
     ] {
         let c = ctx(&kit, &[]);
         let (outcome, answer) =

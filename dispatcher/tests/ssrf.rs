@@ -96,6 +96,16 @@ fn every_forbidden_range_is_named() {
         ("2002:7f00:1::", Some(LOOPBACK)),
         ("2002:c0a8:101::1", Some(PRIVATE)),
         ("2002:808:808::1", None),
+        // IPv4-translated (SIIT): `::ffff:0:a.b.c.d` (issue 11 item 13).
+        ("::ffff:0:127.0.0.1", Some(LOOPBACK)),
+        ("::ffff:0:7f00:1", Some(LOOPBACK)),
+        ("::ffff:0:10.0.0.1", Some(PRIVATE)),
+        ("::ffff:0:169.254.169.254", Some(METADATA)),
+        ("::ffff:0:8.8.8.8", None),
+        // Every embedding of the metadata address.
+        ("::169.254.169.254", Some(METADATA)),
+        ("2002:a9fe:a9fe::", Some(METADATA)),
+        ("64:ff9b:1:a9fe:a9:fe00::", Some(NAT64_LOCAL)),
     ];
     for (addr, want) in cases {
         assert_eq!(forbidden(ip(addr), &[]), *want, "{addr}");

@@ -460,6 +460,52 @@ fn wecom_source() -> String {
     )
 }
 
+/// Issue 11 item 13: the token endpoint (`api_base` from the config) goes through the SSRF
+/// guard like every delivery. The stand-in is on an IP literal in loopback; without
+/// `allow_private` nothing is sent to it, the token fetch included.
+#[tokio::test]
+async fn a_token_endpoint_on_a_forbidden_address_is_never_asked() {
+    let mut env = Env::new().await;
+    env.ctx.allow_private.clear();
+    let handle = ReplyHandle::Wecom {
+        to_user: "zhang".into(),
+        agent_id: None,
+    };
+    let wecom = env.reply(&wecom_source());
+    let out = wecom
+        .deliver(&reply_job("hi", handle, ChatType::Single), &env.ctx)
+        .await;
+    assert_eq!(out.verdict, Verdict::Permanent, "{:?}", out.attempt);
+    let error = out.attempt.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("SSRF") && error.contains("loopback"),
+        "{error}"
+    );
+    assert!(!out.sent, "nothing was sent: the breaker hears nothing");
+    assert_eq!(
+        env.p.token_fetches("wecom"),
+        0,
+        "the token endpoint was not asked"
+    );
+    assert_eq!(env.p.requests(api::WECOM_APP), 0);
+    // Feishu's and DingTalk's token endpoints alike.
+    let feishu = env.reply(&format!(
+        "platform = \"feishu\"\napp_id = \"{}\"\napp_secret = \"{}\"\napi_base = \"{{base}}\"",
+        creds::FEISHU_APP_ID,
+        creds::FEISHU_APP_SECRET
+    ));
+    let handle = ReplyHandle::Feishu {
+        message_id: "om_q1".into(),
+        chat_id: "oc_1".into(),
+        lark: false,
+    };
+    let out = feishu
+        .deliver(&reply_job("hi", handle, ChatType::Single), &env.ctx)
+        .await;
+    assert_eq!(out.verdict, Verdict::Permanent, "{:?}", out.attempt);
+    assert_eq!(env.p.token_fetches("feishu"), 0);
+}
+
 #[tokio::test]
 async fn an_expired_access_token_is_refreshed_once_and_the_send_retried() {
     let env = Env::new().await;

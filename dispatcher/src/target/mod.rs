@@ -6,6 +6,7 @@
 //! from those parts. The delivery loop (`crate::deliver`) owns everything around a kind: rate
 //! limits, retries, dead letters, the delivered marker. A kind never retries or sleeps by itself.
 use crate::split::{split, Limit};
+use crate::ssrf::SendError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -173,32 +174,17 @@ pub async fn send(
 ) -> (Outcome, Option<Answer>) {
     let started = Instant::now();
     let at = chrono::Utc::now();
-    let (client, request) = request.build_split();
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => {
-            let error = describe_transport_error(&e);
-            return (
-                parts::local_outcome(
-                    Verdict::Permanent,
-                    format!("cannot build the request: {error}"),
-                ),
+    // Through the guard, the one send path: an IP-literal host never reaches the guarded
+    // resolver, so the URL is checked there too, for every kind.
+    match crate::ssrf::send(request, &ctx.allow_private).await {
+        Err(refused @ (SendError::Build(_) | SendError::Refused(_))) => {
+            // Neither the request nor the address will change by retrying: an operator must
+            // fix the URL or allow it.
+            (
+                parts::local_outcome(Verdict::Permanent, refused.to_string()),
                 None,
-            );
+            )
         }
-    };
-    // An IP-literal host never reaches the guarded resolver: check it here, for every kind.
-    if let Err(refused) = crate::ssrf::check_url(request.url(), &ctx.allow_private) {
-        // The address will not change by retrying: an operator must fix the URL or allow it.
-        return (
-            parts::local_outcome(
-                Verdict::Permanent,
-                format!("refused by the SSRF guard: {refused}"),
-            ),
-            None,
-        );
-    }
-    match client.execute(request).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
@@ -228,7 +214,7 @@ pub async fn send(
                 Some(answer),
             )
         }
-        Err(e) => {
+        Err(SendError::Transport(e)) => {
             let error = describe_transport_error(&e);
             let attempt = Attempt {
                 at,

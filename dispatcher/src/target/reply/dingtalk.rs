@@ -189,8 +189,12 @@ impl DingtalkReply {
             if !session_webhook_allowed(url, &self.session_origins) {
                 return Route::None(NOT_DINGTALK);
             }
-            // An unknown expiry is taken as valid: DingTalk will say if it is not.
-            if session_webhook_expires_at.is_none_or(|at| at - margin > now_ms) {
+            // An unknown expiry is taken as valid: DingTalk will say if it is not. The expiry
+            // is the body's number: checked arithmetic (an `at` near `i64::MIN` is expired, not
+            // an overflow panic).
+            if session_webhook_expires_at
+                .is_none_or(|at| at.checked_sub(margin).is_some_and(|until| until > now_ms))
+            {
                 return Route::Session(
                     Secret::new(url.clone()),
                     json!({ "msgtype": "text", "text": { "content": text } }),
@@ -441,6 +445,34 @@ mod tests {
 
     /// The session webhook is the body's word, and DingTalk signs no body: only DingTalk's own
     /// hosts are called, whatever the expiry says.
+    /// Issue 11 item 13: a forged `sessionWebhookExpiredTime` at either end of `i64` once
+    /// overflowed `at - margin` (a panic with overflow checks, as in these debug-built tests).
+    #[test]
+    fn a_forged_expiry_at_the_ends_of_i64_routes_without_overflow() {
+        let now = 1_700_000_000_000;
+        let r = reply("app_key = \"ding1\"");
+        let route = |at: i64| {
+            let h = ReplyHandle::Dingtalk {
+                session_webhook: Some(
+                    "https://oapi.dingtalk.com/robot/sendBySession?session=S".into(),
+                ),
+                session_webhook_expires_at: Some(at),
+                conversation_id: "cid1".into(),
+                robot_code: None,
+                sender_staff_id: Some("staff1".into()),
+            };
+            match r.route(&h, ChatType::Single, "hi", now) {
+                Route::Session(..) => "session",
+                Route::Robot(..) => "robot",
+                Route::None(_) => "none",
+            }
+        };
+        assert_eq!(route(i64::MIN), "robot", "long expired");
+        assert_eq!(route(i64::MIN + 1), "robot");
+        assert_eq!(route(i64::MAX), "session");
+        assert_eq!(route(0), "robot");
+    }
+
     #[test]
     fn a_session_webhook_off_dingtalks_hosts_is_never_called() {
         let now = 1_700_000_000_000;
