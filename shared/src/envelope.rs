@@ -124,6 +124,23 @@ pub enum ReplyHandle {
         chat_id: i64,
         message_id: Option<i64>,
     },
+    /// Discord: an interaction's deferred response edited while its token lives, else a message
+    /// in the channel through the bot (replying to `message_id` when there is one).
+    Discord {
+        application_id: String,
+        channel_id: String,
+        /// CREDENTIAL (like DingTalk's `session_webhook` and Slack's `response_url`): the
+        /// interaction token, which alone authorises writing the answer. Never logged; it must
+        /// move wherever reply credentials move out of stored payloads.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interaction_token: Option<String>,
+        /// When the interaction token stops working, in milliseconds since the epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_expires_at: Option<i64>,
+        /// The message to reply to (`message_reference`), for messages rather than commands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+    },
 }
 
 /// One platform event, verified and normalised by the ingress.

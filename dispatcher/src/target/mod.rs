@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod dingtalk_robot;
+pub mod discord;
+pub mod discord_webhook;
 pub mod errcode;
 pub mod feishu_bot;
 pub mod parts;
@@ -136,6 +138,7 @@ pub const KINDS: &[&str] = &[
     "slack",
     "rocketchat",
     "telegram",
+    "discord_webhook",
 ];
 
 /// Builds a target from its config, checking the kind's own keys.
@@ -149,6 +152,9 @@ pub fn build(target: &TargetConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>>
         "slack" => Ok(Arc::new(slack::Slack::from_config(target)?)),
         "rocketchat" => Ok(Arc::new(rocketchat::RocketChat::from_config(target)?)),
         "telegram" => Ok(Arc::new(telegram::Telegram::from_config(target)?)),
+        "discord_webhook" => Ok(Arc::new(discord_webhook::DiscordWebhook::from_config(
+            target,
+        )?)),
         other => Err(vec![ConfigIssue {
             key: format!("targets.{}.kind", target.id),
             problem: format!("unknown kind `{other}` (one of: {})", KINDS.join(", ")),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod bearer;
 pub mod dingtalk;
+pub mod discord;
 pub mod feishu;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -249,8 +250,8 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 
 /// Every platform word a source may use.
 pub const PLATFORMS: &[&str] = &[
-    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram", "github",
-    "hmac",
+    "standard", "bearer", "wecom", "dingtalk", "feishu", "lark", "slack", "telegram", "discord",
+    "github", "hmac",
 ];
 
 /// The keys the platform of that word reads from a source's block (`None`: no such platform).
@@ -263,6 +264,7 @@ pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
         "feishu" | "lark" => feishu::KEYS,
         "slack" => slack::KEYS,
         "telegram" => telegram::KEYS,
+        "discord" => discord::KEYS,
         "github" => github::KEYS,
         "hmac" => hmac::KEYS,
         _ => return None,
@@ -298,6 +300,7 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Platform>, Vec<ConfigIssue
         "lark" => Ok(Box::new(feishu::Feishu::from_config(source, true)?)),
         "slack" => Ok(Box::new(slack::Slack::from_config(source)?)),
         "telegram" => Ok(Box::new(telegram::Telegram::from_config(source)?)),
+        "discord" => Ok(Box::new(discord::Discord::from_config(source)?)),
         "github" => Ok(Box::new(github::Github::from_config(source)?)),
         "hmac" => Ok(Box::new(hmac::HmacSource::from_config(source)?)),
         other => Err(vec![ConfigIssue {
@@ -336,6 +339,10 @@ mod tests {
             ),
             "slack" => (json!({"signing_secret": "s"}), "signing_secret"),
             "telegram" => (json!({"secret_token": "s"}), "secret_token"),
+            "discord" => (
+                json!({"public_key": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"}),
+                "public_key",
+            ),
             "github" => (json!({"secret": "s"}), "secret"),
             "hmac" => (
                 json!({"secret": "s", "header": "X-Sig", "algorithm": "sha256", "encoding": "hex"}),

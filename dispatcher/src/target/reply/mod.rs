@@ -12,6 +12,7 @@ use shared::envelope::{Destination, DispatchJob, ReplyHandle};
 use std::sync::Arc;
 
 pub mod dingtalk;
+pub mod discord;
 pub mod feishu;
 pub mod slack;
 pub mod telegram;
@@ -26,6 +27,7 @@ pub fn keys(platform: &str) -> &'static [&'static str] {
         "feishu" | "lark" => feishu::KEYS,
         "slack" => slack::KEYS,
         "telegram" => telegram::KEYS,
+        "discord" => discord::KEYS,
         _ => &[],
     }
 }
@@ -39,11 +41,12 @@ pub fn build(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>>
         "lark" => Ok(Arc::new(feishu::FeishuReply::from_source(source, true)?)),
         "slack" => Ok(Arc::new(slack::SlackReply::from_source(source)?)),
         "telegram" => Ok(Arc::new(telegram::TelegramReply::from_source(source)?)),
+        "discord" => Ok(Arc::new(discord::DiscordReply::from_source(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.reply", source.id),
             problem: format!(
                 "platform `{other}` has no conversation to reply into \
-                 (wecom, dingtalk, feishu, lark, slack and telegram have)"
+                 (wecom, dingtalk, feishu, lark, slack, telegram and discord have)"
             ),
         }]),
     }
@@ -106,6 +109,11 @@ mod tests {
                 Ok("telegram_reply"),
             ),
             ("platform = \"telegram\"", Err("sources.s.bot_token")),
+            (
+                "platform = \"discord\"\nbot_token = \"b\"",
+                Ok("discord_reply"),
+            ),
+            ("platform = \"discord\"", Ok("discord_reply")),
             (
                 "platform = \"bearer\"\ntoken = \"t\"",
                 Err("sources.s.reply"),

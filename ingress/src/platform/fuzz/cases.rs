@@ -2,7 +2,7 @@
 //! bodies and valid requests to mutate (test-only).
 use super::super::sender::SignedRequest;
 use super::super::{
-    build, dingtalk, feishu, github, hmac, slack, telegram, wecom, HookRequest, Platform,
+    build, dingtalk, discord, feishu, github, hmac, slack, telegram, wecom, HookRequest, Platform,
 };
 use crate::platform::testkit::{at, source};
 use axum::http::Method;
@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use shared::signing::SigningKey;
 
 pub const NOW: i64 = 1_700_000_000;
+/// The Discord application's key seed (its public key is configured, not a secret).
+const DISCORD_SEED: [u8; 32] = [42; 32];
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 /// Every configured secret: none may appear in a rejection.
@@ -106,6 +108,8 @@ pub fn cases() -> Vec<Case> {
         slack::message_event("C1", "channel", "U1", "hi", "1.1"),
     );
     let tg_text = telegram::text_update(5, -9, "group", 3, "hi");
+    let discord_key = ed25519_dalek::SigningKey::from_bytes(&DISCORD_SEED);
+    let discord_cmd = discord::slash_command("i1", "app", "tok", Some("g"), "c", "u", "hi");
     let ding_text = dingtalk::text_message("m", "c", true, "s", "hi", "https://x", NOW * 1000);
     let gh_body = json!({"action": "opened", "issue": {"number": 1, "title": "t", "body": "b"}, "repository": {"full_name": "a/b"}, "sender": {"login": "o", "type": "User"}}).to_string();
     let generic = r#"{"id":"e1","text":"hello","sender_id":"u"}"#;
@@ -281,6 +285,24 @@ pub fn cases() -> Vec<Case> {
                     .to_hook_request(at(NOW))
             }),
             valid: vec![telegram::request("tg_secret-1", &tg_text).to_hook_request(now)],
+        },
+        Case {
+            name: "discord",
+            platform: platform(
+                "discord",
+                json!({"public_key": hex::encode(discord_key.verifying_key().as_bytes())}),
+            ),
+            body: Body::Signed,
+            signed_parts: &[discord::TIMESTAMP_HEADER, discord::SIGNATURE_HEADER],
+            sign: Box::new(move |b, _| {
+                let key = ed25519_dalek::SigningKey::from_bytes(&DISCORD_SEED);
+                let ts = NOW.to_string();
+                SignedRequest::new(Method::POST, b.to_vec())
+                    .with_header(discord::TIMESTAMP_HEADER, &ts)
+                    .with_header(discord::SIGNATURE_HEADER, discord::signature(&key, &ts, b))
+                    .to_hook_request(at(NOW))
+            }),
+            valid: vec![discord::request(&discord_key, NOW, &discord_cmd).to_hook_request(now)],
         },
         Case {
             name: "github",
