@@ -5,6 +5,7 @@
 mod common;
 mod connectors;
 mod crash;
+mod discord;
 mod forged;
 mod hardening;
 mod harness;
