@@ -3,8 +3,8 @@
 //! nobody; a 429's `retry_after` is obeyed — no request reaches the route before it has elapsed,
 //! whichever dispatcher process asks (the state is in Redis); a global 429 holds every route of
 //! the bot; a bucket that Discord's headers say is spent is not used until it resets; an
-//! interaction token past its life gives way to a channel message through the bot, replying to
-//! the question.
+//! interaction token past its life, or refused by Discord, gives way to a channel message through
+//! the bot, replying to the question.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use dispatcher::target::{self, Context, Target, Verdict};
 use shared::config::{SourceConfig, TargetConfig};
@@ -257,6 +257,33 @@ async fn past_the_interaction_token_the_bot_replies_in_the_channel_and_a_global_
     assert!(!got[0].pinged_everyone);
     assert!(env.d.messages_to(route::EDIT_ORIGINAL).is_empty());
 
+    // A token Discord refuses before its time (an interaction it never saw acknowledged): the
+    // edit gets 404, and the answer goes to the channel in the same delivery.
+    let unknown = ReplyHandle::Discord {
+        application_id: standins::discord::APPLICATION_ID.into(),
+        channel_id: "c6".into(),
+        interaction_token: Some("never-acknowledged".into()),
+        token_expires_at: Some(chrono::Utc::now().timestamp_millis() + 600_000),
+        message_id: None,
+    };
+    let out2 = r
+        .deliver(
+            &job_to("refused token", Destination::Reply { handle: unknown }),
+            &env.ctx,
+        )
+        .await;
+    assert_eq!(out2.verdict, Verdict::Delivered, "{:?}", out2.attempt);
+    assert_eq!(env.d.request_times(route::EDIT_ORIGINAL).len(), 1);
+    let got = env.d.messages_to(route::CHANNEL);
+    assert_eq!(
+        (
+            got.len(),
+            got[1].channel_id.as_str(),
+            got[1].content.as_str()
+        ),
+        (2, "c6", "refused token")
+    );
+
     // A global 429 on one channel holds the bot's messages to every channel.
     env.d
         .rate_limit_next(route::CHANNEL, 1, Duration::from_secs(1), true);
@@ -288,7 +315,7 @@ async fn past_the_interaction_token_the_bot_replies_in_the_channel_and_a_global_
         "{:?}",
         elsewhere.verdict
     );
-    assert_eq!(env.d.request_times(route::CHANNEL).len(), 2);
+    assert_eq!(env.d.request_times(route::CHANNEL).len(), 3);
     assert!(
         !format!("{:?}", out.attempt).contains(BOT_TOKEN),
         "no secret in the attempt"

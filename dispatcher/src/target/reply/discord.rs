@@ -4,7 +4,8 @@
 //! {token}`): both need only the interaction token, which Discord honours for 15 minutes. Past
 //! that (less a margin) the answer goes to the channel through the bot instead
 //! (`POST /channels/{channel_id}/messages`, replying with `message_reference` when the handle
-//! names a message), and the log says so. Keys (shared with the ingress): `bot_token` (for the
+//! names a message), and the log says so; so it does when Discord refuses the token earlier
+//! (401 or 404: the interaction was not acknowledged in time, or is unknown). Keys (shared with the ingress): `bot_token` (for the
 //! channel messages; without it an answer later than the token is a permanent failure),
 //! `api_base` (default `https://discord.com/api/v10`). No answer pings anyone
 //! (`allowed_mentions` is empty).
@@ -15,11 +16,11 @@ use super::super::{Context, Outcome, Target, Verdict};
 use crate::split::Limit;
 use async_trait::async_trait;
 use reqwest::Method;
-use serde_json::Value;
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::envelope::{DispatchJob, ReplyHandle};
 use shared::keys::Keys;
 use shared::Secret;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The keys this channel reads from the source's block.
@@ -123,17 +124,17 @@ impl Target for DiscordReply {
             return super::wrong_handle("discord");
         };
         let parts = self.parts(&job.payload.answer.text);
-        let mut told = false;
+        // Set once Discord refused the interaction token: the remaining parts go to the channel.
+        let refused = AtomicBool::new(false);
+        let refused = &refused;
         deliver_parts(job, ctx, &parts, |i, part| {
-            let via = self.via(handle, i, chrono::Utc::now().timestamp_millis());
-            let body: Value = message_body(
-                &part,
-                &[],
-                match &via {
-                    Via::Channel(_, reply_to) => reply_to.as_deref(),
-                    _ => None,
-                },
-            );
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let via = match self.via(handle, i, now_ms) {
+                Via::Interaction(..) if refused.load(Ordering::Relaxed) => {
+                    self.via(&expired(handle), i, now_ms)
+                }
+                via => via,
+            };
             let sending = match via {
                 Via::Interaction(method, path) => {
                     let interaction = digest(path.expose());
@@ -143,46 +144,94 @@ impl Target for DiscordReply {
                         ("POST /webhooks/{application_id}/{token}", "follow-up")
                     };
                     tracing::debug!(job = %job.id, part = i + 1, kind, "answering the interaction");
-                    Ok((
+                    Ok(Some((
                         ctx.http
                             .request(method, format!("{}{}", self.api_base, path.expose()))
-                            .json(&body),
+                            .json(&message_body(&part, &[], None)),
                         Route {
                             template,
                             major: interaction.clone(),
                             scope: format!("interaction-{interaction}"),
                         },
-                    ))
+                    )))
                 }
-                Via::Channel(path, _) => {
-                    if !told {
-                        told = true;
-                        tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
-                            "the interaction token has expired: answering with a channel message through the bot instead");
-                    }
-                    let token = self.bot_token.as_ref().map(Secret::expose).unwrap_or_default();
-                    Ok((
-                        ctx.http
-                            .post(format!("{}{path}", self.api_base))
-                            .header("authorization", format!("Bot {token}"))
-                            .json(&body),
-                        Route {
-                            template: "POST /channels/{channel_id}/messages",
-                            major: channel_id.clone(),
-                            scope: self.bot_scope(),
-                        },
-                    ))
+                Via::Channel(..) => {
+                    tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
+                        "the interaction token has expired: answering with a channel message through the bot instead");
+                    Ok(None)
                 }
                 Via::None(why) => Err(why),
             };
+            let handle = handle.clone();
             Box::pin(async move {
-                match sending {
-                    Ok((request, route)) => send_limited(ctx, &route, request).await,
-                    Err(why) => local_outcome(Verdict::Permanent, why),
+                let outcome = match sending {
+                    Ok(Some((request, route))) => send_limited(ctx, &route, request).await,
+                    Ok(None) => return self.channel(ctx, &handle, i, &part).await,
+                    Err(why) => return local_outcome(Verdict::Permanent, why),
+                };
+                // Discord no longer takes the token (the interaction was not acknowledged in
+                // time, or the token ended early): the bot answers in the channel instead.
+                let token_refused = outcome.verdict == Verdict::Permanent
+                    && matches!(outcome.attempt.status, Some(401 | 404));
+                if token_refused && self.bot_token.is_some() {
+                    refused.store(true, Ordering::Relaxed);
+                    tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
+                        status = outcome.attempt.status, code = outcome.attempt.code.as_deref().unwrap_or(""),
+                        "Discord refused the interaction token: answering with a channel message through the bot instead");
+                    return self.channel(ctx, &handle, i, &part).await;
                 }
+                outcome
             })
         })
         .await
+    }
+}
+
+/// The handle without its interaction token: what is left once Discord refused it.
+fn expired(handle: &ReplyHandle) -> ReplyHandle {
+    let mut h = handle.clone();
+    if let ReplyHandle::Discord {
+        interaction_token, ..
+    } = &mut h
+    {
+        *interaction_token = None;
+    }
+    h
+}
+
+impl DiscordReply {
+    /// Part `index` as a channel message through the bot, replying to the handle's message.
+    async fn channel(
+        &self,
+        ctx: &Context,
+        handle: &ReplyHandle,
+        index: usize,
+        part: &str,
+    ) -> Outcome {
+        let (path, reply_to) = match self.via(&expired(handle), index, 0) {
+            Via::Channel(path, reply_to) => (path, reply_to),
+            Via::None(why) => return local_outcome(Verdict::Permanent, why),
+            Via::Interaction(..) => return local_outcome(Verdict::Permanent, NO_BOT),
+        };
+        let ReplyHandle::Discord { channel_id, .. } = handle else {
+            return super::wrong_handle("discord");
+        };
+        let token = self
+            .bot_token
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        let request = ctx
+            .http
+            .post(format!("{}{path}", self.api_base))
+            .header("authorization", format!("Bot {token}"))
+            .json(&message_body(part, &[], reply_to.as_deref()));
+        let route = Route {
+            template: "POST /channels/{channel_id}/messages",
+            major: channel_id.clone(),
+            scope: self.bot_scope(),
+        };
+        send_limited(ctx, &route, request).await
     }
 }
 
