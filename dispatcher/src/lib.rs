@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod ratelimit;
 pub mod split;
 pub mod ssrf;
+pub mod stream;
 pub mod target;
 pub mod tokens;
 

@@ -437,6 +437,16 @@ pub struct SourceConfig {
     /// Empty: any.
     #[serde(default)]
     pub allow_ips: Vec<ipnet::IpNet>,
+    /// Replies grow in the chat as Dify writes them (one message created, then edited), where
+    /// the platform can edit a message; off by default. Needs `reply = true`.
+    #[serde(default)]
+    pub stream: bool,
+    /// With `stream`: at most one progress update per this long.
+    #[serde(default = "d_1s", with = "units::duration")]
+    pub stream_interval: Duration,
+    /// With `stream`: a progress update only when at least this many characters are new.
+    #[serde(default = "default_stream_min_chars")]
+    pub stream_min_chars: usize,
     /// The platform's own keys (token, secrets, ids), checked by the ingress platform module.
     #[serde(flatten)]
     pub settings: Settings,
@@ -504,6 +514,9 @@ fn default_dead_letter_bytes() -> u64 {
 fn default_redis_pool() -> usize {
     64
 }
+fn default_stream_min_chars() -> usize {
+    20
+}
 fn default_skew() -> u64 {
     300
 }
@@ -512,6 +525,9 @@ fn default_mode() -> ResponseMode {
 }
 fn default_app_concurrency() -> usize {
     512
+}
+fn d_1s() -> Duration {
+    Duration::from_secs(1)
 }
 fn d_5s() -> Duration {
     Duration::from_secs(5)
@@ -815,6 +831,18 @@ impl Config {
                     format!("no [[apps]] has id `{}`", source.app),
                 );
             }
+            if source.stream && !source.reply {
+                push(
+                    format!("sources.{}.stream", source.id),
+                    "streams the reply into the conversation: it needs `reply = true`".into(),
+                );
+            }
+            if source.stream && source.stream_interval.is_zero() {
+                push(
+                    format!("sources.{}.stream_interval", source.id),
+                    "must be above zero (every edit counts against the platform's limit)".into(),
+                );
+            }
             for t in &source.targets {
                 if !target_ids.contains(t.as_str()) {
                     push(
@@ -923,6 +951,28 @@ mod tests {
         let e = Config::from_toml(&text).unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(keys, ["sources.crm.app", "sources.crm.targets"], "{e}");
+    }
+
+    #[test]
+    fn streaming_is_off_by_default_and_needs_a_reply_and_an_interval() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        let s = &c.sources[0];
+        assert!(!s.stream);
+        assert_eq!(
+            (s.stream_interval, s.stream_min_chars),
+            (Duration::from_secs(1), 20)
+        );
+        let text = MINIMAL.replace(
+            "app = \"support\"",
+            "app = \"support\"\nstream = true\nstream_interval = \"0s\"",
+        );
+        let e = Config::from_toml(&text).unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["sources.crm.stream", "sources.crm.stream_interval"],
+            "{e}"
+        );
     }
 
     #[test]

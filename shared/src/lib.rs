@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod gcra;
 pub mod keys;
 pub mod nodes;
+pub mod progress;
 pub mod retry;
 pub mod seal;
 pub mod secret;

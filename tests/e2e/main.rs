@@ -14,6 +14,7 @@ mod limits;
 mod pipeline;
 mod platforms;
 mod secrets;
+mod streaming;
 mod targets;
 mod tls;
 mod worker;

@@ -67,9 +67,14 @@ pub(super) fn receiver_alive(outcome: &Outcome) -> Option<bool> {
 /// The name a job's target goes by in the breaker and the limiter: a target's id, or
 /// `reply:<source>` for a source's reply channel.
 pub(super) fn target_name(job: &DispatchJob) -> String {
-    match &job.destination {
+    name_of(&job.destination, &job.payload.source)
+}
+
+/// [`target_name`] of a destination of an event of `source`.
+pub(super) fn name_of(destination: &Destination, source: &str) -> String {
+    match destination {
         Destination::Target { id } => id.clone(),
-        Destination::Reply { .. } => format!("reply:{}", job.payload.source),
+        Destination::Reply { .. } => format!("reply:{source}"),
     }
 }
 
@@ -101,11 +106,22 @@ impl Dispatcher {
             target,
             probe,
         };
+        // A streamed reply's final answer is one more edit in its chat: the chat's limit too.
+        let chat = super::progress::chat_limit(route, &job.destination, &job.payload);
+        if let Some((name, rates)) = chat {
+            self.acquire(&name, &rates).await?;
+        }
         if route.rates.is_empty() {
             return Ok(admitted);
         }
-        match self.limiter.acquire(&admitted.target, &route.rates).await {
-            Ok(Admission::Go) => Ok(admitted),
+        self.acquire(&admitted.target, &route.rates).await?;
+        Ok(admitted)
+    }
+
+    /// One limiter decision: `Err(wait)` when the job must wait.
+    async fn acquire(&self, name: &str, rates: &[shared::units::Rate]) -> Result<(), Duration> {
+        match self.limiter.acquire(name, rates).await {
+            Ok(Admission::Go) => Ok(()),
             Ok(Admission::Wait(wait)) => {
                 metrics::counter!("switchboard_dispatch_total", "outcome" => "rate_limited")
                     .increment(1);

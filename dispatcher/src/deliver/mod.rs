@@ -17,9 +17,12 @@
 //! | settle: unlock | nothing | the lock lapses after `lock_ttl` |
 //!
 //! The steps live in `admit`, `marks` (the delivered mark and the lock) and `settle`; the
-//! routes a dispatcher knows in `routes`.
+//! routes a dispatcher knows in `routes`. A streamed reply's progress updates travel on the
+//! same queue and are applied (or dropped) by `progress`; its final answer is the reply job,
+//! which ends the streamed message (`crate::stream::finish`).
 mod admit;
 mod marks;
+mod progress;
 mod routes;
 mod settle;
 
@@ -33,6 +36,7 @@ use lapin::options::BasicRejectOptions;
 use marks::{Lock, Marks};
 use shared::config::Config;
 use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
+use shared::progress::ReplyProgress;
 use shared::stage::{self, Settle};
 use shared::topology::Stage;
 use shared::Services;
@@ -82,6 +86,9 @@ impl Dispatcher {
     }
 
     pub async fn handle(self: Arc<Self>, delivery: Delivery) {
+        if shared::progress::is_progress(&delivery.data) {
+            return self.handle_progress(delivery).await;
+        }
         let job = match decode::<DispatchJob>(&delivery.data) {
             Ok(j) => j,
             Err(e) => {
@@ -95,6 +102,27 @@ impl Dispatcher {
         };
         let span = tracing::info_span!("job", job_id = %job.id, event_id = %job.payload.event_id, target = %job.destination.name());
         self.process(job)
+            .instrument(span)
+            .await
+            .apply(&delivery.acker)
+            .await;
+    }
+
+    /// A streamed reply's progress update, beside the jobs on the deliver queue.
+    async fn handle_progress(&self, delivery: Delivery) {
+        let update = match decode::<ReplyProgress>(&delivery.data) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable progress update; dead-lettering it");
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("progress", job_id = %update.job_id, event_id = %update.payload.event_id);
+        self.progress(update)
             .instrument(span)
             .await
             .apply(&delivery.acker)
@@ -146,14 +174,20 @@ impl Dispatcher {
     /// per admission, so a split answer spends one admission per part and no window exceeds
     /// the limit.
     async fn attempt(&self, job: &DispatchJob, route: &Route) -> Outcome {
-        let outcome = if route.rates.is_empty() {
-            route.target.deliver(job, &self.ctx).await
+        let ctx = if route.rates.is_empty() {
+            self.ctx.clone()
         } else {
-            let ctx = Context {
+            Context {
                 part_budget: Some(1),
                 ..self.ctx.clone()
-            };
-            route.target.deliver(job, &ctx).await
+            }
+        };
+        let outcome = match (route.target.grow(), &job.destination) {
+            // A streamed reply ends the message its updates grew.
+            (Some(grow), Destination::Reply { .. }) => {
+                crate::stream::finish(route.target.as_ref(), grow, job, &ctx, self.lock_ttl).await
+            }
+            _ => route.target.deliver(job, &ctx).await,
         };
         metrics::histogram!("switchboard_delivery_seconds", "kind" => route.target.kind())
             .record(outcome.attempt.duration_ms as f64 / 1000.0);

@@ -126,6 +126,11 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     }
     /// Renders and sends the job once (the parts not yet delivered); classifies the answer.
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;
+    /// How the channel grows one message while the answer is written, when its source
+    /// streams (`stream = true`) and the platform can edit a message (see `crate::stream`).
+    fn grow(&self) -> Option<&dyn crate::stream::Grow> {
+        None
+    }
 }
 
 /// Every kind word a target may use.

@@ -2,7 +2,8 @@
 //! (group robot; app `gettoken` + `message/send`), DingTalk (custom robot with signed URLs;
 //! session webhooks; `gettoken` + robot API), Feishu / Lark (custom bot with signed bodies;
 //! `tenant_access_token` + message reply), Slack (incoming webhook, `chat.postMessage`,
-//! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`). It checks
+//! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
+//! `editMessageText`: each chat keeps its messages by id with their current text). It checks
 //! credentials and signatures, enforces each platform's documented rate limit with the
 //! platform's own errcode, counts token fetches, expires tokens on demand, can be told to answer
 //! the next requests with a given status and body, and records every accepted message for
@@ -58,6 +59,8 @@ pub mod api {
     pub const SLACK_RESPONSE_URL: &str = "slack_response_url";
     pub const ROCKETCHAT: &str = "rocketchat";
     pub const TELEGRAM: &str = "telegram";
+    /// Telegram's `editMessageText` (its limits are the chat's, under [`TELEGRAM`]).
+    pub const TELEGRAM_EDIT: &str = "telegram_edit";
 }
 
 /// One message a platform accepted.
@@ -103,6 +106,15 @@ impl Scripted {
         }
     }
 
+    /// A Bot API refusal: `{"ok": false, "error_code": status, "description": …}`.
+    pub fn telegram(status: u16, description: &str) -> Self {
+        Self {
+            status,
+            body: json!({ "ok": false, "error_code": status, "description": description }),
+            retry_after: None,
+        }
+    }
+
     /// A bare status, with `Retry-After` when given.
     pub fn status(status: u16, retry_after: Option<u64>) -> Self {
         Self {
@@ -132,6 +144,12 @@ struct Inner {
     tokens: HashMap<String, Token>,
     fetches: HashMap<&'static str, usize>,
     sessions: HashMap<String, i64>,
+    /// Requests refused for a rate limit, per API.
+    limited: HashMap<&'static str, usize>,
+    /// How long requests to an API are held before they are handled.
+    holds: HashMap<&'static str, Duration>,
+    /// Telegram messages by (chat, message id): their current text.
+    telegram: HashMap<(String, i64), String>,
     serial: u64,
 }
 
@@ -156,6 +174,9 @@ impl Default for Inner {
             tokens: HashMap::new(),
             fetches: HashMap::new(),
             sessions: HashMap::new(),
+            telegram: HashMap::new(),
+            limited: HashMap::new(),
+            holds: HashMap::new(),
             serial: 0,
         }
     }
@@ -209,6 +230,7 @@ impl PlatformStandin {
             .route("/api/chat.postMessage", post(slack_post_message))
             .route("/hooks/{id}/{token}", post(rocketchat))
             .route("/{bot}/sendMessage", post(telegram))
+            .route("/{bot}/editMessageText", post(telegram_edit))
             .with_state(s.clone());
         let stop = s.stop.clone();
         tokio::spawn(async move {
@@ -344,6 +366,20 @@ impl PlatformStandin {
         self.messages_to(api).into_iter().map(|m| m.text).collect()
     }
 
+    /// A Telegram chat as its members see it: every message the bot sent there, by id, with
+    /// its current text.
+    pub fn telegram_chat(&self, chat: &str) -> Vec<(i64, String)> {
+        let mut out: Vec<(i64, String)> = self
+            .lock()
+            .telegram
+            .iter()
+            .filter(|((c, _), _)| c == chat)
+            .map(|((_, id), text)| (*id, text.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Requests that reached an API (accepted, refused or scripted).
     pub fn requests(&self, api: &str) -> usize {
         self.lock()
@@ -393,7 +429,33 @@ impl PlatformStandin {
                 >= *count as usize
         });
         window.push_back(now);
+        if over {
+            *g.limited.entry(api).or_insert(0) += 1;
+        }
         over
+    }
+
+    /// Requests to `api` refused for a rate limit so far.
+    pub fn limited(&self, api: &str) -> usize {
+        self.lock()
+            .limited
+            .iter()
+            .filter(|(k, _)| **k == api)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Holds every request to `api` for `hold` before handling it (a slow platform), so a test
+    /// can act while a request is in flight.
+    pub fn hold(&self, api: &'static str, hold: Duration) {
+        self.lock().holds.insert(api, hold);
+    }
+
+    async fn held(&self, api: &'static str) {
+        let hold = self.lock().holds.get(api).copied();
+        if let Some(d) = hold {
+            tokio::time::sleep(d).await;
+        }
     }
 
     fn record(
@@ -960,13 +1022,91 @@ async fn telegram(
         Some(Value::String(c)) => c.clone(),
         _ => return bad("Bad Request: chat not found"),
     };
+    if let Some(r) = telegram_limited(&p, &chat) {
+        return r;
+    }
     let num = |k: &str| v.get(k).and_then(Value::as_i64).map(|n| n.to_string());
     let (thread, reply_to) = (num("message_thread_id"), num("reply_to_message_id"));
     let id = {
         let mut g = p.lock();
         g.serial += 1;
-        g.serial
+        let id = g.serial as i64;
+        g.telegram.insert((chat.clone(), id), text.clone());
+        id
     };
     p.record(api::TELEGRAM, &chat, &text, thread, reply_to, v);
+    ok(json!({ "ok": true, "result": { "message_id": id, "chat": { "id": chat }, "text": text } }))
+}
+
+/// Telegram's answer beyond a chat's limit: 429 with `parameters.retry_after`.
+fn telegram_limited(p: &PlatformStandin, chat: &str) -> Option<Response> {
+    if !p.over_limit(api::TELEGRAM, chat) {
+        return None;
+    }
+    Some(reply(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({ "ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": { "retry_after": 1 } }),
+    ))
+}
+
+/// `editMessageText` as the Bot API answers it: the message must exist in the chat, the text
+/// must change ("message is not modified" otherwise), edits count against the chat's limit.
+async fn telegram_edit(
+    State(p): State<PlatformStandin>,
+    Path(bot): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = p.arrive(api::TELEGRAM_EDIT) {
+        return r;
+    }
+    p.held(api::TELEGRAM_EDIT).await;
+    if bot.strip_prefix("bot") != Some(creds::TELEGRAM_BOT_TOKEN) {
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            json!({ "ok": false, "error_code": 401, "description": "Unauthorized" }),
+        );
+    }
+    let bad = |d: &str| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            json!({ "ok": false, "error_code": 400, "description": d }),
+        )
+    };
+    let v = parse(&body);
+    let text = s(&v, "/text").to_owned();
+    if text.is_empty() {
+        return bad("Bad Request: message text is empty");
+    }
+    if text.encode_utf16().count() > 4096 {
+        return bad("Bad Request: MESSAGE_TOO_LONG");
+    }
+    let chat = match v.get("chat_id") {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(c)) => c.clone(),
+        _ => return bad("Bad Request: chat not found"),
+    };
+    let Some(id) = v.get("message_id").and_then(Value::as_i64) else {
+        return bad("Bad Request: message identifier is not specified");
+    };
+    let current = p.lock().telegram.get(&(chat.clone(), id)).cloned();
+    match current {
+        None => return bad("Bad Request: message to edit not found"),
+        Some(c) if c == text => {
+            return bad("Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message")
+        }
+        Some(_) => {}
+    }
+    if let Some(r) = telegram_limited(&p, &chat) {
+        return r;
+    }
+    p.lock().telegram.insert((chat.clone(), id), text.clone());
+    p.record(
+        api::TELEGRAM_EDIT,
+        &chat,
+        &text,
+        None,
+        Some(id.to_string()),
+        v,
+    );
     ok(json!({ "ok": true, "result": { "message_id": id, "chat": { "id": chat }, "text": text } }))
 }

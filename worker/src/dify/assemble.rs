@@ -41,6 +41,14 @@ impl Assembler {
         &self.ids
     }
 
+    /// The answer's text as written so far: the message text (a workflow's `text_chunk`s).
+    pub(crate) fn text_so_far(&self) -> &str {
+        match self.kind {
+            AppKind::Workflow => &self.streamed,
+            AppKind::Chat | AppKind::Completion => &self.text,
+        }
+    }
+
     /// The answer has arrived: `message_end` for chat and completion apps (a chatflow may still
     /// send `workflow_finished` after it), `workflow_finished` for workflows.
     pub(crate) fn is_complete(&self) -> bool {

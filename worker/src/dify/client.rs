@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc::UnboundedSender, Semaphore};
+use tokio::sync::{mpsc::UnboundedSender, watch, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 /// One stream event may not exceed this (a `workflow_finished` carries every output).
@@ -109,6 +109,17 @@ impl DifyClient {
         call: &DifyCall<'_>,
         ids: Option<&UnboundedSender<DifyIds>>,
     ) -> Result<Answer, DifyError> {
+        self.call_watching(call, ids, None).await
+    }
+
+    /// As [`DifyClient::call`]; `text` also follows the answer's text as the stream writes it
+    /// (the whole text so far, each time it changes), for a reply that grows in the chat.
+    pub async fn call_watching(
+        &self,
+        call: &DifyCall<'_>,
+        ids: Option<&UnboundedSender<DifyIds>>,
+        text: Option<&watch::Sender<String>>,
+    ) -> Result<Answer, DifyError> {
         validate_trace_id(call.trace_id)?;
         let permits = self.permits_of(call.app);
         let _permit = permits
@@ -118,7 +129,7 @@ impl DifyClient {
         let app_id = call.app.id.clone();
         let gauge = InFlightGauge::enter(&app_id);
         let started = Instant::now();
-        let result = self.run(call, ids).await;
+        let result = self.run(call, ids, text).await;
         drop(gauge);
         let outcome = match result.as_ref().map_err(classify) {
             Ok(_) => "ok",
@@ -138,6 +149,7 @@ impl DifyClient {
         &self,
         call: &DifyCall<'_>,
         ids: Option<&UnboundedSender<DifyIds>>,
+        text: Option<&watch::Sender<String>>,
     ) -> Result<Answer, DifyError> {
         let app = call.app;
         let deadline = Instant::now() + app.timeout;
@@ -168,7 +180,7 @@ impl DifyClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_stream {
-            return read_stream(response, app, deadline, ids).await;
+            return read_stream(response, app, deadline, ids, text).await;
         }
         // A blocking answer, or a JSON answer to a streaming request: read it whole (capped).
         let (bytes, truncated) = timeout_at(deadline, read_capped(response, MAX_BODY_BYTES))
@@ -242,6 +254,7 @@ async fn read_stream(
     app: &AppConfig,
     deadline: Instant,
     ids: Option<&UnboundedSender<DifyIds>>,
+    text: Option<&watch::Sender<String>>,
 ) -> Result<Answer, DifyError> {
     let key = app.api_key.expose();
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
@@ -286,6 +299,17 @@ async fn read_stream(
                 // The receiver may be gone (the caller stopped listening); the call goes on.
                 let _ = tx.send(assembler.ids().clone());
             }
+        }
+        if let Some(tx) = text {
+            // Once per chunk, not per event: the watcher only ever wants the latest text.
+            tx.send_if_modified(|seen| {
+                let now = assembler.text_so_far();
+                if seen.as_str() == now {
+                    return false;
+                }
+                now.clone_into(seen);
+                true
+            });
         }
     }
     assembler.finish(app.answer_output.as_deref())

@@ -12,6 +12,7 @@ use shared::envelope::{Answer, Attempt, AttemptOutcome, InboundEvent, Reason, Ti
 use shared::retry::RetryDecision;
 use shared::stage::Settle;
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// A call that failed for good or for now: the error, what it means, and the attempt to record.
 pub(super) struct Failed {
@@ -45,7 +46,16 @@ impl Worker {
                 conversation_id: conversation_id.as_deref(),
                 trace_id: &trace_id,
             };
-            let result = self.call_under_lease(&call, claimed, started_at).await;
+            // A streamed reply grows in the chat while Dify writes (`progress`); the final
+            // answer is published only after the last update is out.
+            let progress = self.progress_for(event, claimed);
+            let text = progress.as_ref().map(|p| &p.text);
+            let result = self
+                .call_under_lease(&call, claimed, started_at, text)
+                .await;
+            if let Some(p) = progress {
+                p.finish().await;
+            }
             let dify_ms = started.elapsed().as_millis() as u64;
             metrics::histogram!("switchboard_dify_call_seconds", "app" => app.id.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -118,6 +128,7 @@ impl Worker {
         call: &DifyCall<'_>,
         claimed: &Claimed,
         started_at: DateTime<Utc>,
+        text: Option<&watch::Sender<String>>,
     ) -> Result<Answer, DifyError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DifyIds>();
         let idem = self.idem.clone();
@@ -156,7 +167,7 @@ impl Worker {
                 }
             }
         });
-        let result = self.dify.call(call, Some(&tx)).await;
+        let result = self.dify.call_watching(call, Some(&tx), text).await;
         drop(tx);
         let _ = keeper.await;
         result

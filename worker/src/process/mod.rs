@@ -1,20 +1,22 @@
 //! Handling one `InboundEvent`, in named steps: **claim and turn** (claim the event in the
 //! idempotency record, or find its answer recorded there; take its conversation's turn) →
 //! **resume** (recover a run a dead worker left behind before considering a new call) → **call**
-//! Dify once (starting a new conversation once if Dify forgot the stored one) → **record** the
-//! answer → **fan out** one `DispatchJob` per destination. A failed call becomes an attempt on
-//! the event: transient failures wait in a delay queue, permanent or exhausted ones become dead
-//! letters. The message is acked only after its outcome is durable (jobs, delay or dead letter
-//! confirmed by the broker).
+//! Dify once (starting a new conversation once if Dify forgot the stored one; a streamed reply
+//! publishes its progress meanwhile) → **record** the answer → **fan out** one `DispatchJob`
+//! per destination. A failed call becomes an attempt on the event: transient failures wait in
+//! a delay queue, permanent or exhausted ones become dead letters. The message is acked only
+//! after its outcome is durable (jobs, delay or dead letter confirmed by the broker).
 //!
-//! The steps live in `claim`, `resume`, `call` and `fan_out`; this module strings them together
+//! The steps live in `claim`, `resume`, `call`, `progress` and `fan_out`; this module strings them together
 //! and owns parking and dead-lettering.
 mod call;
 mod claim;
 mod fan_out;
+mod progress;
 mod resume;
 
 pub use fan_out::destinations;
+pub use progress::{preview, Due, Sent, Throttle, PREVIEW_CHARS};
 
 use crate::conversation::{ConversationKey, Conversations};
 use crate::dify::DifyClient;

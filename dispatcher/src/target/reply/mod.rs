@@ -32,8 +32,31 @@ pub fn keys(platform: &str) -> &'static [&'static str] {
     }
 }
 
-/// Builds the reply channel of a source that answers into its conversations.
+/// The platforms whose replies can stream (`stream = true`).
+pub const STREAMING: &[&str] = &["telegram"];
+
+/// Builds the reply channel of a source that answers into its conversations; a source that
+/// asks to stream must be on a platform that can grow a message.
 pub fn build(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {
+    let channel = build_channel(source)?;
+    if source.stream && channel.grow().is_none() {
+        let why = match source.platform.as_str() {
+            "wecom" => "WeCom app messages cannot be edited once sent, so its replies arrive whole",
+            _ => "replies on this platform do not stream (yet)",
+        };
+        return Err(vec![ConfigIssue {
+            key: format!("sources.{}.stream", source.id),
+            problem: format!(
+                "platform `{}`: {why}; remove `stream` (streaming platforms: {})",
+                source.platform,
+                STREAMING.join(", ")
+            ),
+        }]);
+    }
+    Ok(channel)
+}
+
+fn build_channel(source: &SourceConfig) -> Result<Arc<dyn Target>, Vec<ConfigIssue>> {
     match source.platform.as_str() {
         "wecom" => Ok(Arc::new(wecom::WecomReply::from_source(source)?)),
         "dingtalk" => Ok(Arc::new(dingtalk::DingtalkReply::from_source(source)?)),
@@ -125,6 +148,27 @@ mod tests {
                 .map_err(|e| e[0].key.clone());
             assert_eq!(got, want.map_err(str::to_owned), "{text}");
         }
+        // Streaming where the platform can edit a message, a clear refusal elsewhere.
+        let streams = |text: &str| {
+            build(&source(&format!("stream = true\n{text}")))
+                .map(|t| t.grow().is_some())
+                .map_err(|e| (e[0].key.clone(), e[0].problem.clone()))
+        };
+        assert_eq!(
+            streams("platform = \"telegram\"\nbot_token = \"1:x\""),
+            Ok(true)
+        );
+        let (key, problem) =
+            streams("platform = \"wecom\"\nreceive_id = \"ww\"\ncorp_secret = \"s\"\nagent_id = 1")
+                .unwrap_err();
+        assert_eq!(key, "sources.s.stream");
+        assert!(problem.contains("cannot be edited"), "{problem}");
+        assert_eq!(
+            streams("platform = \"slack\"\nbot_token = \"xoxb\"").map_err(|e| e.0),
+            Err("sources.s.stream".to_owned())
+        );
+        let plain = build(&source("platform = \"telegram\"\nbot_token = \"1:x\"")).unwrap();
+        assert!(plain.grow().is_none(), "off by default");
         let quiet: SourceConfig =
             toml::from_str("id = \"q\"\napp = \"a\"\nplatform = \"bearer\"").unwrap();
         assert!(super::super::build_reply(&quiet).unwrap().is_none());
