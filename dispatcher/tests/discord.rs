@@ -76,7 +76,7 @@ fn context(kit: &Fixture) -> Context {
 fn job_to(text: &str, destination: Destination) -> DispatchJob {
     let event_id = Uuid::now_v7();
     DispatchJob {
-        id: DispatchJob::job_id(event_id, &destination),
+        id: DispatchJob::job_id_of_event(event_id, &destination),
         destination,
         payload: AnswerPayload {
             event_id,

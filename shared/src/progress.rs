@@ -60,7 +60,7 @@ mod tests {
         .unwrap();
         let destination = Destination::Target { id: "t".into() };
         let p = ReplyProgress {
-            job_id: DispatchJob::job_id(Uuid::nil(), &destination),
+            job_id: DispatchJob::job_id_of_event(Uuid::nil(), &destination),
             destination: destination.clone(),
             payload: payload.clone(),
             epoch: 3,

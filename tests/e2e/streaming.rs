@@ -191,7 +191,7 @@ async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer()
     let (app, p) = spawn(0, false, true).await;
     let destination = reply_to(CHAT);
     let base = payload("");
-    let job_id = DispatchJob::job_id(base.event_id, &destination);
+    let job_id = DispatchJob::job_id_of_event(base.event_id, &destination);
     let update = |epoch: i64, seq: u64, text: &str| {
         let mut payload = base.clone();
         payload.answer.text = text.into();

@@ -130,7 +130,7 @@ impl Worker {
             timings: Default::default(),
         };
         let update = ReplyProgress {
-            job_id: DispatchJob::job_id(event.id, &destination),
+            job_id: DispatchJob::job_id(event, &destination),
             destination,
             payload,
             epoch: claimed.token,
