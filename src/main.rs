@@ -214,6 +214,13 @@ fn role_issues(config: &Config) -> Vec<ConfigIssue> {
 fn config_check(config: &Config, path: &std::path::Path) -> ExitCode {
     let mut issues = config.validate().err().map(|e| e.0).unwrap_or_default();
     issues.extend(role_issues(config));
+    if config.redis.encryption_key.is_none() {
+        // Allowed (the quick start runs without one), but a demanding operator wants to know.
+        eprintln!(
+            "{}: warning: redis.encryption_key is not set: access tokens, recorded answers and reply credentials are stored in Redis as plain text",
+            path.display()
+        );
+    }
     if issues.is_empty() {
         println!(
             "{}: ok ({} sources, {} apps, {} targets)",

@@ -73,6 +73,10 @@ fn the_shipped_configs_pass_config_check() {
         ),
         ("OPS_ROBOT_KEY", "robot-key"),
         (
+            "SWITCHBOARD_REDIS_KEY",
+            "example-redis-key-0123456789abcdef0123456789",
+        ),
+        (
             "SWITCHBOARD_AUDIT_KEY",
             "example-audit-key-0123456789abcdef0123456789",
         ),
@@ -91,6 +95,37 @@ fn the_shipped_configs_pass_config_check() {
         &secrets,
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// Without `redis.encryption_key` the config passes with a warning (the quick start runs);
+/// a key too short, or old keys without a current one, are refused without being echoed.
+#[test]
+fn config_check_warns_without_an_encryption_key_and_refuses_a_short_one() {
+    let (code, out, err) = switchboard(
+        &["--config", "deploy/quickstart.toml", "config", "check"],
+        &[("DIFY_API_KEY", "app-x")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: redis.encryption_key is not set"),
+        "{err}"
+    );
+    let with = |lines: &str| APP_ONLY.replace("[[apps]]", &format!("{lines}\n[[apps]]"));
+    let (code, out, err) = config_check(&with(
+        "encryption_key = \"0123456789abcdef0123456789abcdef\"",
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let (code, _, err) = config_check(&with("encryption_key = \"short-secret-key\""));
+    assert_eq!(code, 2);
+    assert!(err.contains("redis.encryption_key"), "{err}");
+    assert!(!err.contains("short-secret-key"), "{err}");
+    let (code, _, err) = config_check(&with(
+        "previous_encryption_keys = [\"0123456789abcdef0123456789abcdef\"]",
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("redis.previous_encryption_keys"), "{err}");
 }
 
 #[test]

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// How long the fetching process holds the lock: longer than a token request may take.
 pub const LOCK_TTL: Duration = Duration::from_secs(20);
+/// The most of a token answer that is read; a longer one is refused as malformed.
+pub const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 /// How long a process waits for another's fetch before giving up on this delivery.
 pub const WAIT_FOR_OTHERS: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(25);
@@ -199,8 +201,8 @@ pub async fn get(ctx: &Context, source: &dyn TokenSource) -> Result<Secret, Toke
     loop {
         let mut conn = ctx.store.conn().await?;
         let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        if let Some(t) = cached {
-            return Ok(Secret::new(t));
+        if let Some(t) = open(ctx, &key, cached) {
+            return Ok(t);
         }
         let me = uuid::Uuid::now_v7().to_string();
         let won: Option<String> = redis::cmd("SET")
@@ -214,8 +216,8 @@ pub async fn get(ctx: &Context, source: &dyn TokenSource) -> Result<Secret, Toke
         if won.is_some() {
             // Another process may have stored its token between our GET and our lock.
             let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-            let result = match cached {
-                Some(t) => Ok(Secret::new(t)),
+            let result = match open(ctx, &key, cached) {
+                Some(t) => Ok(t),
                 None => {
                     drop(conn);
                     fetch_and_store(ctx, source, &key).await
@@ -242,7 +244,7 @@ async fn fetch_and_store(
         let mut conn = ctx.store.conn().await?;
         redis::cmd("SET")
             .arg(key)
-            .arg(fresh.token.expose())
+            .arg(ctx.store.vault().seal(key, fresh.token.expose()))
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .query_async::<()>(&mut conn)
@@ -262,11 +264,29 @@ async fn fetch(ctx: &Context, source: &dyn TokenSource) -> Result<Fresh, TokenEr
             refused => TokenError::Unsendable(refused.to_string()),
         })?;
     let status = resp.status().as_u16();
-    let body = resp
-        .bytes()
+    let body = crate::target::read_capped(resp, MAX_TOKEN_ANSWER)
         .await
         .map_err(|e| TokenError::Transport(describe_transport_error(&e)))?;
+    if body.len() >= MAX_TOKEN_ANSWER {
+        // A token answer is a few hundred bytes: this is not one.
+        return Err(TokenError::Malformed { status });
+    }
     source.parse(status, &body)
+}
+
+/// The cached token in `stored`, opened. One that does not open (encrypted with a key this
+/// process does not hold, or changed) is taken for absent: a fresh token replaces it.
+fn open(ctx: &Context, key: &str, stored: Option<String>) -> Option<Secret> {
+    let stored = stored?;
+    match ctx.store.vault().open(key, &stored) {
+        Ok(t) => Some(Secret::new(t.into_owned())),
+        Err(e) => {
+            tracing::warn!(error = %e, "a cached access token does not open; fetching a fresh one");
+            metrics::counter!("switchboard_store_unreadable_total", "record" => "token")
+                .increment(1);
+            None
+        }
+    }
 }
 
 async fn release(ctx: &Context, lock: &str, me: &str) {
@@ -296,11 +316,19 @@ pub async fn invalidate(
 ) -> Result<(), TokenError> {
     let (key, _) = keys(ctx, source);
     let mut conn = ctx.store.conn().await?;
+    let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    // Each sealing differs, so the stored form is compared, once its token is known to be
+    // the stale one.
+    let Some(stored) = stored
+        .filter(|s| open(ctx, &key, Some(s.clone())).is_none_or(|t| t.expose() == stale.expose()))
+    else {
+        return Ok(());
+    };
     redis::cmd("EVAL")
         .arg(DELETE_IF_EQUAL)
         .arg(1)
         .arg(&key)
-        .arg(stale.expose())
+        .arg(&stored)
         .query_async::<i64>(&mut conn)
         .await?;
     Ok(())

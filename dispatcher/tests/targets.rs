@@ -805,3 +805,77 @@ async fn no_secret_reaches_an_attempt_record() {
         assert!(out.attempt.error.is_some(), "{record}");
     }
 }
+
+/// Access tokens at rest: with `[redis] encryption_key` the cached token is ciphertext in Redis;
+/// after a rotation (the old key in `previous_encryption_keys`) the cached token is still used
+/// without a new fetch; a process whose keys cannot open it fetches a fresh one instead of
+/// sending ciphertext or failing, and an expired token is still invalidated.
+#[tokio::test]
+async fn cached_access_tokens_are_encrypted_and_survive_a_key_rotation() {
+    const K1: &str = "k1-0123456789abcdef0123456789abcdef";
+    const K2: &str = "k2-0123456789abcdef0123456789abcdef";
+    let env = Env::new().await;
+    let wecom = env.reply(&wecom_source());
+    let with = |key: Option<&str>, previous: &[&str]| Context {
+        store: env.kit.store_with_keys(key, previous),
+        ..env.ctx.clone()
+    };
+    let send = |text: &str| {
+        reply_job(
+            text,
+            ReplyHandle::Wecom {
+                to_user: "zhang".into(),
+                agent_id: None,
+            },
+            ChatType::Single,
+        )
+    };
+    let k1 = with(Some(K1), &[]);
+    assert_eq!(
+        wecom.deliver(&send("one"), &k1).await.verdict,
+        Verdict::Delivered
+    );
+    let mut conn = env.kit.store().conn().await.unwrap();
+    let token_keys: Vec<String> = keys(&env.kit.store())
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":token:") && !k.ends_with(":lock"))
+        .collect();
+    assert_eq!(token_keys.len(), 1, "{token_keys:?}");
+    let raw: String = redis::cmd("GET")
+        .arg(&token_keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(raw.starts_with("enc1:"), "{raw}");
+    assert!(!raw.contains("wecom-token"), "{raw}");
+
+    let rotated = with(Some(K2), &[K1]);
+    assert_eq!(
+        wecom.deliver(&send("two"), &rotated).await.verdict,
+        Verdict::Delivered
+    );
+    assert_eq!(
+        env.p.token_fetches("wecom"),
+        1,
+        "the old key still reads the token"
+    );
+
+    // Refused by the platform: invalidated (the stored form differs from the token) and
+    // fetched again once.
+    env.p.expire_tokens();
+    assert_eq!(
+        wecom.deliver(&send("three"), &rotated).await.verdict,
+        Verdict::Delivered
+    );
+    assert_eq!(env.p.token_fetches("wecom"), 2);
+
+    // Keys that cannot open it: a fresh token, never the ciphertext sent as a token.
+    let wrong = with(Some(K1), &[]);
+    assert_eq!(
+        wecom.deliver(&send("four"), &wrong).await.verdict,
+        Verdict::Delivered
+    );
+    assert_eq!(env.p.token_fetches("wecom"), 3);
+    assert_eq!(env.p.texts(api::WECOM_APP), ["one", "two", "three", "four"]);
+}

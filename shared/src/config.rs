@@ -109,6 +109,20 @@ pub struct RedisConfig {
     /// `url` then gives only the master's credentials, database and TLS; its host is ignored.
     #[serde(default)]
     pub sentinel: Option<SentinelConfig>,
+    /// Encrypts access tokens, recorded answers and reply credentials in Redis (AES-256-GCM;
+    /// at least 32 bytes, `env:`/`file:` as every secret). Unset: stored as plain text.
+    #[serde(default)]
+    pub encryption_key: Option<Secret>,
+    /// Older keys: what they encrypted is still read, nothing new is encrypted with them.
+    #[serde(default)]
+    pub previous_encryption_keys: Vec<Secret>,
+}
+
+impl RedisConfig {
+    /// The vault that seals and opens stored values with these keys.
+    pub fn vault(&self) -> crate::vault::Vault {
+        crate::vault::Vault::new(self.encryption_key.as_ref(), &self.previous_encryption_keys)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -680,6 +694,28 @@ impl Config {
             push(
                 "redis.url".into(),
                 "must start with redis:// or rediss://".into(),
+            );
+        }
+        let short = |k: &Secret| k.expose().len() < crate::vault::MIN_KEY_BYTES;
+        if self.redis.encryption_key.as_ref().is_some_and(short) {
+            push(
+                "redis.encryption_key".into(),
+                format!("must be at least {} bytes", crate::vault::MIN_KEY_BYTES),
+            );
+        }
+        if self.redis.previous_encryption_keys.iter().any(short) {
+            push(
+                "redis.previous_encryption_keys".into(),
+                format!(
+                    "each must be at least {} bytes",
+                    crate::vault::MIN_KEY_BYTES
+                ),
+            );
+        }
+        if self.redis.encryption_key.is_none() && !self.redis.previous_encryption_keys.is_empty() {
+            push(
+                "redis.previous_encryption_keys".into(),
+                "needs redis.encryption_key (the key that encrypts from now on)".into(),
             );
         }
         if let Some(sentinel) = &self.redis.sentinel {

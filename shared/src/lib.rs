@@ -25,6 +25,7 @@ pub mod store;
 pub mod telemetry;
 pub mod topology;
 pub mod units;
+pub mod vault;
 
 pub use config::Config;
 pub use envelope::{Attempt, AttemptOutcome, DeadLetter, DispatchJob, InboundEvent};

@@ -81,6 +81,7 @@ impl Pools {
 pub struct Store {
     pool: Pools,
     prefix: String,
+    vault: crate::vault::Vault,
     shared: Arc<Shared>,
 }
 
@@ -149,6 +150,7 @@ impl Store {
         Ok(Self {
             pool,
             prefix: cfg.prefix.clone(),
+            vault: cfg.vault(),
             shared: Arc::new(Shared {
                 slots,
                 next: AtomicUsize::new(0),
@@ -169,6 +171,11 @@ impl Store {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Seals and opens the values worth stealing (`[redis] encryption_key`).
+    pub fn vault(&self) -> &crate::vault::Vault {
+        &self.vault
     }
 
     /// A shared connection (taken from the pool on first use).

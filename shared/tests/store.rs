@@ -66,6 +66,8 @@ async fn shared_connections_come_back_after_a_redis_restart() {
         prefix: "t".into(),
         pool_size: 8,
         sentinel: None,
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
     })
     .unwrap();
     until_ok(&store, Duration::from_secs(10)).await;

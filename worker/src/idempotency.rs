@@ -41,6 +41,9 @@ pub enum Claim {
         answer: Box<Answer>,
         by: Option<Uuid>,
     },
+    /// An answer is recorded but does not open (encrypted with a key this process does not
+    /// hold, or changed): why, in words without the answer.
+    Unreadable(String),
     /// Another live worker holds the lease; come back after this long.
     Held(Duration),
     /// This worker holds the lease with `token`. `previous` holds the ids an earlier owner
@@ -170,7 +173,13 @@ impl Idempotency {
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(parse_claim(&reply))
+        Ok(parse_claim(&reply, |stored| {
+            self.store
+                .vault()
+                .open(key, stored)
+                .map(|a| a.into_owned())
+                .map_err(|e| e.to_string())
+        }))
     }
 
     /// Extends our lease; false if it was lost (taken over after it lapsed).
@@ -204,6 +213,8 @@ impl Idempotency {
         event_id: Uuid,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(answer).unwrap_or_default();
+        // The answer is the customer's words: encrypted when a key is configured.
+        let json = self.store.vault().seal(key, &json);
         self.fenced(
             COMPLETE,
             key,
@@ -247,18 +258,21 @@ impl Idempotency {
     }
 }
 
-/// Reads the acquire script's reply (pure).
-fn parse_claim(reply: &[String]) -> Claim {
+/// Reads the acquire script's reply (pure); `open` turns the stored answer into its JSON.
+fn parse_claim(reply: &[String], open: impl Fn(&str) -> Result<String, String>) -> Claim {
     match reply.first().map(String::as_str) {
         Some("done") => {
-            let answer = reply
-                .get(1)
-                .and_then(|a| serde_json::from_str(a).ok())
-                .unwrap_or_default();
+            let stored = reply.get(1).map(String::as_str).unwrap_or_default();
             let by = reply.get(2).and_then(|e| Uuid::parse_str(e).ok());
-            Claim::Done {
-                answer: Box::new(answer),
-                by,
+            match open(stored).and_then(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| format!("the recorded answer is not an answer: {e}"))
+            }) {
+                Ok(answer) => Claim::Done {
+                    answer: Box::new(answer),
+                    by,
+                },
+                Err(why) => Claim::Unreadable(why),
             }
         }
         Some("held") => {
@@ -287,6 +301,23 @@ pub type RedisError = redis::RedisError;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_claim(reply: &[String]) -> Claim {
+        super::parse_claim(reply, |s| Ok(s.to_owned()))
+    }
+
+    #[test]
+    fn an_answer_that_does_not_open_is_unreadable_not_empty() {
+        let reply = ["done".to_owned(), "enc1:abc:xyz".to_owned()];
+        assert_eq!(
+            super::parse_claim(&reply, |_| Err("no key".into())),
+            Claim::Unreadable("no key".into())
+        );
+        assert!(matches!(
+            parse_claim(&["done".to_owned(), "{not json".to_owned()]),
+            Claim::Unreadable(_)
+        ));
+    }
 
     #[test]
     fn claim_replies_parse() {

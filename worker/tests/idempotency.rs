@@ -228,3 +228,76 @@ async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_
         Claim::Acquired { takeovers: 0, .. }
     ));
 }
+
+const K1: &str = "k1-0123456789abcdef0123456789abcdef";
+const K2: &str = "k2-0123456789abcdef0123456789abcdef";
+
+fn idem(store: shared::store::Store) -> Idempotency {
+    Idempotency::new(
+        store,
+        "w".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    )
+}
+
+/// The recorded answer is the customer's words: with a key, Redis holds only its ciphertext;
+/// a rotated key still reads it; a process without the key gets a clear refusal.
+#[tokio::test]
+async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_clear_error() {
+    let kit = Fixture::new("t");
+    let w = idem(kit.store_with_keys(Some(K1), &[]));
+    let key = w.key("src", "evt-sealed");
+    let Claim::Acquired { token, .. } = w.claim(&key).await.unwrap() else {
+        panic!()
+    };
+    let answer = Answer {
+        text: "the PLAINTEXT secret answer".into(),
+        ..Default::default()
+    };
+    assert!(w.complete(&key, token, &answer).await.unwrap());
+
+    let mut conn = kit.store().conn().await.unwrap();
+    let raw: Vec<String> = deadpool_redis::redis::cmd("HVALS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(raw.iter().any(|v| v.starts_with("enc1:")), "{raw:?}");
+    assert!(raw.iter().all(|v| !v.contains("PLAINTEXT")), "{raw:?}");
+
+    let rotated = idem(kit.store_with_keys(Some(K2), &[K1]));
+    assert_eq!(
+        rotated.claim(&key).await.unwrap(),
+        Claim::Done(Box::new(answer.clone()))
+    );
+    for (current, previous) in [(Some(K2), vec![]), (None, vec![])] {
+        let wrong = idem(kit.store_with_keys(current, &previous));
+        let Claim::Unreadable(why) = wrong.claim(&key).await.unwrap() else {
+            panic!("{current:?}")
+        };
+        assert!(why.contains("key"), "{why}");
+        assert!(!why.contains("PLAINTEXT"));
+    }
+}
+
+/// An answer recorded before a key was configured (plain JSON) is still served after.
+#[tokio::test]
+async fn an_answer_recorded_before_the_key_was_set_is_still_read() {
+    let kit = Fixture::new("t");
+    let before = idem(kit.store());
+    let key = before.key("src", "evt-plain");
+    let Claim::Acquired { token, .. } = before.claim(&key).await.unwrap() else {
+        panic!()
+    };
+    let answer = Answer {
+        text: "recorded in plain text".into(),
+        ..Default::default()
+    };
+    assert!(before.complete(&key, token, &answer).await.unwrap());
+    let after = idem(kit.store_with_keys(Some(K1), &[]));
+    assert_eq!(
+        after.claim(&key).await.unwrap(),
+        Claim::Done(Box::new(answer))
+    );
+}

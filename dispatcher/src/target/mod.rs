@@ -200,7 +200,7 @@ pub async fn send(
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             // Read at most what we keep: a receiver must not fill our memory.
-            let body = read_capped(resp, 64 * 1024).await;
+            let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
             let answer = Answer {
                 status,
                 headers,
@@ -248,16 +248,28 @@ pub async fn send(
     }
 }
 
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Bytes {
+/// At most `cap` bytes of an answer's body: a receiver cannot make us hold more. A body that
+/// fails part-way returns what arrived; one that fails before any byte is the error.
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Bytes, reqwest::Error> {
     let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = cap.saturating_sub(buf.len());
-        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if buf.len() >= cap {
-            break;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if buf.len() >= cap {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
         }
     }
-    Bytes::from(buf)
+    Ok(Bytes::from(buf))
 }
 
 /// A transport error in words, without the URL (it may carry a key).

@@ -65,6 +65,22 @@ impl Fixture {
         store_on(&self.prefix, pool_size)
     }
 
+    /// A store on this prefix that encrypts with `key` and also opens what `previous` encrypted
+    /// (`[redis] encryption_key`, `previous_encryption_keys`).
+    pub fn store_with_keys(&self, key: Option<&str>, previous: &[&str]) -> Store {
+        match Store::new(&RedisConfig {
+            url: Secret::new(REDIS_URL),
+            prefix: self.prefix.clone(),
+            pool_size: 4,
+            sentinel: None,
+            encryption_key: key.map(Secret::new),
+            previous_encryption_keys: previous.iter().map(|k| Secret::new(*k)).collect(),
+        }) {
+            Ok(store) => store,
+            Err(e) => panic!("a store on {REDIS_URL}: {e}"),
+        }
+    }
+
     /// Removes `queue` too when dropped.
     pub fn own_queue(&self, queue: impl Into<String>) {
         self.lock_queues().push(queue.into());
@@ -112,6 +128,8 @@ pub fn store_on(prefix: &str, pool_size: usize) -> Store {
         prefix: prefix.to_owned(),
         pool_size,
         sentinel: None,
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
     }) {
         Ok(store) => store,
         Err(e) => panic!("a store on {REDIS_URL}: {e}"),

@@ -25,7 +25,7 @@ use tokio::time::{timeout_at, Instant};
 /// One stream event may not exceed this (a `workflow_finished` carries every output).
 const MAX_EVENT_BYTES: usize = 16 << 20;
 /// A blocking answer may not exceed this.
-const MAX_BODY_BYTES: usize = 16 << 20;
+pub(crate) const MAX_BODY_BYTES: usize = 16 << 20;
 /// How long a stream is read on for its end after the answer is complete.
 const AFTER_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// Of an error answer, only this much is read.

@@ -5,13 +5,19 @@
 //! id fall back to their workflow run). Completion apps reveal no conversation, so their runs
 //! cannot be found. These are light reads: they take no concurrency permit.
 use super::assemble::workflow_result;
-use super::client::{chain, endpoint, error_answer, is_safe_id, transport_error, DifyClient};
+use super::client::{
+    chain, endpoint, error_answer, is_safe_id, read_capped, transport_error, DifyClient,
+};
 use super::error::DifyError;
 use super::DifyIds;
 use serde_json::Value;
 use shared::config::{AppConfig, AppKind};
 use shared::envelope::Answer;
 use tokio::time::{timeout_at, Instant};
+
+/// The most of a recovery answer (`GET /messages`, `/workflows/run/{id}`) that is read: a run's
+/// record holds one answer and its outputs, well within Dify's own 16 MiB answer cap.
+pub(crate) const MAX_RECOVERY_BYTES: usize = super::client::MAX_BODY_BYTES;
 
 /// How many of a conversation's latest messages are searched for the lost one (Dify's maximum).
 const MESSAGES_PAGE: &str = "100";
@@ -138,10 +144,15 @@ impl DifyClient {
         if !response.status().is_success() {
             return Err(error_answer(response, deadline, key).await);
         }
-        let bytes = timeout_at(deadline, response.bytes())
+        let (bytes, truncated) = timeout_at(deadline, read_capped(response, MAX_RECOVERY_BYTES))
             .await
             .map_err(|_| DifyError::Timeout)?
             .map_err(|e| DifyError::Protocol(format!("reading the answer: {}", chain(&e, key))))?;
+        if truncated {
+            return Err(DifyError::Protocol(format!(
+                "the answer is larger than {MAX_RECOVERY_BYTES} bytes"
+            )));
+        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| DifyError::Protocol(format!("the answer is not JSON: {e}")))

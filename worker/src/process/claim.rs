@@ -46,6 +46,14 @@ impl Worker {
                     .increment(1);
                 return Ok(Hold::Recorded(answer));
             }
+            Claim::Unreadable(why) => {
+                // Retrying cannot help until the key is configured; a replay then finds it.
+                tracing::error!(error = %why, "the recorded answer does not open");
+                metrics::counter!("switchboard_store_unreadable_total", "record" => "answer")
+                    .increment(1);
+                let why = format!("the recorded answer does not open: {why}");
+                return Err(self.dead_letter(event, Reason::Permanent, &why).await);
+            }
             Claim::Held(wait) => {
                 tracing::info!(?wait, "another worker is answering this event; waiting");
                 metrics::counter!("switchboard_worker_events_total", "outcome" => "held")
