@@ -552,7 +552,18 @@ async fn export_round_trips_every_field() {
         out.stderr.trim(),
         format!("exported 2 dead letter(s) to {}", file.display())
     );
+    // Readable by its owner only, from its creation; an existing file is not overwritten.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     let text = std::fs::read_to_string(&file).unwrap();
+    let again = env.dlq(&["export", "--out", file.to_str().unwrap()]).await;
+    assert!(!again.ok(), "{again:?}");
+    assert!(again.stderr.contains("exists"), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     let back: Vec<DeadLetter> = text
         .lines()
         .map(|l| shared::envelope::decode::<DeadLetter>(l.as_bytes()).unwrap())

@@ -68,8 +68,16 @@ pub(super) async fn export(
     Ok(())
 }
 
+/// Creates the export file readable and writable by its owner only (mode 0600, set by the
+/// `open` that creates it, so there is no moment when others may open it). An existing file is
+/// not overwritten: its mode (and whatever a link points at) is not ours to vouch for.
 fn create(path: &Path) -> Result<BufWriter<File>, DlqError> {
-    File::create(path)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
         .map(BufWriter::new)
         .map_err(|e| DlqError::Write {
             path: path.display().to_string(),
