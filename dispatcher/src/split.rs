@@ -1,7 +1,8 @@
 //! Long answers split to a kind's limit. Pure: no I/O, no clock. A part never ends inside a
 //! UTF-8 sequence; cuts prefer a paragraph break, then a line break, then a space, in the second
 //! half of what fits; parts keep the answer's order and, when there is more than one, start with
-//! `(i/n) `, a prefix counted within the limit. Sending the parts (and remembering which were
+//! `(i/n) `, a prefix counted within the limit. An answer never becomes more than [`MAX_PARTS`]
+//! messages: the last one then says the rest was cut ([`CUT_MARKER`]). Sending the parts (and remembering which were
 //! sent) is the target's business, not this module's.
 
 /// How a platform counts the length of a message.
@@ -72,8 +73,14 @@ impl Limit {
     }
 }
 
-/// Splits `text` into parts that each fit `limit`, numbered `(i/n) ` when there are several.
-/// A text that fits (even exactly) is one part, unchanged.
+/// The most messages one answer becomes: a chat flooded with more is not answered, it is spammed
+/// (and each message spends the target's rate limit).
+pub const MAX_PARTS: usize = 20;
+/// The last of [`MAX_PARTS`] messages when the answer needed more.
+pub const CUT_MARKER: &str = "[… the answer was too long for this chat: the rest was cut]";
+
+/// Splits `text` into parts that each fit `limit`, numbered `(i/n) ` when there are several,
+/// at most [`MAX_PARTS`] of them. A text that fits (even exactly) is one part, unchanged.
 pub fn split(text: &str, limit: Limit) -> Vec<String> {
     if limit.measure(text) <= limit.max {
         return vec![text.to_owned()];
@@ -85,7 +92,7 @@ pub fn split(text: &str, limit: Limit) -> Vec<String> {
         if prefix >= limit.max {
             break;
         }
-        let chunks = chunk(text, limit, limit.max - prefix);
+        let chunks = capped(text, limit, limit.max - prefix);
         if chunks.len() <= widest {
             let n = chunks.len();
             return chunks
@@ -96,14 +103,26 @@ pub fn split(text: &str, limit: Limit) -> Vec<String> {
         }
     }
     // A limit too small to hold a number: unnumbered parts rather than none.
-    chunk(text, limit, limit.max.max(1))
+    capped(text, limit, limit.max.max(1))
 }
 
-/// Greedy cuts of at most `budget` each, at the best break of each window.
-fn chunk(text: &str, limit: Limit, budget: usize) -> Vec<String> {
+/// The chunks of `text`, at most [`MAX_PARTS`]: when there would be more, the last is the
+/// [`CUT_MARKER`] (as much of it as fits the budget).
+fn capped(text: &str, limit: Limit, budget: usize) -> Vec<String> {
+    let mut chunks = chunk(text, limit, budget, MAX_PARTS + 1);
+    if chunks.len() > MAX_PARTS {
+        chunks.truncate(MAX_PARTS - 1);
+        chunks.extend(chunk(CUT_MARKER, limit, budget, 1).into_iter().take(1));
+    }
+    chunks
+}
+
+/// Greedy cuts of at most `budget` each, at the best break of each window; at most `most` of
+/// them (the text's rest is not looked at).
+fn chunk(text: &str, limit: Limit, budget: usize, most: usize) -> Vec<String> {
     let mut parts = Vec::new();
     let mut rest = text;
-    while !rest.is_empty() {
+    while !rest.is_empty() && parts.len() < most {
         let mut used = 0;
         let mut end = 0;
         for (i, c) in rest.char_indices() {
@@ -199,6 +218,28 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_needing_more_than_max_parts_is_cut_with_a_marker() {
+        let limit = Limit::chars(100);
+        let text = "word ".repeat(100_000);
+        let parts = split(&text, limit);
+        assert_eq!(parts.len(), MAX_PARTS);
+        assert_fits(&parts, limit);
+        assert!(parts[0].starts_with(&format!("(1/{MAX_PARTS}) word")));
+        assert_eq!(
+            parts.last().unwrap(),
+            &format!("({MAX_PARTS}/{MAX_PARTS}) {CUT_MARKER}")
+        );
+        // Exactly MAX_PARTS parts' worth is not cut.
+        let fits = split(&"word ".repeat(300), limit);
+        assert!(fits.len() <= MAX_PARTS);
+        assert!(fits.iter().all(|p| !p.contains(CUT_MARKER)));
+        // A limit too narrow for the whole marker still holds its start.
+        let narrow = split(&"x".repeat(10_000), Limit::bytes(20));
+        assert_eq!(narrow.len(), MAX_PARTS);
+        assert!(narrow.last().unwrap().contains("[…"), "{narrow:?}");
+    }
+
+    #[test]
     fn texts_that_fit_are_one_part_unchanged() {
         let cases = [
             ("", Limit::bytes(10)),
@@ -236,7 +277,7 @@ mod tests {
     #[test]
     fn parts_never_cut_a_utf8_sequence_and_fit_the_limit() {
         // 4-byte emoji, 3-byte CJK, 2-byte accents, without any space to break at.
-        let text = "😀中é".repeat(300);
+        let text = "😀中é".repeat(100);
         for limit in [
             Limit::bytes(64),
             Limit::bytes(65),
@@ -295,11 +336,11 @@ mod tests {
 
     #[test]
     fn numbering_is_counted_within_the_limit() {
-        let text = (0..200)
+        let text = (0..30)
             .map(|i| format!("word{i}"))
             .collect::<Vec<_>>()
             .join(" ");
-        for max in [20, 30, 47, 100, 400] {
+        for max in [24, 30, 47, 100] {
             let limit = Limit::chars(max);
             let parts = split(&text, limit);
             let n = parts.len();

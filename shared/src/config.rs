@@ -270,6 +270,10 @@ pub struct WorkerConfig {
     /// In-flight calls get this long to finish after SIGTERM before their events are returned.
     #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// The most of an answer's text that is kept and delivered; a longer one is cut with a
+    /// marker that says so (at most 16 MiB, Dify's whole answer).
+    #[serde(with = "units::bytes")]
+    pub max_answer_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -286,6 +290,7 @@ impl Default for WorkerConfig {
             answer_ttl: Duration::from_secs(24 * 3600),
             conversation_ttl: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(60),
+            max_answer_bytes: 1 << 20,
         }
     }
 }
@@ -308,6 +313,10 @@ pub struct DispatcherConfig {
     /// How long a delivered job is remembered so that a redelivery is not posted again.
     #[serde(with = "units::duration")]
     pub delivered_ttl: Duration,
+    /// How long a job may keep being told to wait (a platform's "slow down", a paused robot)
+    /// from the first such answer; after it the job is dead-lettered as `exhausted`.
+    #[serde(with = "units::duration")]
+    pub wait_budget: Duration,
     #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
 }
@@ -327,6 +336,7 @@ impl Default for DispatcherConfig {
             request_timeout: Duration::from_secs(15),
             allow_private: Vec::new(),
             delivered_ttl: Duration::from_secs(7 * 24 * 3600),
+            wait_budget: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -731,6 +741,15 @@ impl Config {
                     "each must start with redis:// or rediss://".into(),
                 );
             }
+        }
+        if !(1024..=16 << 20).contains(&self.worker.max_answer_bytes) {
+            push(
+                "worker.max_answer_bytes".into(),
+                format!(
+                    "{} must be at least 1KiB and at most 16MiB",
+                    self.worker.max_answer_bytes
+                ),
+            );
         }
         check_schedule(
             &mut push,

@@ -37,6 +37,10 @@ pub struct Options {
     pub extra: String,
     /// Extra lines of the `[ingress]` section.
     pub ingress_keys: String,
+    /// Extra lines of the `[dispatcher]` section.
+    pub dispatcher_keys: String,
+    /// Extra lines of the `[worker]` section.
+    pub worker_keys: String,
     pub ingress: bool,
     pub worker: bool,
     pub dispatcher: bool,
@@ -57,6 +61,8 @@ impl Default for Options {
             broker_proxy: false,
             extra: String::new(),
             ingress_keys: String::new(),
+            dispatcher_keys: String::new(),
+            worker_keys: String::new(),
             ingress: true,
             worker: true,
             dispatcher: true,
@@ -89,6 +95,10 @@ pub struct TestApp {
 pub struct Additions<'a> {
     /// Lines of the `[ingress]` section.
     pub ingress_keys: &'a str,
+    /// Lines of the `[dispatcher]` section.
+    pub dispatcher_keys: &'a str,
+    /// Lines of the `[worker]` section.
+    pub worker_keys: &'a str,
     /// Sections appended at the end.
     pub extra: &'a str,
 }
@@ -103,6 +113,8 @@ pub fn config_text(
     mode: &str,
     Additions {
         ingress_keys,
+        dispatcher_keys,
+        worker_keys,
         extra,
     }: Additions,
 ) -> String {
@@ -129,6 +141,7 @@ concurrency = 64
 retry_schedule = ["0s", "200ms", "400ms"]
 lease = "3s"
 shutdown_grace = "20s"
+{worker_keys}
 
 [dispatcher]
 concurrency = 64
@@ -136,6 +149,7 @@ retry_schedule = ["0s", "100ms", "200ms", "300ms"]
 allow_private = ["127.0.0.0/8", "::1/128"]
 request_timeout = "5s"
 shutdown_grace = "10s"
+{dispatcher_keys}
 
 [[apps]]
 id = "support"
@@ -206,6 +220,8 @@ impl TestApp {
             opts.response_mode,
             Additions {
                 ingress_keys: &opts.ingress_keys,
+                dispatcher_keys: &opts.dispatcher_keys,
+                worker_keys: &opts.worker_keys,
                 extra: &extra,
             },
         );

@@ -286,6 +286,97 @@ retry_schedule = ["0s", "100ms"]
     p.shutdown();
 }
 
+/// An answer over `worker.max_answer_bytes` is cut with a marker that says so; the job, the
+/// recorded answer and every part sent are within the cap (and the parts within MAX_PARTS).
+#[tokio::test]
+async fn an_answer_over_the_cap_is_cut_with_a_marker_and_sent_cut() {
+    let p = PlatformStandin::start().await.unwrap();
+    let blocks = format!(
+        r#"
+[[targets]]
+id = "wecom"
+kind = "wecom_robot"
+url = "{wecom}"
+"#,
+        wecom = p.wecom_robot_url(),
+    );
+    let app = TestApp::spawn(Options {
+        extra: asking(&["wecom"], &blocks),
+        worker_keys: "max_answer_bytes = \"4KiB\"".into(),
+        ..Default::default()
+    })
+    .await;
+    let question = long_text(3000); // ~21 000 bytes
+    ask(&app, "too-long", &question).await;
+    let p2 = p.clone();
+    eventually("the cut answer's last part", || {
+        p2.texts(api::WECOM_ROBOT)
+            .last()
+            .is_some_and(|t| t.ends_with("was cut here]"))
+    })
+    .await;
+    let texts = p.texts(api::WECOM_ROBOT);
+    let total: usize = texts.iter().map(String::len).sum();
+    assert!(
+        total <= 4096 + 16 * texts.len(),
+        "{total} bytes in {} parts",
+        texts.len()
+    );
+    assert!(texts[0].contains("echo: w00000"), "{:.40}", texts[0]);
+    assert!(app.dead_letters().await.is_empty());
+    app.shutdown().await;
+    p.shutdown();
+}
+
+/// A receiver that always says "wait" (Feishu's 11232: wait 10 s) does not keep a job forever:
+/// after `dispatcher.wait_budget` from its first wait the job is dead-lettered as `exhausted`,
+/// and the last wait is not parked past the budget's end.
+#[tokio::test]
+async fn a_receiver_that_always_says_wait_exhausts_the_wait_budget() {
+    let p = PlatformStandin::start().await.unwrap();
+    let blocks = format!(
+        r#"
+[[targets]]
+id = "feishu"
+kind = "feishu_bot"
+url = "{url}"
+secret = "{secret}"
+"#,
+        url = p.feishu_hook_url(true),
+        secret = creds::FEISHU_SECRET,
+    );
+    p.fail_next(api::FEISHU_BOT, 1000, Scripted::code(11232));
+    let app = TestApp::spawn(Options {
+        extra: asking(&["feishu"], &blocks),
+        dispatcher_keys: "wait_budget = \"1s\"".into(),
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    ask(&app, "always-wait", "hello?").await;
+    let letters = app.wait_dead_letters().await;
+    let took = started.elapsed();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, Reason::Exhausted);
+    assert!(
+        letters[0].error.contains("wait_budget"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        p.requests(api::FEISHU_BOT),
+        2,
+        "the first wait, then the last"
+    );
+    assert!(
+        took < Duration::from_secs(9),
+        "parked for the budget's rest, not 10 s: {took:?}"
+    );
+    assert!(p.texts(api::FEISHU_BOT).is_empty());
+    app.shutdown().await;
+    p.shutdown();
+}
+
 #[tokio::test]
 async fn permanent_errcodes_dead_letter_the_job_at_once() {
     let p = PlatformStandin::start().await.unwrap();

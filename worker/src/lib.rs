@@ -4,6 +4,7 @@
 //! permanent ones become dead letters.
 #![forbid(unsafe_code)]
 
+pub mod cap;
 pub mod conversation;
 pub mod dify;
 pub mod idempotency;

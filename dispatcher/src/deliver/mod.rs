@@ -59,6 +59,7 @@ pub struct Dispatcher {
     breaker: Breaker,
     delivered_ttl: Duration,
     lock_ttl: Duration,
+    wait_budget: Duration,
 }
 
 impl Dispatcher {
@@ -76,6 +77,7 @@ impl Dispatcher {
             limiter: RateLimiter::new(services.store.clone()),
             breaker: Breaker::new(services.store.clone(), Default::default()),
             delivered_ttl: d.delivered_ttl,
+            wait_budget: d.wait_budget,
             // Longer than any one delivery can take, so two dispatchers never post the same
             // job at once, and short enough that a crashed holder does not stall the job.
             lock_ttl: d.request_timeout * 3,

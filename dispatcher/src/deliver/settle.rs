@@ -27,9 +27,24 @@ impl Dispatcher {
         job.attempts.push(outcome.attempt);
         let settle = match verdict {
             Verdict::Delivered => return self.delivered(&job, marks).await,
+            Verdict::Wait { .. }
+                if waited_too_long(&job.attempts, chrono::Utc::now(), self.wait_budget) =>
+            {
+                let why = format!(
+                    "told to wait for longer than dispatcher.wait_budget ({:?}): {}",
+                    self.wait_budget,
+                    last_error(&job.attempts)
+                );
+                self.dead_letter(&job, Reason::Exhausted, &why).await
+            }
             Verdict::Wait { wait } => {
                 metrics::counter!("switchboard_dispatch_total", "outcome" => "platform_wait")
                     .increment(1);
+                // Never parked past the budget's end: the attempt then is the last.
+                let wait = wait.min(
+                    wait_left(&job.attempts, chrono::Utc::now(), self.wait_budget)
+                        .max(Duration::from_millis(100)),
+                );
                 self.defer(&job, wait).await
             }
             Verdict::Retry { retry_after } => self.retry_or_give_up(&job, route, retry_after).await,
@@ -93,6 +108,35 @@ pub(super) fn failed_attempts(attempts: &[Attempt]) -> usize {
         .count()
 }
 
+/// Whether the job has been told to wait (`wait` answers, not parts waiting their turn) for
+/// longer than `budget`, counted from the first such answer to `now` (pure).
+pub(super) fn waited_too_long(
+    attempts: &[Attempt],
+    now: chrono::DateTime<chrono::Utc>,
+    budget: Duration,
+) -> bool {
+    attempts
+        .iter()
+        .find(|a| a.outcome == AttemptOutcome::Wait)
+        .is_some_and(|first| {
+            (now - first.at)
+                .to_std()
+                .is_ok_and(|waited| waited > budget)
+        })
+}
+
+/// What is left of the wait budget (the whole of it before the first wait) (pure).
+pub(super) fn wait_left(
+    attempts: &[Attempt],
+    now: chrono::DateTime<chrono::Utc>,
+    budget: Duration,
+) -> Duration {
+    match attempts.iter().find(|a| a.outcome == AttemptOutcome::Wait) {
+        Some(first) => budget.saturating_sub((now - first.at).to_std().unwrap_or_default()),
+        None => budget,
+    }
+}
+
 /// The last attempt in a few words, for the dead letter's `error`.
 pub(super) fn last_error(attempts: &[Attempt]) -> String {
     attempts
@@ -148,6 +192,32 @@ mod tests {
         let mixed = ["retry", "wait", "partial", "retry", "token_invalid"]
             .map(|w| attempt(w, None, None, None));
         assert_eq!(failed_attempts(&mixed), 3);
+    }
+
+    #[test]
+    fn waits_have_a_total_budget_from_the_first_wait() {
+        let now = chrono::Utc::now();
+        let at = |outcome: &str, ago_secs: i64| Attempt {
+            at: now - chrono::Duration::seconds(ago_secs),
+            ..attempt(outcome, None, None, None)
+        };
+        let budget = Duration::from_secs(3600);
+        let cases = [
+            (vec![], false),
+            (vec![at("wait", 10)], false),
+            (vec![at("wait", 3601)], true),
+            (vec![at("wait", 3601), at("wait", 5)], true),
+            // Parts waiting their turn and failures are not waits the platform asked for.
+            (vec![at("partial", 9000), at("retry", 9000)], false),
+            (vec![at("partial", 9000), at("wait", 60)], false),
+        ];
+        for (attempts, want) in cases {
+            assert_eq!(
+                waited_too_long(&attempts, now, budget),
+                want,
+                "{attempts:?}"
+            );
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Assembler {
         self.take_ids(event, &v);
         match event {
             "message" | "agent_message" => {
-                self.text.push_str(str_of(&v, "answer").unwrap_or_default());
+                push_bounded(&mut self.text, str_of(&v, "answer").unwrap_or_default());
             }
             "message_replace" => {
                 self.text = str_of(&v, "answer").unwrap_or_default().to_owned();
@@ -78,7 +78,7 @@ impl Assembler {
             }
             "text_chunk" => {
                 let text = v.pointer("/data/text").and_then(Value::as_str);
-                self.streamed.push_str(text.unwrap_or_default());
+                push_bounded(&mut self.streamed, text.unwrap_or_default());
             }
             "workflow_finished" => {
                 self.workflow = Some(v.get("data").cloned().unwrap_or(Value::Null));
@@ -168,6 +168,18 @@ fn stream_error(v: &Value) -> DifyError {
         code: str_of(v, "code").map(str::to_owned),
         message: str_of(v, "message").unwrap_or_default().to_owned(),
     }
+}
+
+/// A streamed text stops growing past this (Dify's whole answer, 16 MiB, and a byte): the
+/// worker's `max_answer_bytes` cuts it with its marker later; memory is bounded meanwhile.
+pub(crate) const MAX_STREAMED_TEXT: usize = (16 << 20) + 1;
+
+fn push_bounded(text: &mut String, more: &str) {
+    let mut room = MAX_STREAMED_TEXT.saturating_sub(text.len()).min(more.len());
+    while !more.is_char_boundary(room) {
+        room -= 1;
+    }
+    text.push_str(&more[..room]);
 }
 
 fn answer_with(ids: DifyIds, text: String, usage: Option<Value>, outputs: Option<Value>) -> Answer {
@@ -297,6 +309,16 @@ pub(crate) fn blocking_answer(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_text_stops_growing_at_the_bound() {
+        let mut t = "x".repeat(MAX_STREAMED_TEXT - 1);
+        push_bounded(&mut t, "é more");
+        assert_eq!(t.len(), MAX_STREAMED_TEXT - 1, "é does not fit whole");
+        let mut t = String::new();
+        push_bounded(&mut t, "abc");
+        assert_eq!(t, "abc");
+    }
     use serde_json::json;
 
     fn usage(tokens: u64) -> Value {

@@ -154,7 +154,8 @@ impl Worker {
         let (key, token) = (claimed.key.as_str(), claimed.token);
         if let Some(prev) = previous.filter(RunIds::identifies_run) {
             match self.resume(app, key, token, &prev).await {
-                Resume::Answer(answer) => {
+                Resume::Answer(mut answer) => {
+                    self.cap(&mut answer);
                     self.record(claimed, &answer).await;
                     return self
                         .fan_out(&event, source, &answer, Timings::default())
@@ -179,7 +180,8 @@ impl Worker {
             }
         };
         match self.call(&event, app, claimed, conversation_id).await {
-            Ok((answer, timings)) => {
+            Ok((mut answer, timings)) => {
+                self.cap(&mut answer);
                 self.record(claimed, &answer).await;
                 self.fan_out(&event, source, &answer, timings).await
             }
@@ -192,6 +194,29 @@ impl Worker {
                 event.attempts.push(attempt);
                 self.retry_or_give_up(&event, &error, class).await
             }
+        }
+    }
+
+    /// Cuts an answer over `worker.max_answer_bytes`, and says so.
+    fn cap(&self, answer: &mut shared::envelope::Answer) {
+        let max = self.config.worker.max_answer_bytes as usize;
+        let cut = crate::cap::cap(answer, max);
+        if let Some(bytes) = cut.text_bytes {
+            tracing::warn!(
+                bytes,
+                max,
+                "the answer is longer than worker.max_answer_bytes; cut"
+            );
+            metrics::counter!("switchboard_worker_answer_cut_total", "part" => "text").increment(1);
+        }
+        if let Some(bytes) = cut.outputs_bytes {
+            tracing::warn!(
+                bytes,
+                max,
+                "the workflow outputs are longer than worker.max_answer_bytes; dropped"
+            );
+            metrics::counter!("switchboard_worker_answer_cut_total", "part" => "outputs")
+                .increment(1);
         }
     }
 
