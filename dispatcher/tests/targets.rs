@@ -879,3 +879,53 @@ async fn cached_access_tokens_are_encrypted_and_survive_a_key_rotation() {
     assert_eq!(env.p.token_fetches("wecom"), 3);
     assert_eq!(env.p.texts(api::WECOM_APP), ["one", "two", "three", "four"]);
 }
+
+/// A token endpoint that answers without end (a hostile or broken `api_base`) is read only up
+/// to its cap: the attempt fails as an unreadable token answer, nothing is cached.
+#[tokio::test]
+async fn an_endless_token_answer_is_read_only_up_to_its_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = sock.read(&mut head).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+                // 64 MiB of whitespace unless the reader stops first.
+                for _ in 0..1024 {
+                    if sock.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let wecom = env.reply(&wecom_source().replace("{base}", &format!("http://{addr}")));
+    let job = reply_job(
+        "hi",
+        ReplyHandle::Wecom {
+            to_user: "zhang".into(),
+            agent_id: None,
+        },
+        ChatType::Single,
+    );
+    let started = std::time::Instant::now();
+    let out = wecom.deliver(&job, &env.ctx).await;
+    assert_eq!(
+        out.verdict,
+        Verdict::Retry { retry_after: None },
+        "{:?}",
+        out.attempt
+    );
+    let error = out.attempt.error.unwrap_or_default();
+    assert!(error.contains("token answer unreadable"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(env.keys().await.iter().all(|k| !k.contains(":token:")));
+    server.abort();
+}

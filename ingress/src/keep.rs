@@ -1,11 +1,14 @@
 //! Keeping a verified event, the one path every door shares (the ingress's HTTP callbacks and
-//! the connector's pushed events): door dedup (has the platform sent this before?), publish with
+//! the connector's pushed events): credentials taken out of the event (`shared::reply_credentials`:
+//! the reply URL kept aside in Redis, verification tokens dropped), door dedup (has the platform
+//! sent this before?), publish with
 //! the broker's confirm, then remember it as kept. Nothing here answers the platform: the
 //! outcome says what happened, and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack
 //! frame); `NotKept` must not be, so that the platform delivers the event again.
 use crate::door::SeenKeys;
 use crate::platform::NewEvent;
 use shared::envelope::{encode, InboundEvent};
+use shared::reply_credentials;
 use shared::topology::Stage;
 use shared::Services;
 use std::time::Duration;
@@ -91,17 +94,37 @@ impl Keeper {
                 .increment(1);
             return KeepOutcome::Duplicate;
         }
+        let (mut reply, mut payload) = (new.reply, new.payload);
+        let received_at = chrono::Utc::now();
+        let id = uuid::Uuid::now_v7();
+        // Credentials stay out of the event: the reply URL is kept aside for the dispatcher.
+        let credentials = reply_credentials::take(
+            platform,
+            &mut reply,
+            &mut payload,
+            received_at.timestamp_millis(),
+        );
+        if let Some((credentials, life)) = credentials {
+            if let Err(e) = reply_credentials::keep(store, id, &credentials, life).await {
+                // Without it the answer could not reach the conversation: not kept, the
+                // platform sends again.
+                tracing::warn!(error = %e, "cannot keep the event's reply URL; not acknowledged");
+                metrics::counter!(self.door.not_kept(), "source" => source_id.to_owned())
+                    .increment(1);
+                return KeepOutcome::NotKept;
+            }
+        }
         let event = InboundEvent {
-            id: uuid::Uuid::now_v7(),
+            id,
             source: source_id.to_owned(),
             platform: platform.to_owned(),
             dedup_key: new.dedup_key,
             kind: new.kind,
-            received_at: chrono::Utc::now(),
+            received_at,
             conversation: new.conversation,
             text: new.text,
-            reply: new.reply,
-            payload: new.payload,
+            reply,
+            payload,
             attempts: Vec::new(),
             replay_of: None,
         };

@@ -14,6 +14,7 @@ pub mod gcra;
 pub mod keys;
 pub mod nodes;
 pub mod progress;
+pub mod reply_credentials;
 pub mod retry;
 pub mod seal;
 pub mod secret;

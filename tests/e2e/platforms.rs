@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use shared::envelope::Stage;
 use standins::platforms::{api, creds, PlatformStandin};
 use standins::receiver::Received;
+use std::time::{Duration, Instant};
 
 pub(crate) const WECOM_TOKEN: &str = "wecom-callback-token";
 const WECOM_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -968,5 +969,164 @@ async fn at_the_door_a_tampered_request_enqueues_nothing_and_a_retry_nothing_mor
     while std::time::Instant::now() < until {
         assert_eq!(app.queue_len(&work).await, want, "a retry was enqueued");
     }
+    stop(app, p).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials inside events (issue 11, item 11)
+
+/// Runs `switchboard dlq …` on the app's config, in process; (success, stdout, stderr).
+async fn dlq(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    use clap::Parser;
+    use deadletters::cli::{run_with, Console, DlqCli};
+    let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let (mut console, captured) = Console::in_memory("", false);
+    let auditors = shared::config::AuditorConfig::from(&*app.config);
+    let code = run_with(cli.command, &auditors, &mut console).await;
+    (
+        code == std::process::ExitCode::SUCCESS,
+        captured.stdout(),
+        captured.stderr(),
+    )
+}
+
+/// DingTalk's `sessionWebhook`, Slack's `response_url` and `token`, Feishu's `header.token`
+/// never reach the broker: the dead letters of events that Dify refused, and their export,
+/// hold none of them. Replayed, the events are answered through the same reply URLs, which
+/// the ingress kept aside under the event's id.
+#[tokio::test]
+async fn credentials_in_events_stay_out_of_dead_letters_and_exports_and_replies_still_work() {
+    let (app, p) = spawn().await;
+    app.dify.fail_next(3, 400, "invalid_param");
+
+    let (session, expires) = p.dingtalk_session(chrono::Duration::hours(1));
+    let session_id = session.split("session=").nth(1).unwrap().to_owned();
+    let body = dingtalk::text_message(
+        "msgid-cred-1",
+        "cidGroupCred",
+        true,
+        "staff9",
+        "ding with a webhook",
+        &session,
+        expires,
+    );
+    let msg = dingtalk::request(creds::DINGTALK_APP_SECRET, now_ms(), &body);
+    assert_eq!(send(&app, "dingtalk", &msg).await.status, 200);
+
+    let response_url = p.slack_response_url("T0001/1234/respond-secret-77");
+    // A form, encoded by hand: the few characters these values hold that a form escapes.
+    let enc = |v: &str| {
+        v.replace('%', "%25")
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+            .replace('?', "%3F")
+            .replace('=', "%3D")
+            .replace('&', "%26")
+            .replace(' ', "+")
+    };
+    let form = [
+        ("token", "slack-verification-token-legacy"),
+        ("command", "/ask"),
+        ("text", "slack with a response url"),
+        ("trigger_id", "trigger-cred-1"),
+        ("user_id", "U0CRED"),
+        ("channel_id", "C0CRED"),
+        ("channel_name", "general"),
+        ("response_url", &response_url),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", enc(v)))
+    .collect::<Vec<_>>()
+    .join("&");
+    let slash = slack::request(
+        SLACK_SECRET,
+        now_s(),
+        &form,
+        "application/x-www-form-urlencoded",
+    );
+    assert_eq!(send(&app, "slack", &slash).await.status, 200);
+
+    let event = feishu::text_event_v2(
+        "ev-feishu-cred",
+        FEISHU_TOKEN,
+        "oc_chatcred",
+        true,
+        "ou_cred",
+        "om_msgcred",
+        "feishu with a token",
+    );
+    assert_eq!(
+        send(&app, "feishu", &feishu::request_plain(&event))
+            .await
+            .status,
+        200
+    );
+
+    let secrets = [
+        session_id.as_str(),
+        "respond-secret-77",
+        "slack-verification-token-legacy",
+        FEISHU_TOKEN,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = app.dead_letters().await;
+        if letters.len() >= 3 {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "{} dead letters", letters.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letters.len(), 3);
+    for dl in &letters {
+        let text = String::from_utf8(shared::envelope::encode(dl)).unwrap();
+        for s in secrets {
+            assert!(!text.contains(s), "{s} in a dead letter: {text}");
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("sb-cred-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("export.jsonl");
+    let (ok, _, err) = dlq(&app, &["export", "--out", file.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let exported = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(exported.lines().count(), 3);
+    for s in secrets {
+        assert!(!exported.contains(s), "{s} in the export");
+    }
+    let (_, shown, _) = dlq(&app, &["list"]).await;
+    for s in secrets {
+        assert!(!shown.contains(s), "{s} in `dlq list`");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Replayed: Dify answers now, and each reply goes where the platform asked.
+    let (ok, out, err) = dlq(&app, &["replay", "--all", "--yes", "--allow-unverified"]).await;
+    assert!(ok, "{out}{err}");
+    messages_at(&p, api::DINGTALK_SESSION, 1).await;
+    let reply = &p.messages_to(api::DINGTALK_SESSION)[0];
+    assert_eq!(
+        (reply.target.as_str(), reply.text.as_str()),
+        (session_id.as_str(), "echo: ding with a webhook")
+    );
+    messages_at(&p, api::SLACK_RESPONSE_URL, 1).await;
+    assert_eq!(
+        p.texts(api::SLACK_RESPONSE_URL),
+        ["echo: slack with a response url"]
+    );
+    messages_at(&p, api::FEISHU_REPLY, 1).await;
+    assert_eq!(
+        p.messages_to(api::FEISHU_REPLY)[0].reply_to.as_deref(),
+        Some("om_msgcred")
+    );
+    // The reply URLs are in Redis only, under the event's id, and nowhere in the broker.
+    let kept: Vec<String> = testkit::keys(&app.services.store)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":replycred:"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
     stop(app, p).await;
 }

@@ -301,9 +301,12 @@ impl Target for DingtalkReply {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Some(handle @ ReplyHandle::Dingtalk { .. }) = super::handle(job) else {
-            return super::wrong_handle("dingtalk");
+        let handle = match super::restored(job, ctx).await {
+            Ok(Some(handle @ ReplyHandle::Dingtalk { .. })) => handle,
+            Ok(_) => return super::wrong_handle("dingtalk"),
+            Err(outcome) => return outcome,
         };
+        let handle = &handle;
         let chat_type = job.payload.conversation.chat_type;
         let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {

@@ -84,6 +84,47 @@ pub(crate) fn handle(job: &DispatchJob) -> Option<&ReplyHandle> {
     }
 }
 
+/// The job's reply handle with the reply URL the ingress kept aside (`shared::reply_credentials`)
+/// put back, when the handle carries none and the URL is still kept. `Err`: Redis could not be
+/// asked, the job waits (answering by the fallback instead would post where the user did not
+/// ask, or fail for want of a bot token).
+pub(crate) async fn restored(
+    job: &DispatchJob,
+    ctx: &crate::target::Context,
+) -> Result<Option<ReplyHandle>, Outcome> {
+    use shared::reply_credentials::{find, CredentialsError};
+    let Some(handle) = handle(job) else {
+        return Ok(None);
+    };
+    let mut handle = handle.clone();
+    let slot = match &mut handle {
+        ReplyHandle::Dingtalk {
+            session_webhook: slot @ None,
+            ..
+        } => slot,
+        ReplyHandle::Slack {
+            response_url: slot @ None,
+            ..
+        } => slot,
+        _ => return Ok(Some(handle)),
+    };
+    match find(&ctx.store, job.payload.event_id).await {
+        Ok(Some(c)) => *slot = c.session_webhook.or(c.response_url),
+        Ok(None) => {}
+        Err(CredentialsError::Store(e)) => {
+            return Err(local_outcome(
+                crate::target::Verdict::Retry { retry_after: None },
+                format!("reply credentials unavailable: {e}"),
+            ))
+        }
+        Err(e) => {
+            // A key this process does not hold: answered as if the URL had expired.
+            tracing::warn!(error = %e, "the event's reply URL does not open; using the fallback");
+        }
+    }
+    Ok(Some(handle))
+}
+
 /// The outcome for a job whose reply handle belongs to another platform than the source's.
 pub(crate) fn wrong_handle(kind: &str) -> Outcome {
     local_outcome(

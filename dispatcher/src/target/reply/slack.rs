@@ -45,11 +45,15 @@ impl Target for SlackReply {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
+        let handle = match super::restored(job, ctx).await {
+            Ok(handle) => handle,
+            Err(outcome) => return outcome,
+        };
         let Some(ReplyHandle::Slack {
             channel,
             thread_ts,
             response_url,
-        }) = super::handle(job)
+        }) = &handle
         else {
             return super::wrong_handle("slack");
         };
