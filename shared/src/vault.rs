@@ -3,8 +3,8 @@
 //! AES-256-GCM under `[redis] encryption_key` and stored as `enc1:<key id>:<base64url(nonce ‖
 //! ciphertext ‖ tag)>`; the Redis key the value is stored under is the associated data, so a
 //! value copied to another key does not open. The 256-bit AES key is derived from the configured
-//! secret (HMAC-SHA256 of a fixed label), so any secret of at least 32 bytes will do and the key
-//! id names it without revealing it.
+//! secret (SHA-256 of a fixed label and the secret), so any secret of at least 32 bytes will do,
+//! and the key id (a hash of the derived key) names it without revealing it.
 //!
 //! Keys rotate: `previous_encryption_keys` open what older keys sealed, new values are sealed
 //! with the current key. Without a key, values are stored as they are (the quick start runs;
@@ -16,8 +16,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
 use crate::secret::Secret;
@@ -37,18 +36,19 @@ struct Key {
 
 impl Key {
     fn new(secret: &Secret) -> Self {
-        let derived = hmac(secret.expose().as_bytes(), b"switchboard at-rest key v1");
+        let derived = Sha256::new()
+            .chain_update(b"switchboard at-rest key v1\n")
+            .chain_update(secret.expose().as_bytes())
+            .finalize();
+        let id = Sha256::new()
+            .chain_update(b"switchboard at-rest key id v1\n")
+            .chain_update(derived)
+            .finalize();
         Self {
-            id: hex::encode(&hmac(&derived, b"switchboard at-rest key id v1")[..8]),
-            cipher: Aes256Gcm::new_from_slice(&derived).expect("32-byte key"),
+            id: hex::encode(&id[..8]),
+            cipher: Aes256Gcm::new(&derived),
         }
     }
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
 }
 
 /// The keys a process seals and opens stored values with; without a current key it stores
@@ -108,6 +108,7 @@ impl Vault {
             return plain.to_owned();
         };
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
+        #[allow(clippy::expect_used)] // AES-GCM refuses only messages beyond 64 GiB.
         let sealed = key
             .cipher
             .encrypt(
@@ -117,7 +118,6 @@ impl Vault {
                     aad: redis_key.as_bytes(),
                 },
             )
-            // AES-GCM fails only for messages beyond 64 GiB.
             .expect("AES-GCM encrypts any value Redis can hold");
         let mut blob = Vec::with_capacity(NONCE_BYTES + sealed.len());
         blob.extend_from_slice(&nonce_bytes);
