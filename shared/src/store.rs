@@ -319,6 +319,8 @@ mod tests {
             prefix: "p".into(),
             pool_size: 1,
             sentinel: None,
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
         })
         .unwrap()
     }

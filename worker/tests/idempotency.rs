@@ -255,7 +255,8 @@ async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_c
         text: "the PLAINTEXT secret answer".into(),
         ..Default::default()
     };
-    assert!(w.complete(&key, token, &answer).await.unwrap());
+    let answering = uuid::Uuid::now_v7();
+    assert!(w.complete(&key, token, &answer, answering).await.unwrap());
 
     let mut conn = kit.store().conn().await.unwrap();
     let raw: Vec<String> = deadpool_redis::redis::cmd("HVALS")
@@ -269,7 +270,10 @@ async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_c
     let rotated = idem(kit.store_with_keys(Some(K2), &[K1]));
     assert_eq!(
         rotated.claim(&key).await.unwrap(),
-        Claim::Done(Box::new(answer.clone()))
+        Claim::Done {
+            answer: Box::new(answer.clone()),
+            by: Some(answering)
+        }
     );
     for (current, previous) in [(Some(K2), vec![]), (None, vec![])] {
         let wrong = idem(kit.store_with_keys(current, &previous));
@@ -294,10 +298,14 @@ async fn an_answer_recorded_before_the_key_was_set_is_still_read() {
         text: "recorded in plain text".into(),
         ..Default::default()
     };
-    assert!(before.complete(&key, token, &answer).await.unwrap());
+    let answering = uuid::Uuid::now_v7();
+    assert!(before.complete(&key, token, &answer, answering).await.unwrap());
     let after = idem(kit.store_with_keys(Some(K1), &[]));
     assert_eq!(
         after.claim(&key).await.unwrap(),
-        Claim::Done(Box::new(answer))
+        Claim::Done {
+            answer: Box::new(answer),
+            by: Some(answering)
+        }
     );
 }
