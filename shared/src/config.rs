@@ -409,6 +409,23 @@ pub struct AppConfig {
     pub answer_output: Option<String>,
 }
 
+impl AppConfig {
+    /// The body fields this app's `inputs` mapping requires: `(input name, path in the body)`
+    /// for every `payload.<path>` entry not marked optional with a trailing `?`. The generic
+    /// JSON sources refuse a body without one of them at the door. Entries that do not parse
+    /// are the worker's `validate_inputs` to report.
+    pub fn required_body_fields(&self) -> Vec<(String, crate::jsonpath::JsonPath)> {
+        self.inputs
+            .iter()
+            .filter(|(_, field)| !field.ends_with('?'))
+            .filter_map(|(name, field)| {
+                let path = field.strip_prefix("payload.")?;
+                Some((name.clone(), crate::jsonpath::JsonPath::parse(path).ok()?))
+            })
+            .collect()
+    }
+}
+
 /// How group chats map to Dify conversations.
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -471,6 +488,11 @@ pub struct SourceConfig {
     /// With `stream`: a progress update only when at least this many characters are new.
     #[serde(default = "default_stream_min_chars")]
     pub stream_min_chars: usize,
+    /// Generic JSON sources (`standard`, `hmac`, `bearer`, `github`): where the chat text is in
+    /// the body (a dotted path such as `data.note`), or `""` for no text. Unset: the body's
+    /// `text`, `message`, `content` or `query` string, if it has one.
+    #[serde(default)]
+    pub text_field: Option<String>,
     /// The platform's own keys (token, secrets, ids), checked by the ingress platform module.
     #[serde(flatten)]
     pub settings: Settings,

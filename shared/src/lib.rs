@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod depth;
 pub mod envelope;
 pub mod gcra;
+pub mod jsonpath;
 pub mod keys;
 pub mod nodes;
 pub mod progress;

@@ -16,6 +16,7 @@ pub mod bearer;
 pub mod dingtalk;
 pub mod discord;
 pub mod feishu;
+pub mod fields;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fuzz;

@@ -1,7 +1,8 @@
 //! Standard Webhooks sources (`platform = "standard"`): `webhook-id`, `webhook-timestamp`,
 //! `webhook-signature` (`v1,<base64>` entries, any may match) over `id.timestamp.body` with the
-//! secret's decoded bytes. The event is the JSON body; its `text` (or `message`, `content`)
-//! field is the query, its `chat_id`/`sender_id` fields the conversation when present. Dedup on
+//! secret's decoded bytes. The event is the JSON body, any object; its `text` (or `message`,
+//! `content`) field is the query unless the source names another (`text_field`, see
+//! [`super::fields`]), its `chat_id`/`sender_id` fields the conversation when present. Dedup on
 //! `webhook-id`. Keys: `secret` (`whsec_…`).
 use super::verify::{check_window, json_body, json_str};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
@@ -71,12 +72,15 @@ impl Platform for Standard {
 
 /// The event of a generic JSON sender: `text` (or `message`, `content`, `query`) is the query;
 /// `chat_id`, `sender_id` (or `user`), `sender_name` and `chat_type` describe the conversation;
-/// a body without text is malformed.
+/// a body that is not a JSON object is malformed. A body without text has an empty text: whether
+/// that is acceptable is the source's ([`super::fields::BodyFields`]).
 pub fn generic_event(dedup_key: &str, payload: serde_json::Value) -> Result<NewEvent, Rejection> {
+    if !payload.is_object() {
+        return Err(Rejection::malformed("the JSON body is not an object"));
+    }
     // Empty strings count as absent: an empty text is no question, an empty id no sender.
     let field = |names: &[&str]| names.iter().find_map(|n| json_str(&payload, n));
-    let text = field(&["text", "message", "content", "query"])
-        .ok_or_else(|| Rejection::malformed("the JSON body has no `text` string"))?;
+    let text = field(&["text", "message", "content", "query"]).unwrap_or_default();
     let sender_id = field(&["sender_id", "user", "user_id"]).unwrap_or_else(|| "anonymous".into());
     let chat_id = field(&["chat_id", "conversation_id"]).unwrap_or_else(|| sender_id.clone());
     let chat_type = match field(&["chat_type"]).as_deref() {
@@ -149,15 +153,56 @@ mod tests {
             .receive(&request(&body.replace("hello", "hellp"), &good, now, now))
             .unwrap_err();
         assert_eq!(bad, Rejection::BadSignature);
-        let no_text = r#"{"nothing":1}"#;
+        // Any object is an event (its text, if any, is the source's to require); anything
+        // else is malformed.
+        let no_text = r#"{"type":"invoice.paid","data":{"id":7}}"#;
         let sig = key.sign("evt-1", now, no_text.as_bytes());
-        assert_eq!(
-            p.receive(&request(no_text, &sig, now, now))
-                .unwrap_err()
-                .reason(),
-            "malformed"
-        );
+        match p.receive(&request(no_text, &sig, now, now)).unwrap() {
+            Intake::Event { event, .. } => {
+                assert_eq!(
+                    (event.text.as_str(), event.kind.as_str()),
+                    ("", "invoice.paid")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for not_object in ["[1,2]", "\"text\"", "42", "not json"] {
+            let sig = key.sign("evt-1", now, not_object.as_bytes());
+            let refused = p.receive(&request(not_object, &sig, now, now)).unwrap_err();
+            assert_eq!(refused.reason(), "malformed", "{not_object}");
+        }
         let mut get = request(body, &good, now, now);
+        get.method = Method::GET;
+        assert_eq!(p.receive(&get).unwrap_err(), Rejection::MethodNotAllowed);
+    }
+
+    /// The official Standard Webhooks vector (platforms.md): its body has no text, and is
+    /// accepted as it is.
+    #[test]
+    fn the_official_vector_is_accepted() {
+        let p = Standard {
+            key: SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            max_skew_secs: 300,
+        };
+        let ts = 1_614_265_330;
+        let mut req = request(
+            r#"{"test": 2432232314}"#,
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ts,
+            ts + 5,
+        );
+        req.headers.insert(
+            "webhook-id",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek".parse().unwrap(),
+        );
+        match p.receive(&req).unwrap() {
+            Intake::Event { event, .. } => {
+                assert_eq!(event.dedup_key, "msg_p5jXN8AQM9LWM0D4loKWxJek");
+                assert_eq!(event.payload, serde_json::json!({"test": 2432232314_u64}));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut get = request("{}", "v1,x", ts, ts);
         get.method = Method::GET;
         assert_eq!(p.receive(&get).unwrap_err(), Rejection::MethodNotAllowed);
     }

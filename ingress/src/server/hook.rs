@@ -94,10 +94,15 @@ impl Ingress {
 
     /// Steps 4 to 7: signature, rate, slot, door.
     async fn admit(&self, source_id: &str, source: &Source, req: &HookRequest) -> Response {
-        let intake = match source.platform.receive(req) {
+        let mut intake = match source.platform.receive(req) {
             Ok(intake) => intake,
             Err(rejection) => return refused(source_id, &rejection),
         };
+        if let (Some(fields), Intake::Event { event, .. }) = (&source.fields, &mut intake) {
+            if let Err(rejection) = fields.apply(event) {
+                return refused(source_id, &rejection);
+            }
+        }
         if let Err(wait) = self.rates.admit(source_id) {
             return rate_limited(source_id, wait);
         }
@@ -173,7 +178,20 @@ fn refused(source_id: &str, rejection: &Rejection) -> Response {
     metrics::counter!("switchboard_ingress_rejected_total", "source" => source_id.to_owned(), "reason" => reason).increment(1);
     // The rejection's text names no secret (platform modules guarantee it).
     tracing::warn!(reason, detail = %rejection, "refused");
-    refuse(rejection.status(), reason)
+    match rejection {
+        // What is wrong with the body, for the sender to fix (never a secret: the body's own
+        // field names).
+        Rejection::Malformed(detail) => {
+            let body = serde_json::json!({ "error": reason, "detail": detail }).to_string();
+            (
+                rejection.status(),
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        _ => refuse(rejection.status(), reason),
+    }
 }
 
 fn rate_limited(source_id: &str, wait: std::time::Duration) -> Response {

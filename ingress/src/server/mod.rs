@@ -12,6 +12,7 @@ mod inbound_rate;
 use inbound_rate::InboundRates;
 
 use crate::keep::{Door, Keeper};
+use crate::platform::fields::BodyFields;
 use crate::platform::{self, Platform};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,6 +30,8 @@ use tokio::sync::Semaphore;
 #[derive(Debug)]
 struct Source {
     platform: Box<dyn Platform>,
+    /// What a generic JSON source takes from the body (text, required input fields).
+    fields: Option<BodyFields>,
     /// Where its requests may come from (empty: anywhere).
     allow_ips: Vec<ipnet::IpNet>,
 }
@@ -48,18 +51,24 @@ pub struct Ingress {
     slots: Semaphore,
 }
 
-/// Builds every source's platform, collecting every problem (for `config check` and start-up).
-pub fn build_sources(
-    config: &Config,
-) -> Result<HashMap<String, Box<dyn Platform>>, Vec<ConfigIssue>> {
+/// A source's platform and body fields, built from the config.
+pub type Built = (Box<dyn Platform>, Option<BodyFields>);
+
+/// Builds every source's platform and body fields, collecting every problem (for `config check`
+/// and start-up).
+pub fn build_sources(config: &Config) -> Result<HashMap<String, Built>, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     let mut built = HashMap::new();
     for source in &config.sources {
-        match platform::build(source) {
-            Ok(p) => {
-                built.insert(source.id.clone(), p);
+        let fields = BodyFields::for_source(source, config.app(&source.app));
+        match (platform::build(source), fields) {
+            (Ok(p), Ok(fields)) => {
+                built.insert(source.id.clone(), (p, fields));
             }
-            Err(mut e) => issues.append(&mut e),
+            (p, fields) => {
+                issues.extend(p.err().into_iter().flatten());
+                issues.extend(fields.err().into_iter().flatten());
+            }
         }
     }
     if issues.is_empty() {
@@ -78,9 +87,10 @@ impl Ingress {
             // A stream source has no hook URL: the connector role receives its events.
             .filter(|s| s.mode == SourceMode::Http)
             .filter_map(|s| {
-                let platform = platforms.remove(&s.id)?;
+                let (platform, fields) = platforms.remove(&s.id)?;
                 let source = Source {
                     platform,
+                    fields,
                     allow_ips: s.allow_ips.clone(),
                 };
                 Some((s.id.clone(), source))

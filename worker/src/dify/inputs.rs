@@ -4,10 +4,14 @@
 //! `event_id`, `kind`, or any value inside the platform's payload (`payload.a.b.0.c`; `payload`
 //! alone is the whole payload). Payload values keep their JSON type (strings stay strings,
 //! objects stay objects). A field an event does not have is left out rather than sent empty, so
-//! Dify reports a required input as missing instead of answering from nothing. Pure.
+//! Dify reports a required input as missing instead of answering from nothing; for the generic
+//! JSON sources the ingress already refused such a body at the door, unless the field is marked
+//! optional with a trailing `?` (`payload.data.note?`). A scheduled event's own `inputs` (static
+//! values and built-ins, see `scheduler`) come on top of the mapping. Pure.
 use serde_json::{Map, Value};
 use shared::config::{AppConfig, ConfigIssue};
 use shared::envelope::{ChatType, InboundEvent};
+use shared::jsonpath::JsonPath;
 use std::str::FromStr;
 
 /// Where one input's value comes from.
@@ -24,13 +28,14 @@ pub enum InputField {
     EventId,
     Kind,
     /// A path into the payload: object keys, or array indices for arrays.
-    Payload(Vec<String>),
+    Payload(JsonPath),
 }
 
 impl FromStr for InputField {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.strip_suffix('?').unwrap_or(s);
         Ok(match s {
             "text" => Self::Text,
             "source" => Self::Source,
@@ -42,20 +47,19 @@ impl FromStr for InputField {
             "platform" => Self::Platform,
             "event_id" => Self::EventId,
             "kind" => Self::Kind,
-            "payload" => Self::Payload(Vec::new()),
+            "payload" => Self::Payload(JsonPath::default()),
             _ => {
                 let path = s.strip_prefix("payload.").ok_or_else(|| {
                     format!(
                         "unknown event field {s:?}: use text, source, chat_id, sender_id, \
                          sender_name, chat_type, thread_id, platform, event_id, kind or \
-                         payload.<path>"
+                         payload.<path> (a trailing `?` marks it optional)"
                     )
                 })?;
-                let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-                if segments.iter().any(String::is_empty) {
+                if path.is_empty() {
                     return Err(format!("{s:?} has an empty path segment"));
                 }
-                Self::Payload(segments)
+                Self::Payload(JsonPath::parse(path)?)
             }
         })
     }
@@ -80,19 +84,9 @@ impl InputField {
             Self::Platform => s(&event.platform),
             Self::EventId => Some(Value::String(event.id.to_string())),
             Self::Kind => s(&event.kind),
-            Self::Payload(path) => lookup(&event.payload, path)
-                .filter(|v| !v.is_null())
-                .cloned(),
+            Self::Payload(path) => path.present(&event.payload).cloned(),
         }
     }
-}
-
-fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
-    path.iter().try_fold(value, |v, segment| match v {
-        Value::Object(map) => map.get(segment),
-        Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
-        _ => None,
-    })
 }
 
 /// Builds the `inputs` of a call for `app` from `event`. Entries whose field does not parse are

@@ -158,8 +158,15 @@ fn receive_table() {
             "malformed",
         ),
         (
+            // Any object is an event; whether it needs text is the source's (`fields`).
             "no text",
             s.request("crm-secret", NOW, None, "{}")
+                .to_hook_request(at(NOW)),
+            "event",
+        ),
+        (
+            "not an object",
+            s.request("crm-secret", NOW, None, "[1]")
                 .to_hook_request(at(NOW)),
             "malformed",
         ),
