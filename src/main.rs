@@ -40,9 +40,17 @@ enum Command {
     /// Hold the outbound connections of the sources with `mode = "stream"` (admin listener on
     /// `connector.admin_listen`).
     Connector,
-    /// Every role in one process: the quick start and small sites (admin listener on
+    /// Fire the `[[schedules]]`: any number of processes may run it, each tick is one event
+    /// (admin listener on `scheduler.admin_listen`).
+    Scheduler,
+    /// Every role (the scheduler too) in one process: the quick start and small sites (admin listener on
     /// `ingress.admin_listen`).
     All,
+    /// The schedules: their next runs and last outcome, or one run now.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Work with the config file.
     Config {
         #[command(subcommand)]
@@ -68,12 +76,24 @@ enum ConfigCommand {
     Check,
 }
 
+#[derive(Subcommand, Debug)]
+enum ScheduleCommand {
+    /// Each schedule: its next runs in its zone, its last run and what became of it.
+    List,
+    /// One run of the schedule now, recorded as manual.
+    Run {
+        /// The schedule's id.
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Roles {
     Ingress,
     Worker,
     Dispatcher,
     Connector,
+    Scheduler,
     All,
 }
 
@@ -137,6 +157,8 @@ fn main() -> ExitCode {
             Command::Worker => serve(config, Roles::Worker).await,
             Command::Dispatcher => serve(config, Roles::Dispatcher).await,
             Command::Connector => serve(config, Roles::Connector).await,
+            Command::Scheduler => serve(config, Roles::Scheduler).await,
+            Command::Schedule { command } => schedule(&config, command).await,
             Command::All => serve(config, Roles::All).await,
         }
     });
@@ -200,6 +222,7 @@ fn role_issues(config: &Config) -> Vec<ConfigIssue> {
     issues.extend(worker::validate(config));
     issues.extend(dispatcher::validate(config));
     issues.extend(connector::validate(config));
+    issues.extend(scheduler::validate(config));
     // A source block is read by the ingress (its platform's keys), by the dispatcher (its
     // reply channel's) and, in stream mode, by the connector (its connection's): a key none
     // declares is a typo.
@@ -223,11 +246,12 @@ fn config_check(config: &Config, path: &std::path::Path) -> ExitCode {
     }
     if issues.is_empty() {
         println!(
-            "{}: ok ({} sources, {} apps, {} targets)",
+            "{}: ok ({} sources, {} apps, {} targets, {} schedules)",
             path.display(),
             config.sources.len(),
             config.apps.len(),
-            config.targets.len()
+            config.targets.len(),
+            config.schedules.len()
         );
         ExitCode::SUCCESS
     } else {
@@ -255,6 +279,39 @@ async fn topology(config: &Config) -> anyhow::Result<ExitCode> {
     }
     close.cancel();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `switchboard schedule list|run ID`.
+async fn schedule(config: &Config, command: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    let issues = scheduler::validate(config);
+    if !issues.is_empty() {
+        anyhow::bail!("{}", shared::config::ConfigError(issues));
+    }
+    let close = CancellationToken::new();
+    let services = Services::start(config, "switchboard-schedule", close.clone())?;
+    let result = match command {
+        ScheduleCommand::List => scheduler::cli::list(config, &services).await.map(|text| {
+            print!("{text}");
+        }),
+        ScheduleCommand::Run { id } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !services.broker.is_connected() {
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("the broker is unreachable; nothing published");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            scheduler::run_now(config, &services, &id).await.map(|run| {
+                println!(
+                    "{id}: published event {} (manual, dedup key {})",
+                    run.event_id, run.dedup_key
+                );
+            })
+        }
+    };
+    close.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
@@ -290,6 +347,14 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
         tasks.spawn(dispatcher::run(
             config.clone(),
             services.clone(),
+            stop.clone(),
+        ));
+    }
+    if matches!(roles, Roles::Scheduler | Roles::All) && !config.schedules.is_empty() {
+        tasks.spawn(scheduler::serve(
+            config.clone(),
+            services.clone(),
+            name.clone(),
             stop.clone(),
         ));
     }
@@ -332,6 +397,7 @@ async fn serve(config: Arc<Config>, roles: Roles) -> anyhow::Result<ExitCode> {
         Roles::Worker => config.worker.admin_listen,
         Roles::Dispatcher => config.dispatcher.admin_listen,
         Roles::Connector => config.connector.admin_listen,
+        Roles::Scheduler => config.scheduler.admin_listen,
     };
     let admin = TcpListener::bind(addr)
         .await

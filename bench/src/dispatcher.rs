@@ -83,6 +83,7 @@ fn jobs(prefix: &str, target: &str, n: usize) -> Vec<Vec<u8>> {
                 id: DispatchJob::job_id_of_event(event_id, &destination),
                 destination,
                 payload: AnswerPayload {
+                    event: None,
                     event_id,
                     source: "hooks".into(),
                     platform: "standard".into(),

@@ -113,6 +113,7 @@ fn job(target: &str) -> DispatchJob {
         id: DispatchJob::job_id_of_event(ev.id, &destination),
         destination,
         payload: AnswerPayload {
+            event: None,
             event_id: ev.id,
             source: "crm".into(),
             platform: "bearer".into(),

@@ -108,6 +108,7 @@ fn letter(n: usize, replay_every: usize) -> DeadLetter {
             id: DispatchJob::job_id(&event, &destination),
             destination,
             payload: AnswerPayload {
+                event: None,
                 event_id: event.id,
                 source: source.into(),
                 platform: "wecom".into(),

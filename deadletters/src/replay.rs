@@ -177,6 +177,7 @@ mod tests {
             id: Uuid::now_v7(),
             destination: Destination::Target { id: "ops".into() },
             payload: AnswerPayload {
+                event: None,
                 event_id: Uuid::now_v7(),
                 source: "crm".into(),
                 platform: "bearer".into(),

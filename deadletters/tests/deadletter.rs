@@ -259,6 +259,7 @@ fn job(source: &str, target: &str) -> DispatchJob {
         id: DispatchJob::job_id_of_event(ev.id, &destination),
         destination,
         payload: AnswerPayload {
+            event: None,
             event_id: ev.id,
             source: source.into(),
             platform: "bearer".into(),

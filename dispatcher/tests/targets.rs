@@ -79,6 +79,7 @@ fn job_to(text: &str, destination: Destination, chat_type: ChatType) -> Dispatch
         id: DispatchJob::job_id_of_event(event_id, &destination),
         destination,
         payload: AnswerPayload {
+            event: None,
             event_id,
             source: "src".into(),
             platform: "test".into(),

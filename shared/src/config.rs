@@ -50,6 +50,124 @@ pub struct Config {
     /// Where answers may go.
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// The scheduler role (`switchboard scheduler`; inside `all`).
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// Events made by the clock.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// `/metrics`, `/healthz` and `/readyz` of `switchboard scheduler`.
+    pub admin_listen: SocketAddr,
+    /// How often each process looks for due ticks.
+    #[serde(with = "units::duration")]
+    pub poll: Duration,
+    /// How long a process's claim on a tick lasts before another may fire it (the claimer died
+    /// between claiming and publishing).
+    #[serde(with = "units::duration")]
+    pub claim_lease: Duration,
+    /// A tick is still fired normally (counted late) up to this long after its time; older
+    /// ticks missed while no scheduler ran are the `catch_up` rule's.
+    #[serde(with = "units::duration")]
+    pub grace: Duration,
+    /// Ticks with a delay above this are counted late.
+    #[serde(with = "units::duration")]
+    pub late_after: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9094)),
+            poll: Duration::from_millis(250),
+            claim_lease: Duration::from_secs(10),
+            grace: Duration::from_secs(60),
+            late_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happens to ticks missed while no scheduler ran (older than `scheduler.grace`).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// None of them is fired.
+    Skip,
+    /// The newest one is fired, the others skipped.
+    #[default]
+    Latest,
+    /// The newest `catch_up_limit` are fired (oldest first), the others skipped.
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Names the schedule (and its events' source): letters, digits, `-`, `_`.
+    pub id: String,
+    /// 5 fields (minute hour day month weekday) or 6 (seconds first).
+    pub cron: String,
+    /// IANA zone name the expression is read in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// The `[[apps]]` id to run.
+    pub app: String,
+    /// Dify inputs: static values; strings may use the built-ins (`{{ date }}`, `{{ tick }}`, …).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    /// The query, for chat apps (built-ins allowed).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Dify's `user` for these runs.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Where the result goes.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// At most this many missed ticks are fired by `catch_up = "all"`.
+    #[serde(default = "default_catch_up_limit")]
+    pub catch_up_limit: usize,
+}
+
+/// The platform word of scheduled events (`InboundEvent::platform`).
+pub const SCHEDULE_PLATFORM: &str = "schedule";
+
+impl ScheduleConfig {
+    /// The source the worker handles a scheduled event as: its app and targets, no reply.
+    pub fn as_source(&self) -> SourceConfig {
+        SourceConfig {
+            id: self.id.clone(),
+            platform: SCHEDULE_PLATFORM.into(),
+            mode: SourceMode::default(),
+            app: self.app.clone(),
+            reply: false,
+            targets: self.targets.clone(),
+            max_skew_secs: 0,
+            group_conversation: GroupConversation::Shared,
+            rate: None,
+            allow_ips: Vec::new(),
+            text_field: None,
+            settings: Settings::default(),
+        }
+    }
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_catch_up_limit() -> usize {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -929,11 +1047,63 @@ impl Config {
                 }
             }
         }
+        let mut seen_schedules = HashSet::new();
+        for (i, schedule) in self.schedules.iter().enumerate() {
+            if !ids_ok(&schedule.id) {
+                push(
+                    format!("schedules[{i}].id"),
+                    format!("`{}` must be letters, digits, `-` or `_`", schedule.id),
+                );
+                continue;
+            }
+            let key = format!("schedules.{}", schedule.id);
+            if !seen_schedules.insert(schedule.id.as_str()) {
+                push(
+                    format!("{key}.id"),
+                    "is used by more than one schedule".into(),
+                );
+            }
+            if seen_sources.contains(schedule.id.as_str()) {
+                push(
+                    format!("{key}.id"),
+                    "is also a source's id (a schedule's events carry its id as their source)"
+                        .into(),
+                );
+            }
+            if !app_ids.contains(schedule.app.as_str()) {
+                push(
+                    format!("{key}.app"),
+                    format!("no [[apps]] has id `{}`", schedule.app),
+                );
+            }
+            for t in &schedule.targets {
+                if !target_ids.contains(t.as_str()) {
+                    push(
+                        format!("{key}.targets"),
+                        format!("no [[targets]] has id `{t}`"),
+                    );
+                }
+            }
+            if schedule.catch_up_limit == 0 {
+                push(format!("{key}.catch_up_limit"), "must be at least 1".into());
+            }
+        }
+        if self.scheduler.poll.is_zero() || self.scheduler.claim_lease.is_zero() {
+            push(
+                "scheduler".into(),
+                "poll and claim_lease must be above zero".into(),
+            );
+        }
         if issues.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(issues))
         }
+    }
+
+    /// The schedule of that id.
+    pub fn schedule(&self, id: &str) -> Option<&ScheduleConfig> {
+        self.schedules.iter().find(|s| s.id == id)
     }
 
     pub fn app(&self, id: &str) -> Option<&AppConfig> {

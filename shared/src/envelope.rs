@@ -318,6 +318,10 @@ pub struct AnswerPayload {
     pub query: String,
     pub answer: Answer,
     pub timings: Timings,
+    /// The event's body (its platform payload), only on jobs to a target with a body template
+    /// that may use it; the default payload has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 /// When things happened, so receivers can see where time went.

@@ -209,8 +209,11 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        // `{receiver}` in extra config stands for the receiver's base URL.
-        let extra = opts.extra.replace("{receiver}", &receiver.url(""));
+        // `{receiver}` in extra config stands for the receiver's base URL, `{dify}` for Dify's.
+        let extra = opts
+            .extra
+            .replace("{receiver}", &receiver.url(""))
+            .replace("{dify}", &dify.base_url());
         let text = config_text(
             &prefix,
             &broker,
@@ -407,6 +410,7 @@ impl TestApp {
             .env("SWITCHBOARD_WORKER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_DISPATCHER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_CONNECTOR__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_SCHEDULER__ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", log)
             .stderr(match log_file {
                 Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),

@@ -333,6 +333,7 @@ mod tests {
             id: Uuid::from_u128(9),
             destination: Destination::Target { id: "ops".into() },
             payload: AnswerPayload {
+                event: None,
                 event_id: Uuid::from_u128(7),
                 source: "crm".into(),
                 platform: "bearer".into(),

@@ -27,6 +27,7 @@ pub mod reply;
 pub mod rocketchat;
 pub mod slack;
 pub mod telegram;
+pub mod template;
 pub mod webhook;
 pub mod wecom_robot;
 

@@ -322,10 +322,13 @@ pub(crate) fn run_request(call: &DifyCall<'_>) -> (&'static str, Value) {
     let with_query = || {
         // Completion apps take the query as an input; workflows ignore inputs they do not
         // declare, so giving them `query` too lets a workflow use the text without a mapping.
+        // An event without text (a schedule, a JSON webhook) gives none.
         let mut inputs: Map<String, Value> = call.inputs.clone();
-        inputs
-            .entry("query")
-            .or_insert_with(|| Value::String(call.query.to_owned()));
+        if !call.query.is_empty() {
+            inputs
+                .entry("query")
+                .or_insert_with(|| Value::String(call.query.to_owned()));
+        }
         Value::Object(inputs)
     };
     match app.kind {

@@ -9,7 +9,7 @@
 //! optional with a trailing `?` (`payload.data.note?`). A scheduled event's own `inputs` (static
 //! values and built-ins, see `scheduler`) come on top of the mapping. Pure.
 use serde_json::{Map, Value};
-use shared::config::{AppConfig, ConfigIssue};
+use shared::config::{AppConfig, ConfigIssue, SCHEDULE_PLATFORM};
 use shared::envelope::{ChatType, InboundEvent};
 use shared::jsonpath::JsonPath;
 use std::str::FromStr;
@@ -92,13 +92,20 @@ impl InputField {
 /// Builds the `inputs` of a call for `app` from `event`. Entries whose field does not parse are
 /// skipped here; [`validate_inputs`] reports them when the config loads.
 pub fn build_inputs(app: &AppConfig, event: &InboundEvent) -> Map<String, Value> {
-    app.inputs
+    let mut inputs: Map<String, Value> = app
+        .inputs
         .iter()
         .filter_map(|(name, field)| {
             let value = field.parse::<InputField>().ok()?.value(event)?;
             Some((name.clone(), value))
         })
-        .collect()
+        .collect();
+    if event.platform == SCHEDULE_PLATFORM {
+        if let Some(Value::Object(own)) = event.payload.get("inputs") {
+            inputs.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    inputs
 }
 
 /// Every mapping entry of `app` that names no event field, as config issues.
@@ -193,6 +200,18 @@ mod tests {
             let built = build_inputs(&app(&[("v", field)]), &event());
             assert_eq!(built.get("v"), expected.as_ref(), "{field}");
         }
+    }
+
+    #[test]
+    fn a_scheduled_event_brings_its_own_inputs() {
+        let mut e = event();
+        e.platform = SCHEDULE_PLATFORM.into();
+        e.payload = json!({"inputs": {"city": "Shanghai", "day": "2026-12-02"}});
+        let built = build_inputs(&app(&[("s", "source"), ("city", "text")]), &e);
+        assert_eq!(
+            Value::Object(built),
+            json!({"s": "crm", "city": "Shanghai", "day": "2026-12-02"})
+        );
     }
 
     #[test]

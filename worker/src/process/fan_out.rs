@@ -51,13 +51,26 @@ impl Worker {
             query: event.text.clone(),
             answer: answer.clone(),
             timings,
+            event: None,
         };
         let queue = self.services.broker.topology().stage_queue(Stage::Deliver);
         for destination in destinations(source, event) {
+            // A target with a body template may use the event's fields: they travel with its
+            // job only.
+            let mut payload = payload.clone();
+            if let Destination::Target { id } = &destination {
+                if self
+                    .config
+                    .target(id)
+                    .is_some_and(|t| t.settings.contains_key("template"))
+                {
+                    payload.event = Some(event.payload.clone());
+                }
+            }
             let job = DispatchJob {
                 id: DispatchJob::job_id(event, &destination),
                 destination,
-                payload: payload.clone(),
+                payload,
                 attempts: Vec::new(),
                 replay_of: None,
             };

@@ -25,7 +25,7 @@ use call::Failed;
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
 use resume::Resume;
-use shared::config::{AppConfig, Config, SourceConfig};
+use shared::config::{AppConfig, Config, ScheduleConfig, SourceConfig, SCHEDULE_PLATFORM};
 use shared::envelope::{decode, Answer, DeadLetter, InboundEvent, Reason, Timings};
 use shared::retry::RetryPolicy;
 use shared::stage::{self, Settle};
@@ -116,7 +116,19 @@ impl Worker {
 
     /// One event, step by step; a step that does not let the event through settles it.
     async fn process(&self, event: InboundEvent) -> Settle {
-        let Some(source) = self.config.source(&event.source) else {
+        // A scheduled event's source is its schedule, seen as a source with its app and targets.
+        let scheduled = (event.platform == SCHEDULE_PLATFORM)
+            .then(|| {
+                self.config
+                    .schedule(&event.source)
+                    .map(ScheduleConfig::as_source)
+            })
+            .flatten();
+        let source = match event.platform.as_str() {
+            SCHEDULE_PLATFORM => scheduled.as_ref(),
+            _ => self.config.source(&event.source),
+        };
+        let Some(source) = source else {
             let why = "the source is no longer configured";
             return self.dead_letter(&event, Reason::Permanent, why).await;
         };
