@@ -246,12 +246,15 @@ fn config_check(config: &Config, path: &std::path::Path) -> ExitCode {
     }
     if issues.is_empty() {
         println!(
-            "{}: ok ({} sources, {} apps, {} targets, {} schedules)",
+            "{}: ok ({} sources, {} apps, {} targets{})",
             path.display(),
             config.sources.len(),
             config.apps.len(),
             config.targets.len(),
-            config.schedules.len()
+            match config.schedules.len() {
+                0 => String::new(),
+                n => format!(", {n} schedules"),
+            }
         );
         ExitCode::SUCCESS
     } else {

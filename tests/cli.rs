@@ -289,3 +289,38 @@ fn the_auditors_commands_need_none_of_the_platforms_secrets() {
     assert!(out.contains("sbt_") && out.contains("sha256"), "{out}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn config_check_explains_a_bad_cron_zone_or_template() {
+    let (code, _, err) = config_check(&format!(
+        r#"{APP_ONLY}
+[[schedules]]
+id = "briefing"
+cron = "0 8 * *"
+timezone = "Asia/Shangai"
+app = "a"
+inputs = {{ day = "{{{{ dat }}}}" }}
+
+[[schedules]]
+id = "ok"
+cron = "0 25 * * *"
+app = "a"
+
+[[targets]]
+id = "shaped"
+kind = "webhook"
+url = "https://example.com/in"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+template = '{{"a": {{{{ answer }}'
+"#
+    ));
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "schedules.briefing.cron: `0 8 * *` has 4 fields",
+        "schedules.briefing.timezone: `Asia/Shangai` is not an IANA time zone name",
+        "schedules.ok.cron: `0 25 * * *` is not a cron expression",
+        "targets.shaped.template: the template does not compile",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+}
