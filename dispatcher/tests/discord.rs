@@ -95,6 +95,7 @@ fn job_to(text: &str, destination: Destination) -> DispatchJob {
                 ..Default::default()
             },
             timings: Timings::default(),
+            event: None,
         },
         attempts: vec![],
         replay_of: None,

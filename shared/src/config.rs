@@ -154,6 +154,9 @@ impl ScheduleConfig {
             group_conversation: GroupConversation::Shared,
             rate: None,
             allow_ips: Vec::new(),
+            stream: false,
+            stream_interval: d_1s(),
+            stream_min_chars: default_stream_min_chars(),
             text_field: None,
             settings: Settings::default(),
         }

@@ -174,6 +174,7 @@ fn payload(text: &str) -> AnswerPayload {
             ..Default::default()
         },
         timings: Default::default(),
+        event: None,
     }
 }
 

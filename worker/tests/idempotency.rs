@@ -299,7 +299,10 @@ async fn an_answer_recorded_before_the_key_was_set_is_still_read() {
         ..Default::default()
     };
     let answering = uuid::Uuid::now_v7();
-    assert!(before.complete(&key, token, &answer, answering).await.unwrap());
+    assert!(before
+        .complete(&key, token, &answer, answering)
+        .await
+        .unwrap());
     let after = idem(kit.store_with_keys(Some(K1), &[]));
     assert_eq!(
         after.claim(&key).await.unwrap(),

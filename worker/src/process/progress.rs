@@ -128,6 +128,7 @@ impl Worker {
             query: event.text.clone(),
             answer: Answer::default(),
             timings: Default::default(),
+            event: None,
         };
         let update = ReplyProgress {
             job_id: DispatchJob::job_id(event, &destination),
