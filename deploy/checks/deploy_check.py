@@ -17,7 +17,8 @@ What it checks, without a cluster or the network:
   filesystem with resource requests; every PodDisruptionBudget, HPA and ScaledObject points at a
   Deployment that exists.
 - deploy/monitoring: every metric the alert rules and the dashboard use is one the code
-  exports (`metrics::counter!/gauge!/histogram!` in the Rust sources); the rules pass
+  exports (`metrics::counter!/gauge!/histogram!` in the Rust sources, or a name a match arm
+  chooses for one, as `ingress::keep` does per door); the rules pass
   `promtool check rules`, and so do the dashboard's queries, written into a rules file.
 
 Usage: python deploy_check.py [--promtool PATH] [--self-test]
@@ -280,10 +281,14 @@ def cross_check(docs, files, where, problems):
 def exported_metrics():
     names = set()
     pattern = re.compile(r'metrics::(?:counter|gauge|histogram)!\(\s*"([a-z0-9_]+)"')
+    # A name chosen by a match arm and passed to the macro (`Door::Ingress => "switchboard_…"`).
+    chosen = re.compile(r'=>\s*"(switchboard_[a-z0-9_]+)"')
     for path in ROOT.glob("**/src/**/*.rs"):
         if "target" in path.parts or ".run" in path.parts:
             continue
-        names.update(pattern.findall(path.read_text()))
+        text = path.read_text()
+        names.update(pattern.findall(text))
+        names.update(chosen.findall(text))
     return names
 
 

@@ -35,6 +35,7 @@ env SWITCHBOARD_AMQP_URL_1=amqp://check:check@node1:5672/%2f \
   SWITCHBOARD_AMQP_URL_2=amqp://check:check@node2:5672/%2f \
   SWITCHBOARD_AMQP_URL_3=amqp://check:check@node3:5672/%2f \
   SWITCHBOARD_REDIS_URL=redis://:check@redis:6379/0 DIFY_API_KEY=app-check \
+  SWITCHBOARD_ENCRYPTION_KEY=check-check-check-check-check-check-check \
   CRM_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw \
   CRM_ANSWER_SECRET=whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD \
   cargo run -q --bin switchboard -- --config deploy/kubernetes/base/switchboard.toml config check
