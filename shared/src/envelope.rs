@@ -130,8 +130,10 @@ pub enum ReplyHandle {
         application_id: String,
         channel_id: String,
         /// CREDENTIAL (like DingTalk's `session_webhook` and Slack's `response_url`): the
-        /// interaction token, which alone authorises writing the answer. Never logged; it must
-        /// move wherever reply credentials move out of stored payloads.
+        /// interaction token, which alone authorises writing the answer. Never logged. The
+        /// ingress takes it out before the event is published (`crate::reply_credentials`), so
+        /// in a queued event or a dead letter it is `None` and `token_expires_at` says there was
+        /// one; the dispatcher puts it back from Redis.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interaction_token: Option<String>,
         /// When the interaction token stops working, in milliseconds since the epoch.

@@ -1,9 +1,10 @@
 //! Credentials that arrive inside a platform's event and must not travel with it: DingTalk's
 //! `sessionWebhook` and Slack's `response_url` (each a URL that posts into the conversation
-//! without any other secret), and the verification tokens Slack (`token`) and Feishu
+//! without any other secret), Discord's interaction token (which alone writes the answer to a
+//! slash command), and the verification tokens Slack (`token`) and Feishu
 //! (`header.token`, or `token` in a 1.0 event) put in every event. The ingress takes them out of
 //! the event before it is published ([`take`], pure), so that no queue, dead letter, export or
-//! console shows them. The reply URLs are kept in Redis under `replycred:<event id>` for as long
+//! console shows them. The reply URLs and the interaction token are kept in Redis under `replycred:<event id>` for as long
 //! as the platform honours them (encrypted with `[redis] encryption_key` when set), where the
 //! dispatcher finds them by the event id — which a replayed dead letter keeps, so a replay within
 //! the URL's life still answers through it, and one after falls back as an expired URL always
@@ -21,14 +22,18 @@ use uuid::Uuid;
 pub const SLACK_RESPONSE_URL_LIFE: Duration = Duration::from_secs(30 * 60);
 /// How long a DingTalk session webhook is kept when DingTalk gives no expiry, and at most.
 pub const DINGTALK_SESSION_MAX: Duration = Duration::from_secs(3 * 3600);
+/// How long Discord honours an interaction token (15 minutes), and so how long it is kept.
+pub const DISCORD_INTERACTION_TOKEN_LIFE: Duration = Duration::from_secs(15 * 60);
 
-/// The reply URLs taken out of one event.
+/// The reply credentials taken out of one event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_webhook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction_token: Option<String>,
 }
 
 /// Takes the credentials out of an event's reply handle and payload (pure). Returns the reply
@@ -64,18 +69,37 @@ pub fn take(
             Some((
                 Credentials {
                     session_webhook: Some(url),
-                    response_url: None,
+                    ..Credentials::default()
                 },
                 life.min(DINGTALK_SESSION_MAX),
             ))
         }
         Some(ReplyHandle::Slack { response_url, .. }) => Some((
             Credentials {
-                session_webhook: None,
                 response_url: Some(response_url.take()?),
+                ..Credentials::default()
             },
             SLACK_RESPONSE_URL_LIFE,
         )),
+        Some(ReplyHandle::Discord {
+            interaction_token,
+            token_expires_at,
+            ..
+        }) => {
+            let token = interaction_token.take()?;
+            // The expiry is ours (the ingress sets it), but read with saturating arithmetic.
+            let life = match token_expires_at {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms).max(1000) as u64),
+                None => DISCORD_INTERACTION_TOKEN_LIFE,
+            };
+            Some((
+                Credentials {
+                    interaction_token: Some(token),
+                    ..Credentials::default()
+                },
+                life.min(DISCORD_INTERACTION_TOKEN_LIFE),
+            ))
+        }
         _ => None,
     }
 }
@@ -108,7 +132,7 @@ pub fn key(store: &Store, event_id: Uuid) -> String {
     store.key(&["replycred", &event_id.to_string()])
 }
 
-/// Keeps an event's reply URLs for `life`.
+/// Keeps an event's reply credentials for `life`.
 pub async fn keep(
     store: &Store,
     event_id: Uuid,
@@ -128,7 +152,7 @@ pub async fn keep(
     Ok(())
 }
 
-/// An event's reply URLs, if they are still kept.
+/// An event's reply credentials, if they are still kept.
 pub async fn find(store: &Store, event_id: Uuid) -> Result<Option<Credentials>, CredentialsError> {
     let key = key(store, event_id);
     let mut conn = store.conn().await?;
@@ -194,6 +218,27 @@ mod tests {
         });
         let (_, life) = take("dingtalk", &mut reply, &mut json!(null), now).unwrap();
         assert_eq!(life, Duration::from_secs(1));
+        // Discord's interaction token leaves the handle; the rest of the handle stays.
+        let handle = |token: Option<&str>, at: Option<i64>| {
+            Some(ReplyHandle::Discord {
+                application_id: "app".into(),
+                channel_id: "c1".into(),
+                interaction_token: token.map(Into::into),
+                token_expires_at: at,
+                message_id: None,
+            })
+        };
+        let mut reply = handle(Some("itok-secret"), Some(now + 15 * 60_000));
+        let (creds, life) = take("discord", &mut reply, &mut json!(null), now).unwrap();
+        assert_eq!(creds.interaction_token.as_deref(), Some("itok-secret"));
+        assert_eq!(life, DISCORD_INTERACTION_TOKEN_LIFE);
+        assert_eq!(reply, handle(None, Some(now + 15 * 60_000)));
+        let mut reply = handle(Some("t"), Some(i64::MIN));
+        let (_, life) = take("discord", &mut reply, &mut json!(null), now).unwrap();
+        assert_eq!(life, Duration::from_secs(1));
+        // A message (no interaction) has nothing to keep.
+        let mut reply = handle(None, None);
+        assert!(take("discord", &mut reply, &mut json!(null), now).is_none());
         // Other platforms' payloads are left alone.
         let mut payload = json!({"token": "not ours to judge"});
         assert!(take("github", &mut None, &mut payload, now).is_none());

@@ -143,3 +143,54 @@ async fn discord_a_long_answer_is_the_edit_then_follow_ups_in_order_and_pings_no
     app.shutdown().await;
     d.shutdown();
 }
+
+/// Issue 11 item 11 for Discord: a slash command's interaction token (it alone lets anyone write
+/// as the bot into that conversation) never reaches the broker. Dify refuses the command, so it
+/// becomes a dead letter: neither the letter, nor `dlq list`, nor the queued event holds the
+/// token; the ingress kept it in Redis under the event id. Replayed, the answer still edits the
+/// original deferred response, with the token put back from Redis.
+#[tokio::test]
+async fn discord_the_interaction_token_stays_out_of_the_broker_and_a_replay_still_edits_the_response(
+) {
+    let (app, d) = spawn().await;
+    app.dify.fail_next(1, 400, "invalid_param");
+    let command = d.slash_command(Some("g1"), "c7", "kept aside");
+    let token = command["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        d.interact(&hook(&app), &command, false).await.unwrap(),
+        (200, json!({ "type": 5 }))
+    );
+
+    let letters = dead_letters_at_least(&app, 1).await;
+    assert_eq!(letters.len(), 1);
+    let letter = String::from_utf8(shared::envelope::encode(&letters[0])).unwrap();
+    assert!(
+        !letter.contains(&token),
+        "the token in a dead letter: {letter}"
+    );
+    assert!(
+        letter.contains("token_expires_at"),
+        "the handle still says a token was given: {letter}"
+    );
+    let (_, shown, _) = dlq(&app, &["list"]).await;
+    assert!(!shown.contains(&token), "the token in `dlq list`");
+    let kept: Vec<String> = testkit::keys(&app.services.store)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":replycred:"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+
+    let (ok, out, err) = dlq(&app, &["replay", "--all", "--yes", "--allow-unverified"]).await;
+    assert!(ok, "{out}{err}");
+    messages_at(&d, route::EDIT_ORIGINAL, 1).await;
+    let edit = &d.messages_to(route::EDIT_ORIGINAL)[0];
+    assert_eq!(
+        (edit.interaction_id.as_deref(), edit.content.as_str()),
+        (command["id"].as_str(), "echo: kept aside"),
+        "the replay edited the command's own response through its token"
+    );
+    assert!(d.messages_to(route::CHANNEL).is_empty());
+    app.shutdown().await;
+    d.shutdown();
+}

@@ -174,3 +174,19 @@ impl ExtraRole {
         self.task.await.expect("role task").expect("role result");
     }
 }
+
+/// Runs `switchboard dlq …` on the app's config, in process; (success, stdout, stderr).
+pub async fn dlq(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    use clap::Parser;
+    use deadletters::cli::{run_with, Console, DlqCli};
+    let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let (mut console, captured) = Console::in_memory("", false);
+    let auditors = shared::config::AuditorConfig::from(&*app.config);
+    let code = run_with(cli.command, &auditors, &mut console).await;
+    (
+        code == std::process::ExitCode::SUCCESS,
+        captured.stdout(),
+        captured.stderr(),
+    )
+}

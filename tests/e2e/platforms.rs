@@ -983,22 +983,6 @@ async fn at_the_door_a_tampered_request_enqueues_nothing_and_a_retry_nothing_mor
 // ---------------------------------------------------------------------------------------------
 // Credentials inside events (issue 11, item 11)
 
-/// Runs `switchboard dlq …` on the app's config, in process; (success, stdout, stderr).
-async fn dlq(app: &TestApp, args: &[&str]) -> (bool, String, String) {
-    use clap::Parser;
-    use deadletters::cli::{run_with, Console, DlqCli};
-    let cli = DlqCli::try_parse_from(std::iter::once("dlq").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    let (mut console, captured) = Console::in_memory("", false);
-    let auditors = shared::config::AuditorConfig::from(&*app.config);
-    let code = run_with(cli.command, &auditors, &mut console).await;
-    (
-        code == std::process::ExitCode::SUCCESS,
-        captured.stdout(),
-        captured.stderr(),
-    )
-}
-
 /// DingTalk's `sessionWebhook`, Slack's `response_url` and `token`, Feishu's `header.token`
 /// never reach the broker: the dead letters of events that Dify refused, and their export,
 /// hold none of them. Replayed, the events are answered through the same reply URLs, which

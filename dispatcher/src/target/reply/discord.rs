@@ -5,7 +5,10 @@
 //! that (less a margin) the answer goes to the channel through the bot instead
 //! (`POST /channels/{channel_id}/messages`, replying with `message_reference` when the handle
 //! names a message), and the log says so; so it does when Discord refuses the token earlier
-//! (401 or 404: the interaction was not acknowledged in time, or is unknown). Keys (shared with the ingress): `bot_token` (for the
+//! (401 or 404: the interaction was not acknowledged in time, or is unknown). The token does
+//! not travel with the job: the ingress keeps it aside in Redis under the event id
+//! (`shared::reply_credentials`) and [`super::restored`] puts it back; a job whose token is no
+//! longer kept (past its 15 minutes) answers in the channel. Keys (shared with the ingress): `bot_token` (for the
 //! channel messages; without it an answer later than the token is a permanent failure),
 //! `api_base` (default `https://discord.com/api/v10`). No answer pings anyone
 //! (`allowed_mentions` is empty).
@@ -76,7 +79,9 @@ impl DiscordReply {
         };
         let margin = TOKEN_MARGIN.as_millis() as i64;
         if let Some(token) = interaction_token {
-            if token_expires_at.is_none_or(|at| at - margin > now_ms) {
+            if token_expires_at
+                .is_none_or(|at| at.checked_sub(margin).is_some_and(|until| until > now_ms))
+            {
                 return if index == 0 {
                     Via::Interaction(
                         Method::PATCH,
@@ -120,7 +125,13 @@ impl Target for DiscordReply {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let Some(handle @ ReplyHandle::Discord { channel_id, .. }) = super::handle(job) else {
+        let handle = match super::restored(job, ctx).await {
+            Ok(Some(handle @ ReplyHandle::Discord { .. })) => handle,
+            Ok(_) => return super::wrong_handle("discord"),
+            Err(outcome) => return outcome,
+        };
+        let handle = &handle;
+        let ReplyHandle::Discord { channel_id, .. } = handle else {
             return super::wrong_handle("discord");
         };
         let parts = self.parts(&job.payload.answer.text);
@@ -296,5 +307,21 @@ mod tests {
         };
         assert!(matches!(reply(true).via(&other, 0, now), Via::None(_)));
         assert!(!format!("{:?}", reply(true)).contains("BOTTOKEN"));
+    }
+
+    /// Issue 11 item 13 for the token's expiry: at the ends of `i64` (a handle from an older
+    /// version, or a corrupted one) the margin is subtracted without overflow.
+    #[test]
+    fn an_expiry_at_the_ends_of_i64_routes_without_overflow() {
+        let now = 1_700_000_000_000;
+        let kind = |at: i64| match reply(true).via(&handle(Some(at), None), 0, now) {
+            Via::Interaction(..) => "token",
+            Via::Channel(..) => "bot",
+            Via::None(_) => "none",
+        };
+        assert_eq!(
+            [i64::MIN, i64::MIN + 1, 0, i64::MAX].map(kind),
+            ["bot", "bot", "bot", "token"]
+        );
     }
 }

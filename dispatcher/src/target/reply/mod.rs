@@ -84,8 +84,8 @@ pub(crate) fn handle(job: &DispatchJob) -> Option<&ReplyHandle> {
     }
 }
 
-/// The job's reply handle with the reply URL the ingress kept aside (`shared::reply_credentials`)
-/// put back, when the handle carries none and the URL is still kept. `Err`: Redis could not be
+/// The job's reply handle with the reply URL or interaction token the ingress kept aside
+/// (`shared::reply_credentials`) put back, when the handle carries none and it is still kept. `Err`: Redis could not be
 /// asked, the job waits (answering by the fallback instead would post where the user did not
 /// ask, or fail for want of a bot token).
 pub(crate) async fn restored(
@@ -106,10 +106,16 @@ pub(crate) async fn restored(
             response_url: slot @ None,
             ..
         } => slot,
+        // A slash command's token (the handle keeps its expiry); a message has none to find.
+        ReplyHandle::Discord {
+            interaction_token: slot @ None,
+            token_expires_at: Some(_),
+            ..
+        } => slot,
         _ => return Ok(Some(handle)),
     };
     match find(&ctx.store, job.payload.event_id).await {
-        Ok(Some(c)) => *slot = c.session_webhook.or(c.response_url),
+        Ok(Some(c)) => *slot = c.session_webhook.or(c.response_url).or(c.interaction_token),
         Ok(None) => {}
         Err(CredentialsError::Store(e)) => {
             return Err(local_outcome(

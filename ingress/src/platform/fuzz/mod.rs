@@ -8,13 +8,16 @@
 //! 3. arbitrary bodies signed with the right secret (structure-aware JSON mutations, XML, raw
 //!    bytes) never panic, and every event they yield has a dedup key, a chat, a sender and a text.
 //!
-//! No rejection, whatever the input, ever shows a configured secret.
+//! No rejection, whatever the input, ever shows a configured secret. Every event the third
+//! property yields also goes through what the ingress does next with it (its reply credentials
+//! taken out, at any clock), and all of it runs with overflow checks on, so forged numbers
+//! (`sessionWebhookExpiredTime` near `i64::MIN`) that would overflow panic here.
 mod cases;
 mod gen;
 
 use super::{feishu, HookRequest, Intake, Rejection};
 use axum::http::HeaderValue;
-use cases::{cases, text, Body, SECRETS};
+use cases::{cases, text, Body, NOW, SECRETS};
 use gen::{garbage, mutate_json, random_bytes, random_json, random_string};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -31,6 +34,19 @@ fn assert_no_secret(case: &str, result: &Result<Intake, Rejection>) {
             );
         }
     }
+}
+
+/// Issue 11 item 13: the fuzz is only worth its name for arithmetic if an overflow panics, as
+/// it does in `cargo test`'s profile (`overflow-checks`, pinned in the workspace's Cargo.toml).
+/// Fails if a profile change turns them off.
+#[test]
+fn the_fuzz_runs_with_overflow_checks_on() {
+    let at = std::hint::black_box(i64::MIN);
+    let overflowed = std::panic::catch_unwind(|| std::hint::black_box(at) - 1).is_err();
+    assert!(
+        overflowed,
+        "overflow checks are off: `at - margin` would wrap silently"
+    );
 }
 
 #[test]
@@ -160,6 +176,17 @@ fn signed_arbitrary_bodies_never_panic_and_events_are_complete() {
             assert_no_secret(case.name, &result);
             if let Ok(Intake::Event { event, .. }) = &result {
                 events += 1;
+                // What the ingress does next: the reply credentials leave the event, whatever
+                // expiry the body claims and at any clock (without overflow: see below).
+                for now_ms in [NOW * 1000, i64::MIN, i64::MAX] {
+                    let (mut reply, mut payload) = (event.reply.clone(), event.payload.clone());
+                    let _ = shared::reply_credentials::take(
+                        case.name,
+                        &mut reply,
+                        &mut payload,
+                        now_ms,
+                    );
+                }
                 let c = &event.conversation;
                 assert!(
                     !event.dedup_key.is_empty()
