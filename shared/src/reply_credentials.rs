@@ -60,20 +60,13 @@ pub fn take(
             session_webhook,
             session_webhook_expires_at,
             ..
-        }) => {
-            let url = session_webhook.take()?;
-            let life = match session_webhook_expires_at {
-                Some(at) => Duration::from_millis(at.saturating_sub(now_ms).max(1000) as u64),
-                None => DINGTALK_SESSION_MAX,
-            };
-            Some((
-                Credentials {
-                    session_webhook: Some(url),
-                    ..Credentials::default()
-                },
-                life.min(DINGTALK_SESSION_MAX),
-            ))
-        }
+        }) => Some((
+            Credentials {
+                session_webhook: Some(session_webhook.take()?),
+                ..Credentials::default()
+            },
+            life(*session_webhook_expires_at, now_ms, DINGTALK_SESSION_MAX),
+        )),
         Some(ReplyHandle::Slack { response_url, .. }) => Some((
             Credentials {
                 response_url: Some(response_url.take()?),
@@ -85,22 +78,24 @@ pub fn take(
             interaction_token,
             token_expires_at,
             ..
-        }) => {
-            let token = interaction_token.take()?;
-            // The expiry is ours (the ingress sets it), but read with saturating arithmetic.
-            let life = match token_expires_at {
-                Some(at) => Duration::from_millis(at.saturating_sub(now_ms).max(1000) as u64),
-                None => DISCORD_INTERACTION_TOKEN_LIFE,
-            };
-            Some((
-                Credentials {
-                    interaction_token: Some(token),
-                    ..Credentials::default()
-                },
-                life.min(DISCORD_INTERACTION_TOKEN_LIFE),
-            ))
-        }
+        }) => Some((
+            Credentials {
+                interaction_token: Some(interaction_token.take()?),
+                ..Credentials::default()
+            },
+            life(*token_expires_at, now_ms, DISCORD_INTERACTION_TOKEN_LIFE),
+        )),
         _ => None,
+    }
+}
+
+/// How long a credential that ends at `expires_at` (milliseconds, the body's number) is kept
+/// at `now_ms`: at least a second, at most `max`, `max` when no end is given. Saturating: a
+/// forged expiry at either end of `i64` cannot overflow.
+fn life(expires_at: Option<i64>, now_ms: i64, max: Duration) -> Duration {
+    match expires_at {
+        Some(at) => Duration::from_millis(at.saturating_sub(now_ms).max(1000) as u64).min(max),
+        None => max,
     }
 }
 

@@ -174,11 +174,7 @@ async fn discord_the_interaction_token_stays_out_of_the_broker_and_a_replay_stil
     );
     let (_, shown, _) = dlq(&app, &["list"]).await;
     assert!(!shown.contains(&token), "the token in `dlq list`");
-    let kept: Vec<String> = testkit::keys(&app.services.store)
-        .await
-        .into_iter()
-        .filter(|k| k.contains(":replycred:"))
-        .collect();
+    let kept = reply_credential_keys(&app).await;
     assert_eq!(kept.len(), 1, "{kept:?}");
 
     let (ok, out, err) = dlq(&app, &["replay", "--all", "--yes", "--allow-unverified"]).await;

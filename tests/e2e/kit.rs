@@ -190,3 +190,12 @@ pub async fn dlq(app: &TestApp, args: &[&str]) -> (bool, String, String) {
         captured.stderr(),
     )
 }
+
+/// The keys of the reply credentials the ingress kept aside (`shared::reply_credentials`).
+pub async fn reply_credential_keys(app: &TestApp) -> Vec<String> {
+    testkit::keys(&app.services.store)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":replycred:"))
+        .collect()
+}

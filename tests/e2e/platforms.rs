@@ -1114,11 +1114,7 @@ async fn credentials_in_events_stay_out_of_dead_letters_and_exports_and_replies_
         Some("om_msgcred")
     );
     // The reply URLs are in Redis only, under the event's id, and nowhere in the broker.
-    let kept: Vec<String> = testkit::keys(&app.services.store)
-        .await
-        .into_iter()
-        .filter(|k| k.contains(":replycred:"))
-        .collect();
+    let kept = reply_credential_keys(&app).await;
     assert_eq!(kept.len(), 2, "{kept:?}");
     stop(app, p).await;
 }
