@@ -17,6 +17,7 @@ mod platforms;
 mod schedules;
 mod secrets;
 mod streaming;
+mod streaming_dingtalk;
 mod targets;
 mod tls;
 mod worker;

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dify;
+pub mod dingtalk_card;
 pub mod discord;
 pub mod platforms;
 pub mod proxy;

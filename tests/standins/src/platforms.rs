@@ -1,6 +1,6 @@
 //! The chat platforms' outbound APIs on one local server, behaving as the real ones do: WeCom
 //! (group robot; app `gettoken` + `message/send`), DingTalk (custom robot with signed URLs;
-//! session webhooks; `gettoken` + robot API), Feishu / Lark (custom bot with signed bodies;
+//! session webhooks; `gettoken` + robot API; the AI card API, in `crate::dingtalk_card`), Feishu / Lark (custom bot with signed bodies;
 //! `tenant_access_token` + message reply), Slack (incoming webhook, `chat.postMessage`,
 //! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
 //! `editMessageText`: each chat keeps its messages by id with their current text). It checks
@@ -52,6 +52,10 @@ pub mod api {
     pub const DINGTALK_ROBOT: &str = "dingtalk_robot";
     pub const DINGTALK_SESSION: &str = "dingtalk_session";
     pub const DINGTALK_API: &str = "dingtalk_api";
+    /// DingTalk's card API: `createAndDeliver` (and, for limits, every write to a card).
+    pub const DINGTALK_CARD: &str = "dingtalk_card";
+    /// DingTalk's `card/streaming` (its limits are the conversation's, under [`DINGTALK_CARD`]).
+    pub const DINGTALK_CARD_STREAMING: &str = "dingtalk_card_streaming";
     pub const FEISHU_BOT: &str = "feishu_bot";
     pub const FEISHU_REPLY: &str = "feishu_reply";
     pub const SLACK_WEBHOOK: &str = "slack_webhook";
@@ -186,6 +190,7 @@ impl Default for Inner {
 #[derive(Clone)]
 pub struct PlatformStandin {
     inner: Arc<Mutex<Inner>>,
+    dingtalk_cards: Arc<Mutex<crate::dingtalk_card::DingtalkCards>>,
     addr: std::net::SocketAddr,
     stop: CancellationToken,
 }
@@ -204,6 +209,7 @@ impl PlatformStandin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let s = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
+            dingtalk_cards: Arc::default(),
             addr: listener.local_addr()?,
             stop: CancellationToken::new(),
         };
@@ -230,8 +236,8 @@ impl PlatformStandin {
             .route("/api/chat.postMessage", post(slack_post_message))
             .route("/hooks/{id}/{token}", post(rocketchat))
             .route("/{bot}/sendMessage", post(telegram))
-            .route("/{bot}/editMessageText", post(telegram_edit))
-            .with_state(s.clone());
+            .route("/{bot}/editMessageText", post(telegram_edit));
+        let app = crate::dingtalk_card::routes(app).with_state(s.clone());
         let stop = s.stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -305,6 +311,15 @@ impl PlatformStandin {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn dingtalk_cards_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::dingtalk_card::DingtalkCards> {
+        match self.dingtalk_cards.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -395,7 +410,7 @@ impl PlatformStandin {
     }
 
     /// Counts the request; a scripted answer, if one is queued.
-    fn arrive(&self, api: &'static str) -> Option<Response> {
+    pub(crate) fn arrive(&self, api: &'static str) -> Option<Response> {
         let mut g = self.lock();
         *g.requests.entry(api).or_insert(0) += 1;
         let s = g.scripts.get_mut(api)?.pop_front()?;
@@ -409,7 +424,7 @@ impl PlatformStandin {
     }
 
     /// Whether a send to `target` over `api` exceeds a limit (every send counts, as on WeCom).
-    fn over_limit(&self, api: &'static str, target: &str) -> bool {
+    pub(crate) fn over_limit(&self, api: &'static str, target: &str) -> bool {
         let mut g = self.lock();
         let limits = g.limits.get(api).cloned().unwrap_or_default();
         let longest = limits.iter().map(|(_, per)| *per).max().unwrap_or_default();
@@ -451,14 +466,14 @@ impl PlatformStandin {
         self.lock().holds.insert(api, hold);
     }
 
-    async fn held(&self, api: &'static str) {
+    pub(crate) async fn held(&self, api: &'static str) {
         let hold = self.lock().holds.get(api).copied();
         if let Some(d) = hold {
             tokio::time::sleep(d).await;
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         api: &'static str,
         target: &str,
@@ -494,7 +509,7 @@ impl PlatformStandin {
     }
 
     /// `Some(true)` valid, `Some(false)` expired, `None` unknown.
-    fn token_state(&self, platform: &str, token: &str) -> Option<bool> {
+    pub(crate) fn token_state(&self, platform: &str, token: &str) -> Option<bool> {
         self.lock()
             .tokens
             .get(token)
