@@ -33,7 +33,7 @@ pub fn keys(platform: &str) -> &'static [&'static str] {
 }
 
 /// The platforms whose replies can stream (`stream = true`).
-pub const STREAMING: &[&str] = &["telegram", "dingtalk"];
+pub const STREAMING: &[&str] = &["telegram", "dingtalk", "feishu", "lark"];
 
 /// Builds the reply channel of a source that answers into its conversations; a source that
 /// asks to stream must be on a platform that can grow a message.
@@ -217,6 +217,10 @@ mod tests {
             streams("platform = \"dingtalk\"\napp_key = \"k\"\napp_secret = \"s\"")
                 .map_err(|e| e.0),
             Err("sources.s.card_template_id".to_owned())
+        );
+        assert_eq!(
+            streams("platform = \"lark\"\napp_id = \"cli\"\napp_secret = \"s\""),
+            Ok(true)
         );
         let plain = build(&source("platform = \"telegram\"\nbot_token = \"1:x\"")).unwrap();
         assert!(plain.grow().is_none(), "off by default");
