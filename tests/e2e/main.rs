@@ -18,6 +18,7 @@ mod schedules;
 mod secrets;
 mod streaming;
 mod streaming_dingtalk;
+mod streaming_feishu;
 mod targets;
 mod tls;
 mod worker;

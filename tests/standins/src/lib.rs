@@ -9,6 +9,7 @@
 pub mod dify;
 pub mod dingtalk_card;
 pub mod discord;
+pub mod feishu_card;
 pub mod platforms;
 pub mod proxy;
 pub mod receiver;

@@ -1,7 +1,8 @@
 //! The chat platforms' outbound APIs on one local server, behaving as the real ones do: WeCom
 //! (group robot; app `gettoken` + `message/send`), DingTalk (custom robot with signed URLs;
-//! session webhooks; `gettoken` + robot API; the AI card API, in `crate::dingtalk_card`), Feishu / Lark (custom bot with signed bodies;
-//! `tenant_access_token` + message reply), Slack (incoming webhook, `chat.postMessage`,
+//! session webhooks; `gettoken` + robot API; the AI card API, in `crate::dingtalk_card`),
+//! Feishu / Lark (custom bot with signed bodies; `tenant_access_token` + message reply;
+//! CardKit, in `crate::feishu_card`), Slack (incoming webhook, `chat.postMessage`,
 //! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
 //! `editMessageText`: each chat keeps its messages by id with their current text). It checks
 //! credentials and signatures, enforces each platform's documented rate limit with the
@@ -58,6 +59,16 @@ pub mod api {
     pub const DINGTALK_CARD_STREAMING: &str = "dingtalk_card_streaming";
     pub const FEISHU_BOT: &str = "feishu_bot";
     pub const FEISHU_REPLY: &str = "feishu_reply";
+    /// A reply that sends a CardKit card by id (`msg_type: interactive`).
+    pub const FEISHU_CARD_REPLY: &str = "feishu_card_reply";
+    /// CardKit: creating a card entity.
+    pub const FEISHU_CARD_CREATE: &str = "feishu_card_create";
+    /// CardKit: an element's text (the card's limits are under [`FEISHU_CARD`]).
+    pub const FEISHU_CARD_CONTENT: &str = "feishu_card_content";
+    /// CardKit: the whole card replaced (the final answer, streaming mode off).
+    pub const FEISHU_CARD_UPDATE: &str = "feishu_card_update";
+    /// CardKit's writes to one card, for limits.
+    pub const FEISHU_CARD: &str = "feishu_card";
     pub const SLACK_WEBHOOK: &str = "slack_webhook";
     pub const SLACK_API: &str = "slack_api";
     pub const SLACK_RESPONSE_URL: &str = "slack_response_url";
@@ -191,6 +202,7 @@ impl Default for Inner {
 pub struct PlatformStandin {
     inner: Arc<Mutex<Inner>>,
     dingtalk_cards: Arc<Mutex<crate::dingtalk_card::DingtalkCards>>,
+    feishu_cards: Arc<Mutex<crate::feishu_card::FeishuCards>>,
     addr: std::net::SocketAddr,
     stop: CancellationToken,
 }
@@ -210,6 +222,7 @@ impl PlatformStandin {
         let s = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             dingtalk_cards: Arc::default(),
+            feishu_cards: Arc::default(),
             addr: listener.local_addr()?,
             stop: CancellationToken::new(),
         };
@@ -237,7 +250,8 @@ impl PlatformStandin {
             .route("/hooks/{id}/{token}", post(rocketchat))
             .route("/{bot}/sendMessage", post(telegram))
             .route("/{bot}/editMessageText", post(telegram_edit));
-        let app = crate::dingtalk_card::routes(app).with_state(s.clone());
+        let app = crate::dingtalk_card::routes(app);
+        let app = crate::feishu_card::routes(app).with_state(s.clone());
         let stop = s.stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -311,6 +325,15 @@ impl PlatformStandin {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn feishu_cards_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::feishu_card::FeishuCards> {
+        match self.feishu_cards.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -871,6 +894,9 @@ async fn feishu_reply(
         );
     }
     let v = parse(&body);
+    if s(&v, "/msg_type") == "interactive" {
+        return crate::feishu_card::reply_with_card(&p, &message_id, v);
+    }
     let content: Value = serde_json::from_str(s(&v, "/content")).unwrap_or(Value::Null);
     let text = s(&content, "/text").to_owned();
     if s(&v, "/msg_type") != "text" || text.is_empty() {
