@@ -16,6 +16,7 @@ mod pipeline;
 mod platforms;
 mod schedules;
 mod secrets;
+mod stream_kit;
 mod streaming;
 mod streaming_dingtalk;
 mod streaming_feishu;

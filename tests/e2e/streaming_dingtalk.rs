@@ -7,13 +7,13 @@
 //! by the next worker; a dispatcher killed mid-write still ends the card with the answer, once.
 use crate::common::*;
 use crate::kit::*;
+use crate::stream_kit::{
+    dispatcher_logging, dispatcher_with_slow_writes, fell_back_once, kill_dispatcher_mid_write,
+    kill_worker_mid_stream, shown, spawn_slow_dify, Direct,
+};
 use crate::streaming::{publish, stop};
 use ingress::platform::dingtalk;
-use shared::envelope::{
-    encode, Answer, AnswerPayload, ChatType, Conversation, Destination, DispatchJob, ReplyHandle,
-};
-use shared::progress::ReplyProgress;
-use standins::dify::Latency;
+use shared::envelope::{Answer, AnswerPayload, ChatType, Conversation, Destination, ReplyHandle};
 use standins::dingtalk_card::DingtalkCard;
 use standins::platforms::{api, creds, PlatformStandin};
 use std::time::Duration;
@@ -44,20 +44,12 @@ oapi_base = "{base}"
     )
 }
 
-/// A pipeline whose Dify writes each answer over `ms` in 40 chunks, and DingTalk's stand-in
-/// holding a conversation to one card write a second.
+/// A pipeline whose Dify writes each answer over `ms`, and DingTalk's stand-in holding a
+/// conversation to one card write a second.
 async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformStandin) {
     let p = PlatformStandin::start().await.expect("platform stand-in");
     p.set_limits(api::DINGTALK_CARD, vec![(1, Duration::from_secs(1))]);
-    let mut opts = Options {
-        extra: source(&p),
-        worker,
-        dispatcher,
-        ..Default::default()
-    };
-    opts.dify.latency = Latency::Fixed(Duration::from_millis(ms));
-    opts.dify.chunks = 40;
-    (TestApp::spawn(opts).await, p)
+    (spawn_slow_dify(source(&p), ms, worker, dispatcher).await, p)
 }
 
 fn question(tag: &str) -> String {
@@ -79,13 +71,7 @@ fn content(card: &DingtalkCard) -> String {
 
 /// Every text the card showed, in order: as created, then each streaming write.
 fn history(p: &PlatformStandin) -> Vec<String> {
-    let mut all: Vec<_> = p
-        .messages_to(api::DINGTALK_CARD)
-        .into_iter()
-        .chain(p.messages_to(api::DINGTALK_CARD_STREAMING))
-        .collect();
-    all.sort_by_key(|m| m.at);
-    all.into_iter().map(|m| m.text).collect()
+    shown(p, &[api::DINGTALK_CARD, api::DINGTALK_CARD_STREAMING])
 }
 
 /// Waits until the conversation holds one card showing exactly `want`, finalised.
@@ -182,27 +168,17 @@ fn payload() -> AnswerPayload {
     }
 }
 
+/// Whether the conversation holds one card showing `want`.
+fn shows(p: &PlatformStandin, want: &str) -> bool {
+    let cards = p.dingtalk_cards();
+    cards.len() == 1 && content(&cards[0]) == want
+}
+
 #[tokio::test]
 async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer() {
     let (app, p) = spawn(0, false, true).await;
-    let destination = destination();
-    let base = payload();
-    let job_id = DispatchJob::job_id_of_event(base.event_id, &destination);
-    let update = |epoch: i64, seq: u64, text: &str| {
-        let mut payload = base.clone();
-        payload.answer.text = text.into();
-        encode(&ReplyProgress {
-            job_id,
-            destination: destination.clone(),
-            payload,
-            epoch,
-            seq,
-        })
-    };
-    let shows = |p: &PlatformStandin, want: &str| {
-        let cards = p.dingtalk_cards();
-        cards.len() == 1 && content(&cards[0]) == want
-    };
+    let d = Direct::new(destination(), payload());
+    let update = |epoch, seq, text: &str| d.update(epoch, seq, text);
     publish(&app, update(1, 2, "Hello, wor")).await;
     let p2 = p.clone();
     eventually("the card", || shows(&p2, "Hello, wor")).await;
@@ -221,16 +197,7 @@ async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer()
         .await;
     }
     assert!(!history(&p).iter().any(|t| t == "Hel"), "{:?}", history(&p));
-    let mut final_payload = base.clone();
-    final_payload.answer.text = "Hello, world. The end.".into();
-    let job = DispatchJob {
-        id: job_id,
-        destination: destination.clone(),
-        payload: final_payload,
-        attempts: vec![],
-        replay_of: None,
-    };
-    publish(&app, encode(&job)).await;
+    publish(&app, d.answer("Hello, world. The end.")).await;
     ends_with(&p, "Hello, world. The end.").await;
     publish(&app, update(0, 9, "Hello")).await;
     publish(&app, update(1, seq + 1, "Hello, world. The e")).await;
@@ -245,36 +212,16 @@ async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer()
 #[tokio::test]
 async fn a_card_created_but_not_recorded_is_not_delivered_twice() {
     let (app, p) = spawn(0, false, true).await;
-    let destination = destination();
-    let base = payload();
-    let job_id = DispatchJob::job_id_of_event(base.event_id, &destination);
-    let update = |seq: u64, text: &str| {
-        let mut payload = base.clone();
-        payload.answer.text = text.into();
-        encode(&ReplyProgress {
-            job_id,
-            destination: destination.clone(),
-            payload,
-            epoch: 1,
-            seq,
-        })
-    };
-    publish(&app, update(1, "Hello, wor")).await;
+    let d = Direct::new(destination(), payload());
+    publish(&app, d.update(1, 1, "Hello, wor")).await;
     let p2 = p.clone();
     eventually("the card", || p2.dingtalk_cards().len() == 1).await;
-    // The record of the card is lost, as if the dispatcher had died before writing it.
-    let record = app.services.store.key(&["stream", &job_id.to_string()]);
-    let mut conn = app.services.store.conn().await.unwrap();
-    let _: i64 = deadpool_redis::redis::cmd("DEL")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    d.forget_record(&app).await;
     let deadline = std::time::Instant::now() + T;
     let mut seq = 2;
     while p.requests(api::DINGTALK_CARD) < 2 {
         assert!(std::time::Instant::now() < deadline, "{:?}", history(&p));
-        publish(&app, update(seq, "Hello, world")).await;
+        publish(&app, d.update(1, seq, "Hello, world")).await;
         seq += 1;
         let p2 = p.clone();
         let _ = stays(Duration::from_millis(300), || {
@@ -294,8 +241,7 @@ async fn a_card_created_but_not_recorded_is_not_delivered_twice() {
 #[tokio::test]
 async fn an_app_without_the_card_permission_falls_back_to_a_single_message_said_once() {
     let (app, p) = spawn(4_000, true, false).await;
-    let log = std::env::temp_dir().join(format!("{}-dispatcher.log", app.prefix));
-    let _dispatcher = app.spawn_child_with("dispatcher", "warn", Some(&log));
+    let (_dispatcher, log) = dispatcher_logging(&app);
     p.refuse_dingtalk_cards(true);
     let q = question("fallback");
     let answer = format!("echo: {q}");
@@ -315,32 +261,20 @@ async fn an_app_without_the_card_permission_falls_back_to_a_single_message_said_
     assert_eq!(p.requests(api::DINGTALK_CARD_STREAMING), 0);
     let p2 = p.clone();
     assert!(quiet(|| p2.texts(api::DINGTALK_SESSION).len() == 1).await);
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(
-        logged.matches("falls back to a single message").count(),
-        1,
-        "{logged}"
-    );
-    assert!(!logged.contains(creds::DINGTALK_APP_SECRET));
-    let _ = std::fs::remove_file(&log);
+    assert!(!fell_back_once(&log).contains(creds::DINGTALK_APP_SECRET));
     stop(app, p).await;
 }
 
 #[tokio::test]
 async fn a_worker_killed_mid_stream_leaves_one_card_which_the_next_worker_ends() {
     let (mut app, p) = spawn(5_000, false, true).await;
-    let mut worker = app.spawn_child("worker");
     let q = question("worker-crash");
-    let answer = format!("echo: {q}");
-    ask(&app, &p, "msg-card-4", &q).await;
     let p2 = p.clone();
-    eventually("the card to grow", || {
-        !p2.messages_to(api::DINGTALK_CARD_STREAMING).is_empty()
-    })
-    .await;
-    worker.kill9().await;
-    app.add_worker();
-    ends_with(&p, &answer).await;
+    let grew = || !p2.messages_to(api::DINGTALK_CARD_STREAMING).is_empty();
+    let worker = app.spawn_child("worker");
+    ask(&app, &p, "msg-card-4", &q).await;
+    kill_worker_mid_stream(&mut app, worker, grew).await;
+    ends_with(&p, &format!("echo: {q}")).await;
     assert_eq!(p.requests(api::DINGTALK_CARD), 1, "{:?}", history(&p));
     assert_eq!(p.limited(api::DINGTALK_CARD), 0);
     assert!(p.messages_to(api::DINGTALK_SESSION).is_empty());
@@ -352,21 +286,11 @@ async fn a_worker_killed_mid_stream_leaves_one_card_which_the_next_worker_ends()
 #[tokio::test]
 async fn a_dispatcher_killed_mid_write_still_ends_the_card_with_the_answer_once() {
     let (mut app, p) = spawn(3_000, true, false).await;
-    let mut dispatcher = app.spawn_child("dispatcher");
-    // Writes hang at DingTalk long enough to kill the dispatcher in the middle of one.
-    p.hold(api::DINGTALK_CARD_STREAMING, Duration::from_secs(2));
     let q = question("dispatcher-crash");
-    let answer = format!("echo: {q}");
+    let dispatcher = dispatcher_with_slow_writes(&app, &p, api::DINGTALK_CARD_STREAMING);
     ask(&app, &p, "msg-card-5", &q).await;
-    let p2 = p.clone();
-    eventually("a write in flight", || {
-        p2.requests(api::DINGTALK_CARD_STREAMING) >= 1
-    })
-    .await;
-    dispatcher.kill9().await;
-    p.hold(api::DINGTALK_CARD_STREAMING, Duration::ZERO);
-    app.add_dispatcher();
-    ends_with(&p, &answer).await;
+    kill_dispatcher_mid_write(&mut app, &p, api::DINGTALK_CARD_STREAMING, dispatcher).await;
+    ends_with(&p, &format!("echo: {q}")).await;
     assert!(p.messages_to(api::DINGTALK_SESSION).is_empty());
     let p2 = p.clone();
     assert!(quiet(|| p2.dingtalk_cards().len() == 1).await);

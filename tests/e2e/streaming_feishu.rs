@@ -9,13 +9,13 @@
 use crate::common::*;
 use crate::kit::*;
 use crate::platforms::FEISHU_TOKEN;
+use crate::stream_kit::{
+    dispatcher_logging, dispatcher_with_slow_writes, fell_back_once, kill_dispatcher_mid_write,
+    kill_worker_mid_stream, shown, spawn_slow_dify, Direct,
+};
 use crate::streaming::{publish, stop};
 use ingress::platform::feishu;
-use shared::envelope::{
-    encode, Answer, AnswerPayload, ChatType, Conversation, Destination, DispatchJob, ReplyHandle,
-};
-use shared::progress::ReplyProgress;
-use standins::dify::Latency;
+use shared::envelope::{Answer, AnswerPayload, ChatType, Conversation, Destination, ReplyHandle};
 use standins::feishu_card::FeishuCard;
 use standins::platforms::{api, creds, PlatformStandin};
 use std::time::Duration;
@@ -45,20 +45,12 @@ api_base = "{base}"
     )
 }
 
-/// A pipeline whose Dify writes each answer over `ms` in 40 chunks, and CardKit's stand-in
-/// holding a card to five writes a second.
+/// A pipeline whose Dify writes each answer over `ms`, and CardKit's stand-in holding a card
+/// to five writes a second.
 async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformStandin) {
     let p = PlatformStandin::start().await.expect("platform stand-in");
     p.set_limits(api::FEISHU_CARD, vec![(5, Duration::from_secs(1))]);
-    let mut opts = Options {
-        extra: source(&p),
-        worker,
-        dispatcher,
-        ..Default::default()
-    };
-    opts.dify.latency = Latency::Fixed(Duration::from_millis(ms));
-    opts.dify.chunks = 40;
-    (TestApp::spawn(opts).await, p)
+    (spawn_slow_dify(source(&p), ms, worker, dispatcher).await, p)
 }
 
 fn question(tag: &str) -> String {
@@ -84,16 +76,14 @@ fn text(card: &FeishuCard) -> String {
     card.elements.get("answer").cloned().unwrap_or_default()
 }
 
-/// Every text the card showed, in order: as sent, then each content write.
+/// Every text the card showed, in order: as sent, then each write.
 fn history(p: &PlatformStandin) -> Vec<String> {
-    let mut all: Vec<_> = p
-        .messages_to(api::FEISHU_CARD_REPLY)
-        .into_iter()
-        .chain(p.messages_to(api::FEISHU_CARD_CONTENT))
-        .chain(p.messages_to(api::FEISHU_CARD_UPDATE))
-        .collect();
-    all.sort_by_key(|m| m.at);
-    all.into_iter().map(|m| m.text).collect()
+    let apis = [
+        api::FEISHU_CARD_REPLY,
+        api::FEISHU_CARD_CONTENT,
+        api::FEISHU_CARD_UPDATE,
+    ];
+    shown(p, &apis)
 }
 
 /// Waits until one sent card shows exactly `want` with streaming mode off.
@@ -193,44 +183,6 @@ fn payload() -> AnswerPayload {
     }
 }
 
-/// Updates and the final job of one reply, published straight to the deliver queue.
-struct Direct {
-    job_id: uuid::Uuid,
-    base: AnswerPayload,
-}
-
-impl Direct {
-    fn new() -> Self {
-        let base = payload();
-        let job_id = DispatchJob::job_id_of_event(base.event_id, &destination());
-        Self { job_id, base }
-    }
-
-    fn update(&self, epoch: i64, seq: u64, text: &str) -> Vec<u8> {
-        let mut payload = self.base.clone();
-        payload.answer.text = text.into();
-        encode(&ReplyProgress {
-            job_id: self.job_id,
-            destination: destination(),
-            payload,
-            epoch,
-            seq,
-        })
-    }
-
-    fn answer(&self, text: &str) -> Vec<u8> {
-        let mut payload = self.base.clone();
-        payload.answer.text = text.into();
-        encode(&DispatchJob {
-            id: self.job_id,
-            destination: destination(),
-            payload,
-            attempts: vec![],
-            replay_of: None,
-        })
-    }
-}
-
 fn shows(p: &PlatformStandin, want: &str) -> bool {
     let cards = p.feishu_cards();
     cards.len() == 1 && text(&cards[0]) == want
@@ -239,7 +191,7 @@ fn shows(p: &PlatformStandin, want: &str) -> bool {
 #[tokio::test]
 async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer() {
     let (app, p) = spawn(0, false, true).await;
-    let d = Direct::new();
+    let d = Direct::new(destination(), payload());
     publish(&app, d.update(1, 2, "Hello, wor")).await;
     let p2 = p.clone();
     eventually("the card", || shows(&p2, "Hello, wor")).await;
@@ -261,18 +213,11 @@ async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer()
 #[tokio::test]
 async fn a_card_created_but_not_recorded_is_not_sent_twice() {
     let (app, p) = spawn(0, false, true).await;
-    let d = Direct::new();
+    let d = Direct::new(destination(), payload());
     publish(&app, d.update(1, 1, "Hello, wor")).await;
     let p2 = p.clone();
     eventually("the card", || shows(&p2, "Hello, wor")).await;
-    // The stream record is lost, as if the dispatcher had died before writing it.
-    let record = app.services.store.key(&["stream", &d.job_id.to_string()]);
-    let mut conn = app.services.store.conn().await.unwrap();
-    let _: i64 = deadpool_redis::redis::cmd("DEL")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    d.forget_record(&app).await;
     publish(&app, d.update(1, 2, "Hello, world")).await;
     let p2 = p.clone();
     // Requests to the reply route, text and card alike, count under FEISHU_REPLY.
@@ -287,8 +232,7 @@ async fn a_card_created_but_not_recorded_is_not_sent_twice() {
 #[tokio::test]
 async fn an_app_without_the_cardkit_scope_falls_back_to_a_single_message_said_once() {
     let (app, p) = spawn(4_000, true, false).await;
-    let log = std::env::temp_dir().join(format!("{}-dispatcher.log", app.prefix));
-    let _dispatcher = app.spawn_child_with("dispatcher", "warn", Some(&log));
+    let (_dispatcher, log) = dispatcher_logging(&app);
     p.refuse_feishu_cards(true);
     let q = question("fallback");
     let answer = format!("echo: {q}");
@@ -307,31 +251,20 @@ async fn an_app_without_the_cardkit_scope_falls_back_to_a_single_message_said_on
     );
     let p2 = p.clone();
     assert!(quiet(|| p2.texts(api::FEISHU_REPLY).len() == 1).await);
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(
-        logged.matches("falls back to a single message").count(),
-        1,
-        "{logged}"
-    );
-    let _ = std::fs::remove_file(&log);
+    assert!(!fell_back_once(&log).contains(creds::FEISHU_APP_SECRET));
     stop(app, p).await;
 }
 
 #[tokio::test]
 async fn a_worker_killed_mid_stream_leaves_one_card_which_the_next_worker_ends() {
     let (mut app, p) = spawn(5_000, false, true).await;
-    let mut worker = app.spawn_child("worker");
     let q = question("worker-crash");
-    let answer = format!("echo: {q}");
-    ask(&app, "worker-crash", &q).await;
     let p2 = p.clone();
-    eventually("the card to grow", || {
-        !p2.messages_to(api::FEISHU_CARD_CONTENT).is_empty()
-    })
-    .await;
-    worker.kill9().await;
-    app.add_worker();
-    ends_with(&p, &answer).await;
+    let grew = || !p2.messages_to(api::FEISHU_CARD_CONTENT).is_empty();
+    let worker = app.spawn_child("worker");
+    ask(&app, "worker-crash", &q).await;
+    kill_worker_mid_stream(&mut app, worker, grew).await;
+    ends_with(&p, &format!("echo: {q}")).await;
     assert_eq!(p.feishu_cards().len(), 1, "{:?}", history(&p));
     assert_eq!(p.limited(api::FEISHU_CARD), 0);
     assert!(p.messages_to(api::FEISHU_REPLY).is_empty());
@@ -341,20 +274,11 @@ async fn a_worker_killed_mid_stream_leaves_one_card_which_the_next_worker_ends()
 #[tokio::test]
 async fn a_dispatcher_killed_mid_write_still_ends_the_card_with_the_answer() {
     let (mut app, p) = spawn(3_000, true, false).await;
-    let mut dispatcher = app.spawn_child("dispatcher");
-    p.hold(api::FEISHU_CARD_CONTENT, Duration::from_secs(2));
     let q = question("dispatcher-crash");
-    let answer = format!("echo: {q}");
+    let dispatcher = dispatcher_with_slow_writes(&app, &p, api::FEISHU_CARD_CONTENT);
     ask(&app, "dispatcher-crash", &q).await;
-    let p2 = p.clone();
-    eventually("a write in flight", || {
-        p2.requests(api::FEISHU_CARD_CONTENT) >= 1
-    })
-    .await;
-    dispatcher.kill9().await;
-    p.hold(api::FEISHU_CARD_CONTENT, Duration::ZERO);
-    app.add_dispatcher();
-    ends_with(&p, &answer).await;
+    kill_dispatcher_mid_write(&mut app, &p, api::FEISHU_CARD_CONTENT, dispatcher).await;
+    ends_with(&p, &format!("echo: {q}")).await;
     assert_eq!(p.messages_to(api::FEISHU_CARD_REPLY).len(), 1);
     assert!(p.messages_to(api::FEISHU_REPLY).is_empty());
     let p2 = p.clone();

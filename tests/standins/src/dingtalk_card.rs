@@ -76,6 +76,14 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A string field of a body ("" when absent).
+fn field(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn bad(code: &str) -> Response {
     error(StatusCode::BAD_REQUEST, code, code)
 }
@@ -148,12 +156,7 @@ async fn create_and_deliver(
         return r;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let text = |k: &str| field(&v, k);
     let (template_id, out_track_id) = (text("cardTemplateId"), text("outTrackId"));
     if template_id.is_empty() {
         return bad("param.cardTemplateIdEmpty");
@@ -214,12 +217,7 @@ async fn streaming(State(p): State<PlatformStandin>, headers: HeaderMap, body: B
         return r;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let text = |k: &str| field(&v, k);
     let (out_track_id, key, guid) = (text("outTrackId"), text("key"), text("guid"));
     let (Some(full), Some(finalize)) = (
         v.get("isFull").and_then(Value::as_bool),

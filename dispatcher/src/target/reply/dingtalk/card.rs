@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 use shared::envelope::{ChatType, Destination, DispatchJob, ReplyHandle};
 use shared::keys::Keys;
 use shared::units::Rate;
-use std::time::Duration;
 use uuid::Uuid;
 
 pub const CREATE_PATH: &str = "/v1.0/card/instances/createAndDeliver";
@@ -240,11 +239,7 @@ impl Grow for DingtalkReply {
         };
         // DingTalk publishes no per-card figure; the card API's calls share the app's QPS.
         // One write a second per conversation keeps a busy chat from spending it.
-        let rate = Rate {
-            count: 1,
-            per: Duration::from_secs(1),
-        };
-        Some((conversation_id.clone(), vec![rate]))
+        Some((conversation_id.clone(), vec![Rate::per_second(1)]))
     }
 }
 

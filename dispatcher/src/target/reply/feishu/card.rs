@@ -24,7 +24,6 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use serde_json::{json, Value};
 use shared::envelope::{Destination, DispatchJob, ReplyHandle};
 use shared::units::Rate;
-use std::time::Duration;
 
 /// The element the answer streams into.
 pub const ELEMENT: &str = "answer";
@@ -240,11 +239,7 @@ impl Grow for FeishuReply {
     fn chat_rate(&self, reply: Reply<'_>) -> Option<(String, Vec<Rate>)> {
         let (_, chat) = handle_of(&reply)?;
         // Feishu takes 5 messages a second in one chat; a card's writes stay within the same.
-        let rate = Rate {
-            count: 5,
-            per: Duration::from_secs(1),
-        };
-        Some((chat.to_owned(), vec![rate]))
+        Some((chat.to_owned(), vec![Rate::per_second(5)]))
     }
 }
 
@@ -252,6 +247,7 @@ impl Grow for FeishuReply {
 mod tests {
     use super::*;
     use reqwest::header::HeaderMap;
+    use std::time::Duration;
 
     #[test]
     fn the_card_streams_in_one_element_and_is_sent_by_id() {
