@@ -407,5 +407,10 @@ mod tests {
             build("card_template_id = \"tpl\"").unwrap_err(),
             ["sources.dt.app_key"]
         );
+        // In Stream mode the connection's client id and secret are the app's key and secret.
+        let stream_mode = build(
+            "mode = \"stream\"\nclient_id = \"k\"\nclient_secret = \"s\"\ncard_template_id = \"tpl\"",
+        );
+        assert_eq!(stream_mode.unwrap().card.unwrap().template_id, "tpl");
     }
 }
