@@ -84,6 +84,14 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// `count` a second.
+    pub const fn per_second(count: u32) -> Self {
+        Self {
+            count,
+            per: Duration::from_secs(1),
+        }
+    }
+
     /// Parses `N/s`, `N/min`, `N/h` or `N/<duration>` such as `3/5s`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || format!("`{s}` is not a rate like \"20/min\", \"5/s\" or \"3/5s\"");

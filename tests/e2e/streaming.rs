@@ -14,7 +14,6 @@ use shared::envelope::{
 };
 use shared::progress::ReplyProgress;
 use shared::topology::Stage;
-use standins::dify::Latency;
 use standins::platforms::{api, creds, PlatformStandin, Scripted};
 use std::time::Duration;
 
@@ -47,15 +46,8 @@ api_base = "{base}"
 async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformStandin) {
     let p = PlatformStandin::start().await.expect("platform stand-in");
     p.set_limits(api::TELEGRAM, vec![(1, Duration::from_secs(1))]);
-    let mut opts = Options {
-        extra: source(&p),
-        worker,
-        dispatcher,
-        ..Default::default()
-    };
-    opts.dify.latency = Latency::Fixed(Duration::from_millis(ms));
-    opts.dify.chunks = 40;
-    (TestApp::spawn(opts).await, p)
+    let app = crate::stream_kit::spawn_slow_dify(source(&p), ms, worker, dispatcher).await;
+    (app, p)
 }
 
 /// A question long enough to grow over several edits.
@@ -178,7 +170,7 @@ fn payload(text: &str) -> AnswerPayload {
     }
 }
 
-async fn publish(app: &TestApp, body: Vec<u8>) {
+pub(crate) async fn publish(app: &TestApp, body: Vec<u8>) {
     let queue = app.services.broker.topology().stage_queue(Stage::Deliver);
     app.services
         .broker
@@ -334,7 +326,7 @@ async fn a_dispatcher_killed_mid_edit_still_ends_the_message_with_the_answer_onc
     stop(app, p).await;
 }
 
-async fn stop(app: TestApp, p: PlatformStandin) {
+pub(crate) async fn stop(app: TestApp, p: PlatformStandin) {
     app.shutdown().await;
     p.shutdown();
 }

@@ -1,6 +1,6 @@
-//! The final answer of a streamed reply: under the reply's lock, its first part edits the
-//! message the updates grew (unless an earlier try did), and any further parts of a long
-//! answer go as new messages, with the part progress of `target::parts` so none goes twice.
+//! The final answer of a streamed reply: under the reply's lock, its first part ends the
+//! message the updates grew (`Grow::end`, unless an earlier try did), and any further parts of
+//! a long answer go as new messages, with the part progress of `target::parts` so none goes twice.
 //! Without a message (no update got through), or after a fallback, it is delivered as today,
 //! as a single message. Either way the record is marked finished once the answer is in the
 //! message, so that an update arriving late cannot overwrite it. An edit the platform refuses
@@ -75,7 +75,7 @@ async fn finish_locked(
     let parts = target.parts(&job.payload.answer.text);
     if !state.finished {
         let first = parts.first().map(String::as_str).unwrap_or_default();
-        let edited = grow.edit(reply, ctx, &message, first).await;
+        let edited = grow.end(reply, ctx, &message, first).await;
         match edited.verdict {
             Verdict::Delivered => {}
             Verdict::Permanent => {

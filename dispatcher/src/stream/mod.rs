@@ -47,6 +47,12 @@ pub trait Grow: Send + Sync {
     /// Replaces the text of `message` with `text`. The platform's "nothing changed" answer is
     /// `Delivered`: the message shows the text.
     async fn edit(&self, reply: Reply<'_>, ctx: &Context, message: &str, text: &str) -> Outcome;
+    /// Ends `message` with the final answer's `text`. By default an edit; a card that must be
+    /// closed once the answer is in (DingTalk's `isFinalize`, Feishu's streaming mode) says so
+    /// here. Repeated after a crash it must leave the same message.
+    async fn end(&self, reply: Reply<'_>, ctx: &Context, message: &str, text: &str) -> Outcome {
+        self.edit(reply, ctx, message, text).await
+    }
     /// Part `index` (1, 2, …) of a final answer too long for one message, as a new message.
     async fn send_part(&self, reply: Reply<'_>, ctx: &Context, index: usize, part: &str)
         -> Outcome;

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod dify;
+pub mod dingtalk_card;
 pub mod discord;
+pub mod feishu_card;
 pub mod platforms;
 pub mod proxy;
 pub mod receiver;

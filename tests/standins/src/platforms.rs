@@ -1,7 +1,8 @@
 //! The chat platforms' outbound APIs on one local server, behaving as the real ones do: WeCom
 //! (group robot; app `gettoken` + `message/send`), DingTalk (custom robot with signed URLs;
-//! session webhooks; `gettoken` + robot API), Feishu / Lark (custom bot with signed bodies;
-//! `tenant_access_token` + message reply), Slack (incoming webhook, `chat.postMessage`,
+//! session webhooks; `gettoken` + robot API; the AI card API, in `crate::dingtalk_card`),
+//! Feishu / Lark (custom bot with signed bodies; `tenant_access_token` + message reply;
+//! CardKit, in `crate::feishu_card`), Slack (incoming webhook, `chat.postMessage`,
 //! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
 //! `editMessageText`: each chat keeps its messages by id with their current text). It checks
 //! credentials and signatures, enforces each platform's documented rate limit with the
@@ -52,8 +53,22 @@ pub mod api {
     pub const DINGTALK_ROBOT: &str = "dingtalk_robot";
     pub const DINGTALK_SESSION: &str = "dingtalk_session";
     pub const DINGTALK_API: &str = "dingtalk_api";
+    /// DingTalk's card API: `createAndDeliver` (and, for limits, every write to a card).
+    pub const DINGTALK_CARD: &str = "dingtalk_card";
+    /// DingTalk's `card/streaming` (its limits are the conversation's, under [`DINGTALK_CARD`]).
+    pub const DINGTALK_CARD_STREAMING: &str = "dingtalk_card_streaming";
     pub const FEISHU_BOT: &str = "feishu_bot";
     pub const FEISHU_REPLY: &str = "feishu_reply";
+    /// A reply that sends a CardKit card by id (`msg_type: interactive`).
+    pub const FEISHU_CARD_REPLY: &str = "feishu_card_reply";
+    /// CardKit: creating a card entity.
+    pub const FEISHU_CARD_CREATE: &str = "feishu_card_create";
+    /// CardKit: an element's text (the card's limits are under [`FEISHU_CARD`]).
+    pub const FEISHU_CARD_CONTENT: &str = "feishu_card_content";
+    /// CardKit: the whole card replaced (the final answer, streaming mode off).
+    pub const FEISHU_CARD_UPDATE: &str = "feishu_card_update";
+    /// CardKit's writes to one card, for limits.
+    pub const FEISHU_CARD: &str = "feishu_card";
     pub const SLACK_WEBHOOK: &str = "slack_webhook";
     pub const SLACK_API: &str = "slack_api";
     pub const SLACK_RESPONSE_URL: &str = "slack_response_url";
@@ -186,6 +201,8 @@ impl Default for Inner {
 #[derive(Clone)]
 pub struct PlatformStandin {
     inner: Arc<Mutex<Inner>>,
+    dingtalk_cards: Arc<Mutex<crate::dingtalk_card::DingtalkCards>>,
+    feishu_cards: Arc<Mutex<crate::feishu_card::FeishuCards>>,
     addr: std::net::SocketAddr,
     stop: CancellationToken,
 }
@@ -204,6 +221,8 @@ impl PlatformStandin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let s = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
+            dingtalk_cards: Arc::default(),
+            feishu_cards: Arc::default(),
             addr: listener.local_addr()?,
             stop: CancellationToken::new(),
         };
@@ -230,8 +249,9 @@ impl PlatformStandin {
             .route("/api/chat.postMessage", post(slack_post_message))
             .route("/hooks/{id}/{token}", post(rocketchat))
             .route("/{bot}/sendMessage", post(telegram))
-            .route("/{bot}/editMessageText", post(telegram_edit))
-            .with_state(s.clone());
+            .route("/{bot}/editMessageText", post(telegram_edit));
+        let app = crate::dingtalk_card::routes(app);
+        let app = crate::feishu_card::routes(app).with_state(s.clone());
         let stop = s.stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -305,6 +325,24 @@ impl PlatformStandin {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn feishu_cards_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::feishu_card::FeishuCards> {
+        match self.feishu_cards.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn dingtalk_cards_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::dingtalk_card::DingtalkCards> {
+        match self.dingtalk_cards.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -395,7 +433,7 @@ impl PlatformStandin {
     }
 
     /// Counts the request; a scripted answer, if one is queued.
-    fn arrive(&self, api: &'static str) -> Option<Response> {
+    pub(crate) fn arrive(&self, api: &'static str) -> Option<Response> {
         let mut g = self.lock();
         *g.requests.entry(api).or_insert(0) += 1;
         let s = g.scripts.get_mut(api)?.pop_front()?;
@@ -409,7 +447,7 @@ impl PlatformStandin {
     }
 
     /// Whether a send to `target` over `api` exceeds a limit (every send counts, as on WeCom).
-    fn over_limit(&self, api: &'static str, target: &str) -> bool {
+    pub(crate) fn over_limit(&self, api: &'static str, target: &str) -> bool {
         let mut g = self.lock();
         let limits = g.limits.get(api).cloned().unwrap_or_default();
         let longest = limits.iter().map(|(_, per)| *per).max().unwrap_or_default();
@@ -451,14 +489,14 @@ impl PlatformStandin {
         self.lock().holds.insert(api, hold);
     }
 
-    async fn held(&self, api: &'static str) {
+    pub(crate) async fn held(&self, api: &'static str) {
         let hold = self.lock().holds.get(api).copied();
         if let Some(d) = hold {
             tokio::time::sleep(d).await;
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         api: &'static str,
         target: &str,
@@ -494,7 +532,7 @@ impl PlatformStandin {
     }
 
     /// `Some(true)` valid, `Some(false)` expired, `None` unknown.
-    fn token_state(&self, platform: &str, token: &str) -> Option<bool> {
+    pub(crate) fn token_state(&self, platform: &str, token: &str) -> Option<bool> {
         self.lock()
             .tokens
             .get(token)
@@ -856,6 +894,9 @@ async fn feishu_reply(
         );
     }
     let v = parse(&body);
+    if s(&v, "/msg_type") == "interactive" {
+        return crate::feishu_card::reply_with_card(&p, &message_id, v);
+    }
     let content: Value = serde_json::from_str(s(&v, "/content")).unwrap_or(Value::Null);
     let text = s(&content, "/text").to_owned();
     if s(&v, "/msg_type") != "text" || text.is_empty() {

@@ -27,6 +27,8 @@ use shared::keys::Keys;
 use shared::Secret;
 use std::time::Duration;
 
+pub mod card;
+
 /// The keys this channel reads from the source's block.
 pub const KEYS: &[&str] = &[
     "app_key",
@@ -35,6 +37,8 @@ pub const KEYS: &[&str] = &[
     "api_base",
     "oapi_base",
     "session_webhook_origins",
+    "card_template_id",
+    "card_key",
 ];
 pub const DEFAULT_API_BASE: &str = "https://api.dingtalk.com";
 pub const DEFAULT_OAPI_BASE: &str = "https://oapi.dingtalk.com";
@@ -84,6 +88,8 @@ pub struct DingtalkReply {
     api_base: String,
     /// Where a session webhook may point.
     session_origins: Vec<url::Origin>,
+    /// The AI card a streamed reply grows in (`stream = true`).
+    card: Option<card::CardTemplate>,
 }
 
 /// Why a session webhook is not used.
@@ -157,11 +163,17 @@ impl DingtalkReply {
             }
             _ => None,
         };
+        let card = if s.stream {
+            card::from_keys(&mut k, app.is_some())
+        } else {
+            None
+        };
         k.finish(Some(Self {
             app,
             robot_code,
             api_base,
             session_origins,
+            card,
         }))
     }
 
@@ -178,8 +190,8 @@ impl DingtalkReply {
             session_webhook,
             session_webhook_expires_at,
             conversation_id,
-            robot_code,
             sender_staff_id,
+            ..
         } = handle
         else {
             return Route::None("the job's reply handle is not a `dingtalk` handle");
@@ -201,13 +213,10 @@ impl DingtalkReply {
                 );
             }
         }
-        let Some(app) = &self.app else {
+        if self.app.is_none() {
             return Route::None("the session webhook has expired and no app_key/app_secret is configured for the robot API");
-        };
-        let robot_code = robot_code
-            .clone()
-            .or_else(|| self.robot_code.clone())
-            .unwrap_or_else(|| app.app_key.clone());
+        }
+        let robot_code = self.robot_code_for(handle);
         let msg_param = json!({ "content": text }).to_string();
         match chat_type {
             ChatType::Group => Route::Robot(
@@ -223,6 +232,64 @@ impl DingtalkReply {
                     "the session webhook has expired and the sender's staff id is unknown",
                 ),
             },
+        }
+    }
+}
+
+impl DingtalkReply {
+    /// The robot that speaks (pure): the message's, else `robot_code`, else the app's key.
+    fn robot_code_for(&self, handle: &ReplyHandle) -> String {
+        let from_message = match handle {
+            ReplyHandle::Dingtalk { robot_code, .. } => robot_code.clone(),
+            _ => None,
+        };
+        from_message
+            .or_else(|| self.robot_code.clone())
+            .or_else(|| self.app.as_ref().map(|a| a.app_key.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Sends one message (a part of the answer) the way `route` decides, at the time of sending.
+    async fn send_one(
+        &self,
+        ctx: &Context,
+        handle: &ReplyHandle,
+        chat_type: ChatType,
+        part: &str,
+    ) -> Outcome {
+        // Decided per part: the session webhook may expire between two parts.
+        let route = self.route(
+            handle,
+            chat_type,
+            part,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        match route {
+            Route::Session(url, body) => {
+                send(
+                    ctx,
+                    ctx.http.post(url.expose()).json(&body),
+                    dingtalk_robot::classify,
+                )
+                .await
+                .0
+            }
+            Route::Robot(path, body) => {
+                let Some(app) = &self.app else {
+                    return local_outcome(Verdict::Permanent, "no app_key for the robot API");
+                };
+                let url = format!("{}{path}", self.api_base);
+                tokens::send_with_token(ctx, app, |token| {
+                    let request = ctx
+                        .http
+                        .post(&url)
+                        .header("x-acs-dingtalk-access-token", token.expose())
+                        .json(&body);
+                    Box::pin(async move { send(ctx, request, classify_robot_api).await.0 })
+                })
+                .await
+            }
+            Route::None(why) => local_outcome(Verdict::Permanent, why),
         }
     }
 }
@@ -300,6 +367,10 @@ impl Target for DingtalkReply {
         Some(LIMIT)
     }
 
+    fn grow(&self) -> Option<&dyn crate::stream::Grow> {
+        self.card.as_ref().map(|_| self as &dyn crate::stream::Grow)
+    }
+
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let handle = match super::restored(job, ctx).await {
             Ok(Some(handle @ ReplyHandle::Dingtalk { .. })) => handle,
@@ -310,45 +381,7 @@ impl Target for DingtalkReply {
         let chat_type = job.payload.conversation.chat_type;
         let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
-            // Decided per part: the session webhook may expire between two parts.
-            let route = self.route(
-                handle,
-                chat_type,
-                &part,
-                chrono::Utc::now().timestamp_millis(),
-            );
-            Box::pin(async move {
-                match route {
-                    Route::Session(url, body) => {
-                        send(
-                            ctx,
-                            ctx.http.post(url.expose()).json(&body),
-                            dingtalk_robot::classify,
-                        )
-                        .await
-                        .0
-                    }
-                    Route::Robot(path, body) => {
-                        let Some(app) = &self.app else {
-                            return local_outcome(
-                                Verdict::Permanent,
-                                "no app_key for the robot API",
-                            );
-                        };
-                        let url = format!("{}{path}", self.api_base);
-                        tokens::send_with_token(ctx, app, |token| {
-                            let request = ctx
-                                .http
-                                .post(&url)
-                                .header("x-acs-dingtalk-access-token", token.expose())
-                                .json(&body);
-                            Box::pin(async move { send(ctx, request, classify_robot_api).await.0 })
-                        })
-                        .await
-                    }
-                    Route::None(why) => local_outcome(Verdict::Permanent, why),
-                }
-            })
+            Box::pin(async move { self.send_one(ctx, handle, chat_type, &part).await })
         })
         .await
     }

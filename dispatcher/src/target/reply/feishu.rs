@@ -16,6 +16,8 @@ use shared::keys::Keys;
 use shared::Secret;
 use std::time::Duration;
 
+pub mod card;
+
 /// The keys this channel reads from the source's block.
 pub const KEYS: &[&str] = &["app_id", "app_secret", "api_base"];
 pub const FEISHU_API_BASE: &str = "https://open.feishu.cn";
@@ -63,6 +65,8 @@ impl TokenSource for FeishuToken {
 #[derive(Debug)]
 pub struct FeishuReply {
     token: FeishuToken,
+    /// The source streams its replies into a CardKit card.
+    stream: bool,
 }
 
 impl FeishuReply {
@@ -83,6 +87,7 @@ impl FeishuReply {
                     app_id,
                     secret,
                 },
+                stream: s.stream,
             }),
             _ => None,
         };
@@ -170,21 +175,29 @@ impl Target for FeishuReply {
         };
         let parts = self.parts(&job.payload.answer.text);
         deliver_parts(job, ctx, &parts, |_, part| {
-            let rendered = self.render(message_id, &part);
-            Box::pin(async move {
-                let Ok((url, body)) = rendered else {
-                    return local_outcome(Verdict::Permanent, "api_base is not a base URL");
-                };
-                tokens::send_with_token(ctx, &self.token, |token| {
-                    let request = ctx
-                        .http
-                        .post(url.clone())
-                        .bearer_auth(token.expose())
-                        .json(&body);
-                    Box::pin(async move { send(ctx, request, classify).await.0 })
-                })
-                .await
-            })
+            Box::pin(async move { self.send_text(ctx, message_id, &part).await })
+        })
+        .await
+    }
+
+    fn grow(&self) -> Option<&dyn crate::stream::Grow> {
+        self.stream.then_some(self as &dyn crate::stream::Grow)
+    }
+}
+
+impl FeishuReply {
+    /// Replies to `message_id` with one text message.
+    async fn send_text(&self, ctx: &Context, message_id: &str, text: &str) -> Outcome {
+        let Ok((url, body)) = self.render(message_id, text) else {
+            return local_outcome(Verdict::Permanent, "api_base is not a base URL");
+        };
+        tokens::send_with_token(ctx, &self.token, |token| {
+            let request = ctx
+                .http
+                .post(url.clone())
+                .bearer_auth(token.expose())
+                .json(&body);
+            Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
     }

@@ -33,7 +33,7 @@ pub fn keys(platform: &str) -> &'static [&'static str] {
 }
 
 /// The platforms whose replies can stream (`stream = true`).
-pub const STREAMING: &[&str] = &["telegram"];
+pub const STREAMING: &[&str] = &["telegram", "dingtalk", "feishu", "lark"];
 
 /// Builds the reply channel of a source that answers into its conversations; a source that
 /// asks to stream must be on a platform that can grow a message.
@@ -213,6 +213,20 @@ mod tests {
         assert_eq!(
             streams("platform = \"slack\"\nbot_token = \"xoxb\"").map_err(|e| e.0),
             Err("sources.s.stream".to_owned())
+        );
+        // DingTalk streams into an AI card of the source's template: without one, a clear word.
+        assert_eq!(
+            streams("platform = \"dingtalk\"\napp_key = \"k\"\napp_secret = \"s\"\ncard_template_id = \"t\""),
+            Ok(true)
+        );
+        assert_eq!(
+            streams("platform = \"dingtalk\"\napp_key = \"k\"\napp_secret = \"s\"")
+                .map_err(|e| e.0),
+            Err("sources.s.card_template_id".to_owned())
+        );
+        assert_eq!(
+            streams("platform = \"lark\"\napp_id = \"cli\"\napp_secret = \"s\""),
+            Ok(true)
         );
         let plain = build(&source("platform = \"telegram\"\nbot_token = \"1:x\"")).unwrap();
         assert!(plain.grow().is_none(), "off by default");
