@@ -1,5 +1,6 @@
 //! Events of a source whose platform neither acks nor redelivers (Discord's Gateway) that the
-//! broker could not take when they arrived: held in this process's memory, in arrival order,
+//! broker could not take when they arrived: held in this process's memory, in the order they
+//! were refused (events in flight are kept concurrently, so not quite arrival order),
 //! and published again (door dedup first, then publish with confirm) until the broker takes
 //! them, one at a time with a backoff, whatever becomes of the connection they came on. The
 //! hold is bounded (`[connector] hold_limit` events per source): an event arriving at a full

@@ -223,7 +223,9 @@ pub fn gateway_bot_answer(status: u16, body: &str) -> Result<url::Url, OpenError
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        format!("HTTP {status} {reason} {message}").trim().to_owned()
+        format!("HTTP {status} {reason} {message}")
+            .trim()
+            .to_owned()
     };
     match status {
         200..=299 => {}
@@ -443,7 +445,10 @@ impl GatewaySession {
         self.awaiting_ack = false;
         let resume = {
             let m = self.memory();
-            m.session_id.clone().filter(|_| m.can_resume()).map(|id| (id, m.seq))
+            m.session_id
+                .clone()
+                .filter(|_| m.can_resume())
+                .map(|id| (id, m.seq))
         };
         let first = match resume {
             Some((id, seq)) => self.resume(&id, seq),
@@ -456,12 +461,18 @@ impl GatewaySession {
         match t {
             Some("READY") => {
                 let mut m = self.memory();
-                m.session_id = d.get("session_id").and_then(Value::as_str).map(str::to_owned);
+                m.session_id = d
+                    .get("session_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 m.resume_url = d
                     .get("resume_gateway_url")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
-                m.bot_user_id = d.pointer("/user/id").and_then(Value::as_str).map(str::to_owned);
+                m.bot_user_id = d
+                    .pointer("/user/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 m.application_id = d
                     .pointer("/application/id")
                     .and_then(Value::as_str)

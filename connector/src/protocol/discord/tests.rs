@@ -53,7 +53,10 @@ fn ready(session_id: &str, s: u64) -> Frame {
     }}))
 }
 
-fn reconnect_of(read: &Read) -> Option<(u16, &'static str, Duration)> {
+/// A reconnect's close code, label and wait.
+type Asked = Option<(u16, &'static str, Duration)>;
+
+fn reconnect_of(read: &Read) -> Asked {
     read.steps.iter().find_map(|s| match s {
         Step::Reconnect {
             code, label, after, ..
@@ -82,11 +85,17 @@ fn hello_identifies_and_the_first_beat_waits_interval_times_jitter() {
     // Nothing before the deadline; the beat carries the last sequence (none yet: null).
     assert!(s.timer(t0 + MS(9_999)).steps.is_empty());
     let beat = s.timer(t0 + MS(10_000));
-    assert_eq!((beat.kind, sent(&beat)), ("heartbeat", vec![json!({"op": 1, "d": null})]));
+    assert_eq!(
+        (beat.kind, sent(&beat)),
+        ("heartbeat", vec![json!({"op": 1, "d": null})])
+    );
     assert_eq!(s.deadline(), Some(t0 + MS(50_000)), "then every interval");
     // A Hello without an interval is not obeyed.
     let mut other = session(&Arc::default());
-    assert_eq!(other.read(frame(json!({"op": 10, "d": {}})), t0).kind, "malformed");
+    assert_eq!(
+        other.read(frame(json!({"op": 10, "d": {}})), t0).kind,
+        "malformed"
+    );
 }
 
 #[test]
@@ -101,7 +110,11 @@ fn heartbeats_carry_the_last_sequence_and_a_missing_ack_is_a_zombie() {
         let d = frame(json!({"op": 0, "s": seq, "t": "TYPING_START", "d": {}}));
         assert_eq!(s.read(d, t0).kind, kind);
     }
-    assert_eq!(lock(&memory).seq, Some(5), "the highest s, not the last to arrive");
+    assert_eq!(
+        lock(&memory).seq,
+        Some(5),
+        "the highest s, not the last to arrive"
+    );
     let beat = s.timer(t0 + MS(250));
     assert_eq!(sent(&beat), [json!({"op": 1, "d": 5})]);
     assert_eq!(s.read(frame(json!({"op": 11})), t0).kind, "heartbeat_ack");
@@ -115,7 +128,11 @@ fn heartbeats_carry_the_last_sequence_and_a_missing_ack_is_a_zombie() {
     );
     assert!(sent(&zombie).is_empty(), "no beat on a dead connection");
     assert_eq!(s.deadline(), None);
-    assert_eq!(lock(&memory).session_id.as_deref(), Some("sess-1"), "kept to resume");
+    assert_eq!(
+        lock(&memory).session_id.as_deref(),
+        Some("sess-1"),
+        "kept to resume"
+    );
 }
 
 #[test]
@@ -126,8 +143,15 @@ fn a_heartbeat_asked_by_the_server_goes_at_once() {
     s.read(hello(40_000), t0);
     s.read(ready("sess-1", 1), t0);
     let asked = s.read(frame(json!({"op": 1, "d": null})), t0 + MS(5));
-    assert_eq!((asked.kind, sent(&asked)), ("heartbeat_request", vec![json!({"op": 1, "d": 1})]));
-    assert_eq!(s.deadline(), Some(t0 + MS(10_000)), "the schedule is unchanged");
+    assert_eq!(
+        (asked.kind, sent(&asked)),
+        ("heartbeat_request", vec![json!({"op": 1, "d": 1})])
+    );
+    assert_eq!(
+        s.deadline(),
+        Some(t0 + MS(10_000)),
+        "the schedule is unchanged"
+    );
     // Unanswered, it makes the next scheduled beat a zombie.
     assert_eq!(s.timer(t0 + MS(10_000)).kind, "zombie");
 }
@@ -135,13 +159,33 @@ fn a_heartbeat_asked_by_the_server_goes_at_once() {
 #[test]
 fn every_op_and_what_it_asks() {
     let t0 = Instant::now();
-    let cases: Vec<(Value, &str, Option<(u16, &str, Duration)>)> = vec![
+    let cases: Vec<(Value, &str, Asked)> = vec![
         (json!({"op": 11}), "heartbeat_ack", None),
-        (json!({"op": 7, "d": null}), "reconnect", Some((4000, "reconnect", Duration::ZERO))),
-        (json!({"op": 9, "d": true}), "invalid_session", Some((4000, "invalid_session", MS(3000)))),
-        (json!({"op": 9, "d": false}), "invalid_session", Some((4000, "invalid_session", MS(3000)))),
-        (json!({"op": 0, "s": 2, "t": "RESUMED", "d": {}}), "resumed", None),
-        (json!({"op": 0, "s": 2, "t": "GUILD_CREATE", "d": {}}), "dispatch", None),
+        (
+            json!({"op": 7, "d": null}),
+            "reconnect",
+            Some((4000, "reconnect", Duration::ZERO)),
+        ),
+        (
+            json!({"op": 9, "d": true}),
+            "invalid_session",
+            Some((4000, "invalid_session", MS(3000))),
+        ),
+        (
+            json!({"op": 9, "d": false}),
+            "invalid_session",
+            Some((4000, "invalid_session", MS(3000))),
+        ),
+        (
+            json!({"op": 0, "s": 2, "t": "RESUMED", "d": {}}),
+            "resumed",
+            None,
+        ),
+        (
+            json!({"op": 0, "s": 2, "t": "GUILD_CREATE", "d": {}}),
+            "dispatch",
+            None,
+        ),
         (json!({"op": 42}), "unknown", None),
         (json!({"no": "op"}), "malformed", None),
     ];
@@ -196,7 +240,10 @@ fn a_message_is_an_event_without_an_ack_read_by_the_ingress_module() {
     let platform = ingress::platform::build(&source("")).unwrap();
     match platform.pushed(payload).unwrap() {
         ingress::platform::Intake::Event { event, .. } => {
-            assert_eq!((event.dedup_key.as_str(), event.text.as_str()), ("m1", "hi"));
+            assert_eq!(
+                (event.dedup_key.as_str(), event.text.as_str()),
+                ("m1", "hi")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -210,7 +257,10 @@ fn the_next_connection_resumes_what_the_last_one_left() {
     let mut first = session(&memory);
     first.read(hello(1000), t0);
     first.read(ready("sess-1", 1), t0);
-    first.read(frame(json!({"op": 0, "s": 7, "t": "MESSAGE_CREATE", "d": {"id": "m"}})), t0);
+    first.read(
+        frame(json!({"op": 0, "s": 7, "t": "MESSAGE_CREATE", "d": {"id": "m"}})),
+        t0,
+    );
     drop(first);
     let mut second = session(&memory);
     let read = second.read(hello(1000), t0);
@@ -218,7 +268,12 @@ fn the_next_connection_resumes_what_the_last_one_left() {
         sent(&read),
         [json!({"op": 6, "d": {"token": TOKEN, "session_id": "sess-1", "seq": 7}})]
     );
-    assert_eq!(second.read(frame(json!({"op": 0, "s": 8, "t": "RESUMED", "d": {}})), t0).kind, "resumed");
+    assert_eq!(
+        second
+            .read(frame(json!({"op": 0, "s": 8, "t": "RESUMED", "d": {}})), t0)
+            .kind,
+        "resumed"
+    );
     // Not resumable any more: the one after identifies.
     second.read(frame(json!({"op": 9, "d": false})), t0);
     let mut third = session(&memory);
@@ -292,7 +347,9 @@ fn gateway_bot_answers_table() {
     assert_eq!(ok.as_str(), "wss://gateway.discord.gg/?v=10&encoding=json");
     assert_eq!(
         gateway_bot_answer(401, r#"{"message": "401: Unauthorized", "code": 0}"#),
-        Err(OpenError::Refused("HTTP 401 Unauthorized 401: Unauthorized".into()))
+        Err(OpenError::Refused(
+            "HTTP 401 Unauthorized 401: Unauthorized".into()
+        ))
     );
     assert!(matches!(
         gateway_bot_answer(200, r#"{"url": "wss://g", "session_start_limit": {"total": 1000, "remaining": 0, "reset_after": 60000, "max_concurrency": 1}}"#),
@@ -314,7 +371,9 @@ fn gateway_bot_answers_table() {
         );
     }
     assert_eq!(
-        connection_url("ws://127.0.0.1:9/resume?old=1").unwrap().as_str(),
+        connection_url("ws://127.0.0.1:9/resume?old=1")
+            .unwrap()
+            .as_str(),
         "ws://127.0.0.1:9/resume?v=10&encoding=json"
     );
 }

@@ -5,7 +5,9 @@
 //! that (less a margin) the answer goes to the channel through the bot instead
 //! (`POST /channels/{channel_id}/messages`, replying with `message_reference` when the handle
 //! names a message), and the log says so; so it does when Discord refuses the token earlier
-//! (401 or 404: the interaction was not acknowledged in time, or is unknown). Keys (shared with the ingress): `bot_token` (for the
+//! (401 or 404: the interaction was not acknowledged in time, or is unknown). A message from the
+//! Gateway (`mode = "stream"`) has no interaction token: its answer is always a reply in its
+//! channel through the bot. Keys (shared with the ingress and the connector): `bot_token` (for the
 //! channel messages; without it an answer later than the token is a permanent failure),
 //! `api_base` (default `https://discord.com/api/v10`). No answer pings anyone
 //! (`allowed_mentions` is empty).
@@ -123,6 +125,13 @@ impl Target for DiscordReply {
         let Some(handle @ ReplyHandle::Discord { channel_id, .. }) = super::handle(job) else {
             return super::wrong_handle("discord");
         };
+        let has_token = matches!(
+            handle,
+            ReplyHandle::Discord {
+                interaction_token: Some(_),
+                ..
+            }
+        );
         let parts = self.parts(&job.payload.answer.text);
         // Set once Discord refused the interaction token: the remaining parts go to the channel.
         let refused = AtomicBool::new(false);
@@ -156,8 +165,13 @@ impl Target for DiscordReply {
                     )))
                 }
                 Via::Channel(..) => {
-                    tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
-                        "the interaction token has expired: answering with a channel message through the bot instead");
+                    if has_token {
+                        tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
+                            "the interaction token has expired: answering with a channel message through the bot instead");
+                    } else {
+                        // A message from the Gateway: the bot replies to it in its channel.
+                        tracing::debug!(job = %job.id, channel = %channel_id, part = i + 1, "replying in the channel");
+                    }
                     Ok(None)
                 }
                 Via::None(why) => Err(why),

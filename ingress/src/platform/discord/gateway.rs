@@ -59,7 +59,8 @@ pub fn normalise(
     m: &Value,
 ) -> Result<Result<NewEvent, &'static str>, Rejection> {
     let id = json_str(m, "id").ok_or_else(|| Rejection::malformed("no id"))?;
-    let channel_id = json_str(m, "channel_id").ok_or_else(|| Rejection::malformed("no channel_id"))?;
+    let channel_id =
+        json_str(m, "channel_id").ok_or_else(|| Rejection::malformed("no channel_id"))?;
     let author = m
         .get("author")
         .ok_or_else(|| Rejection::malformed("no author"))?;
@@ -126,7 +127,10 @@ pub fn normalise(
 fn mentions(m: &Value, bot: &str) -> bool {
     m.get("mentions")
         .and_then(Value::as_array)
-        .is_some_and(|all| all.iter().any(|u| json_str(u, "id").as_deref() == Some(bot)))
+        .is_some_and(|all| {
+            all.iter()
+                .any(|u| json_str(u, "id").as_deref() == Some(bot))
+        })
 }
 
 /// The content without the bot's mentions (`<@id>`, and the older `<@!id>`), trimmed.
@@ -150,7 +154,8 @@ pub fn message(
     content: &str,
     mentioned: &[&str],
 ) -> Value {
-    let user = json!({ "id": author, "username": "ada", "global_name": "Ada", "bot": author_is_bot });
+    let user =
+        json!({ "id": author, "username": "ada", "global_name": "Ada", "bot": author_is_bot });
     let mut m = json!({
         "id": id, "channel_id": channel, "author": user, "content": content, "type": DEFAULT,
         "timestamp": "2024-01-01T00:00:00.000000+00:00", "edited_timestamp": null, "tts": false,
@@ -206,12 +211,31 @@ mod tests {
                 message_id: Some("m1".into()),
             })
         );
-        assert_eq!(e.payload, mention, "the payload is Discord's message object");
+        assert_eq!(
+            e.payload, mention,
+            "the payload is Discord's message object"
+        );
         // The older nickname form, in the middle of the text.
-        let nick = message("m2", Some("g1"), "c1", "u1", false, &format!("hey <@!{BOT}> there"), &[BOT]);
+        let nick = message(
+            "m2",
+            Some("g1"),
+            "c1",
+            "u1",
+            false,
+            &format!("hey <@!{BOT}> there"),
+            &[BOT],
+        );
         assert_eq!(event(intake(&nick)).text, "hey there");
         // A DM needs no mention.
-        let dm = event(intake(&message("m3", None, "dm1", "u1", false, " hi ", &[])));
+        let dm = event(intake(&message(
+            "m3",
+            None,
+            "dm1",
+            "u1",
+            false,
+            " hi ",
+            &[],
+        )));
         assert_eq!(dm.text, "hi");
         assert_eq!(dm.conversation.chat_type, ChatType::Single);
     }
@@ -230,17 +254,43 @@ mod tests {
         let mut role_only = message("r", Some("g"), "c", "u1", false, "<@&777> hi", &[]);
         role_only["mention_roles"] = json!(["777"]);
         for (m, want) in [
-            (message("b", Some("g"), "c", "u2", true, &mention, &[BOT]), "ignore:bot_echo"),
-            (message("me", None, "dm", BOT, true, "my own answer", &[]), "ignore:bot_echo"),
-            (message("me2", Some("g"), "c", BOT, false, &mention, &[BOT]), "ignore:bot_echo"),
+            (
+                message("b", Some("g"), "c", "u2", true, &mention, &[BOT]),
+                "ignore:bot_echo",
+            ),
+            (
+                message("me", None, "dm", BOT, true, "my own answer", &[]),
+                "ignore:bot_echo",
+            ),
+            (
+                message("me2", Some("g"), "c", BOT, false, &mention, &[BOT]),
+                "ignore:bot_echo",
+            ),
             (hooked, "ignore:bot_echo"),
-            (message("n", Some("g"), "c", "u1", false, "just chatting", &[]), "ignore:not_mentioned"),
-            (message("o", Some("g"), "c", "u1", false, "<@123> hi", &["123"]), "ignore:not_mentioned"),
+            (
+                message("n", Some("g"), "c", "u1", false, "just chatting", &[]),
+                "ignore:not_mentioned",
+            ),
+            (
+                message("o", Some("g"), "c", "u1", false, "<@123> hi", &["123"]),
+                "ignore:not_mentioned",
+            ),
             (role_only, "ignore:not_mentioned"),
             (join, "ignore:join"),
             (pin, "ignore:subtype"),
             (picture, "ignore:not_text"),
-            (message("e", Some("g"), "c", "u1", false, &format!("<@{BOT}>"), &[BOT]), "ignore:empty"),
+            (
+                message(
+                    "e",
+                    Some("g"),
+                    "c",
+                    "u1",
+                    false,
+                    &format!("<@{BOT}>"),
+                    &[BOT],
+                ),
+                "ignore:empty",
+            ),
         ] {
             assert_eq!(outcome(&intake(&m)), want, "{m}");
         }
@@ -250,7 +300,12 @@ mod tests {
             br#"{"bot_user_id": "1", "message": "text"}"#,
             br#"{"bot_user_id": "1", "message": {"channel_id": "c", "author": {"id": "u"}}}"#,
         ] {
-            assert_eq!(outcome(&pushed(bad)), "malformed", "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                outcome(&pushed(bad)),
+                "malformed",
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }
