@@ -140,14 +140,14 @@ async fn discord_gateway_identifies_heartbeats_and_answers_a_mention_with_a_repl
     let beats = g.gw.heartbeats();
     let first = beats[0].at.duration_since(hello);
     assert!(
-        first <= INTERVAL + Duration::from_millis(150),
+        first <= INTERVAL + Duration::from_millis(300),
         "first beat {first:?} after Hello"
     );
     for pair in beats.windows(2).take(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
         assert!(
-            gap >= INTERVAL - Duration::from_millis(100)
-                && gap <= INTERVAL + Duration::from_millis(250),
+            gap >= INTERVAL - Duration::from_millis(150)
+                && gap <= INTERVAL + Duration::from_millis(400),
             "beats {gap:?} apart"
         );
     }
@@ -161,7 +161,7 @@ async fn discord_gateway_identifies_heartbeats_and_answers_a_mention_with_a_repl
     .await;
     let answered = g.gw.heartbeats().iter().find(|b| b.at >= asked).unwrap().at;
     assert!(
-        answered.duration_since(asked) < Duration::from_millis(150),
+        answered.duration_since(asked) < Duration::from_millis(200),
         "{:?}",
         answered.duration_since(asked)
     );
@@ -377,7 +377,7 @@ async fn discord_gateway_a_zombie_connection_is_closed_and_resumed() {
     // Noticed at the first beat after an unacknowledged one: within two intervals.
     let took = g.gw.resumes()[0].at.duration_since(stopped);
     assert!(
-        took <= INTERVAL * 2 + Duration::from_millis(500),
+        took <= INTERVAL * 2 + Duration::from_millis(1500),
         "{took:?}"
     );
     assert_eq!(g.gw.identifies().len(), 1);
