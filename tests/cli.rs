@@ -72,6 +72,7 @@ fn the_shipped_configs_pass_config_check() {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
         ),
         ("OPS_ROBOT_KEY", "robot-key"),
+        ("DISCORD_BOT_TOKEN", "discord-bot-token"),
         (
             "SWITCHBOARD_REDIS_KEY",
             "example-redis-key-0123456789abcdef0123456789",

@@ -2,14 +2,17 @@
 //! `mode = "stream"` it holds outbound WebSocket connections to the platform, which pushes
 //! events over them, so no public callback URL is needed. Each pushed event takes the
 //! ingress's own path (the platform module's normalisation into the same `InboundEvent` with
-//! the same dedup key, door dedup, publish with the broker's confirm) and is acknowledged on the
-//! connection only once kept: what could not be kept is not acknowledged, and the platform
-//! delivers it again. The protocols are pluggable (`protocol`); a connection's I/O is `link`'s,
-//! keeping it up is `slot`'s, the reconnect timing `backoff`'s, `/readyz` per connection
-//! `status`'s.
+//! the same dedup key, door dedup, publish with the broker's confirm). Where the platform has
+//! acks (DingTalk), an event is acknowledged on the connection only once kept: what could not
+//! be kept is not acknowledged, and the platform delivers it again. Where it has none and does
+//! not redeliver (Discord's Gateway), what the broker could not take is held in memory and
+//! published later (`hold`). The protocols are pluggable (`protocol`); a connection's I/O is
+//! `link`'s, keeping it up is `slot`'s, the reconnect timing `backoff`'s, `/readyz` per
+//! connection `status`'s.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+mod hold;
 mod link;
 pub mod protocol;
 mod slot;
@@ -57,6 +60,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if c.connections == 0 {
         issue("connections", "must be at least 1");
     }
+    if c.hold_limit == 0 {
+        issue("hold_limit", "must be at least 1");
+    }
     for (key, value) in [
         ("heartbeat", c.heartbeat),
         ("backoff_initial", c.backoff_initial),
@@ -74,7 +80,8 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
 }
 
 /// Holds every stream source's connections until `shutdown`; events in flight finish and are
-/// acknowledged before their connections close. `status` is what `/readyz` reads.
+/// acknowledged before their connections close, and held events get a last attempt. `status`
+/// is what `/readyz` reads.
 pub async fn run(
     config: Arc<Config>,
     services: Services,
@@ -87,23 +94,47 @@ pub async fn run(
         .build()
         .context("cannot build the HTTP client")?;
     let mut slots = tokio::task::JoinSet::new();
+    // Held events outlive the connections: their tasks stop after every slot closed.
+    let (hold_stop, mut holds) = (CancellationToken::new(), tokio::task::JoinSet::new());
     for source in stream_sources(&config) {
-        let protocol: Arc<dyn protocol::Protocol> = protocol::build(source)
+        let acks = protocol::build(source)
             .map_err(shared::config::ConfigError)?
-            .into();
+            .acks();
         let platform = ingress::platform::build(source).map_err(shared::config::ConfigError)?;
+        let hold = (!acks).then(|| {
+            let keep = Arc::new(hold::SourceKeeper {
+                keeper: keeper.clone(),
+                source: source.id.clone(),
+                platform: platform.name(),
+            });
+            let c = &config.connector;
+            let (hold, task) = hold::Hold::start(
+                &source.id,
+                keep,
+                c.hold_limit,
+                hold::backoff(c.backoff_initial, c.backoff_max),
+                hold_stop.clone(),
+            );
+            holds.spawn(task);
+            hold
+        });
         let ctx = Arc::new(link::SourceCtx {
             source_id: source.id.clone(),
             platform,
             keeper: keeper.clone(),
             heartbeat: config.connector.heartbeat.max(Duration::from_millis(10)),
+            hold,
         });
         for n in 0..config.connector.connections.max(1) {
             let name = format!("{}#{n}", source.id);
             status.set(&name, &source.id, LinkState::Connecting(None));
+            // One per slot: what a protocol remembers between connections is the slot's.
+            let protocol: Arc<dyn protocol::Protocol> = protocol::build(source)
+                .map_err(shared::config::ConfigError)?
+                .into();
             let slot = slot::Slot {
                 name,
-                protocol: protocol.clone(),
+                protocol,
                 ctx: ctx.clone(),
                 http: http.clone(),
                 status: status.clone(),
@@ -117,6 +148,8 @@ pub async fn run(
         shutdown.cancelled().await;
     }
     while slots.join_next().await.is_some() {}
+    hold_stop.cancel();
+    while holds.join_next().await.is_some() {}
     tracing::info!("connector stopped");
     Ok(())
 }
@@ -154,11 +187,17 @@ kind = "chat"
             r#"
 [connector]
 connections = 0
+hold_limit = 0
 backoff_initial = "2s"
 backoff_max = "1s"
 [[sources]]
 id = "ding"
 platform = "dingtalk"
+mode = "stream"
+app = "support"
+[[sources]]
+id = "dc"
+platform = "discord"
 mode = "stream"
 app = "support"
 [[sources]]
@@ -179,12 +218,14 @@ app_secret = "s"
             [
                 "sources.ding.client_id",
                 "sources.ding.client_secret",
+                "sources.dc.bot_token",
                 "sources.tg.mode",
                 "connector.connections",
+                "connector.hold_limit",
                 "connector.backoff_max",
             ]
         );
-        assert_eq!(stream_sources(&c).count(), 2);
+        assert_eq!(stream_sources(&c).count(), 3);
         let http = c.sources.iter().find(|s| s.id == "http-ding").unwrap();
         assert!(
             keys(http).is_empty(),
@@ -210,5 +251,28 @@ client_secret = "zzsecretzz"
         assert_eq!(built.name(), "dingtalk");
         assert!(!format!("{built:?}").contains("zzsecretzz"));
         assert_eq!(keys(&c.sources[0]), protocol::dingtalk::KEYS);
+    }
+
+    #[test]
+    fn a_discord_gateway_source_needs_only_its_bot_token() {
+        let c = config(
+            r#"
+[[sources]]
+id = "dc"
+platform = "discord"
+mode = "stream"
+app = "support"
+reply = true
+bot_token = "zzsecretzz"
+"#,
+        );
+        assert!(validate(&c).is_empty());
+        let built = protocol::build(&c.sources[0]).unwrap();
+        assert_eq!(built.name(), "discord");
+        assert!(!built.acks(), "Discord has no acks");
+        assert!(!format!("{built:?}").contains("zzsecretzz"));
+        assert_eq!(keys(&c.sources[0]), protocol::discord::KEYS);
+        // The ingress's Discord module takes it without a public key.
+        assert!(ingress::platform::build(&c.sources[0]).is_ok());
     }
 }

@@ -1,12 +1,17 @@
 //! One WebSocket connection to a platform, from the handshake to its end. It reads frames and
-//! hands each to the protocol's [`Session`]; sends what the session asks (pongs, control
-//! answers); keeps each pushed event concurrently through the ingress's path (the platform
-//! module's normalisation, door dedup, publish with confirm) and sends its ack only once the
-//! broker confirmed it; probes a quiet connection with WebSocket pings and gives up on one that
-//! stays silent. Asked to leave (its replacement is up, or shutdown), it finishes the events in
-//! flight, sends their acks, then closes. Nothing here decides when to reconnect: `crate::slot`
-//! does.
-use crate::protocol::{Ack, Frame, Session, Step};
+//! hands each to the protocol's [`Session`]; calls the session's timer when it is due (Discord's
+//! heartbeat); sends what the session asks (pongs, control answers, heartbeats); keeps each
+//! pushed event concurrently through the ingress's path (the platform module's normalisation,
+//! door dedup, publish with confirm) and sends its ack, when the protocol has acks, only once
+//! the broker confirmed it (without acks, an event the broker did not take goes to the source's
+//! hold, `crate::hold`); probes a quiet connection with WebSocket pings (for protocols without a
+//! heartbeat of their own) and gives up on one that stays silent. Asked to leave (its
+//! replacement is up, or shutdown), it finishes the events in flight, sends their acks, then
+//! closes with 1000. Asked by the session to reconnect, it closes at once with the session's
+//! code. Nothing here decides when to reconnect: `crate::slot` does, with the protocol.
+use crate::hold::Hold;
+use crate::protocol::{Ack, Ended, Frame, Session, Step};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use ingress::keep::{KeepOutcome, Keeper};
 use ingress::platform::{Intake, Platform};
@@ -16,12 +21,15 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Sink = SplitSink<Socket, Message>;
 
 /// What every connection of one source shares.
 #[derive(Debug)]
@@ -30,6 +38,8 @@ pub(crate) struct SourceCtx {
     pub platform: Box<dyn Platform>,
     pub keeper: Keeper,
     pub heartbeat: Duration,
+    /// Where events the broker did not take wait, for protocols without acks.
+    pub hold: Option<Hold>,
 }
 
 /// How a connection ended.
@@ -38,103 +48,236 @@ pub(crate) struct LinkEnd {
     pub reason: String,
     /// Whether the server said anything at all (a connection that worked resets the backoff).
     pub heard: bool,
+    /// What the protocol needs to know to decide what comes next.
+    pub ended: Ended,
 }
 
-/// Runs one connection until it ends. `refresh` is told when the server asks us to move;
-/// `leave` asks this connection to finish what it holds and close.
+/// What a connection tells its slot while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// The server will close this connection soon: open the next one first.
+    Refresh(String),
+    /// The session is up (Discord: READY, RESUMED).
+    Up,
+}
+
+/// Why carrying out a session's steps ended the connection.
+enum Stop {
+    /// Writing failed.
+    Failed(String),
+    /// The session asked to reconnect.
+    Asked {
+        label: &'static str,
+        after: Duration,
+        reason: String,
+    },
+}
+
+/// The connection's writing side and the events it is keeping.
+struct Conn {
+    sink: Sink,
+    keeps: JoinSet<()>,
+    ack_tx: mpsc::UnboundedSender<Frame>,
+    ctx: Arc<SourceCtx>,
+    notes: mpsc::Sender<Note>,
+    heard: bool,
+    /// The server's close frame, once it sent one.
+    close: Option<(u16, String)>,
+}
+
+impl Conn {
+    fn end(&self, reason: String) -> LinkEnd {
+        LinkEnd {
+            reason,
+            heard: self.heard,
+            ended: Ended {
+                close: self.close.clone(),
+                asked: None,
+            },
+        }
+    }
+
+    /// The connection is gone: events in flight still finish keeping (a redelivery of a kept
+    /// one is then a door duplicate; without acks, one not kept goes to the hold), but their
+    /// acks have nowhere to go.
+    fn dropped(mut self, reason: String) -> LinkEnd {
+        let end = self.end(reason);
+        self.keeps.detach_all();
+        end
+    }
+
+    /// Carries out what the session asked; `Err` is why the connection ends.
+    async fn apply(&mut self, steps: Vec<Step>) -> Result<(), Stop> {
+        for step in steps {
+            match step {
+                Step::Send(frame) => {
+                    if let Err(e) = self.sink.send(message(frame)).await {
+                        return Err(Stop::Failed(format!("cannot write: {e}")));
+                    }
+                }
+                Step::Event {
+                    delivery,
+                    payload,
+                    ack,
+                } => {
+                    let (ctx, tx, received) =
+                        (self.ctx.clone(), self.ack_tx.clone(), Instant::now());
+                    self.keeps.spawn(async move {
+                        if let Some(frame) =
+                            keep_one(&ctx, &delivery, &payload, ack, received).await
+                        {
+                            let _ = tx.send(frame);
+                        }
+                    });
+                }
+                Step::Refresh { reason } => {
+                    let _ = self.notes.try_send(Note::Refresh(reason));
+                }
+                Step::Up => {
+                    let _ = self.notes.try_send(Note::Up);
+                }
+                Step::Reconnect {
+                    code,
+                    reason,
+                    label,
+                    after,
+                } => {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.clone().into(),
+                    };
+                    let _ = self.sink.send(Message::Close(Some(frame))).await;
+                    let _ = self.sink.close().await;
+                    return Err(Stop::Asked {
+                        label,
+                        after,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one connection until it ends. `notes` tells the slot what it should know; `leave`
+/// asks this connection to finish what it holds and close; `pings` whether a quiet connection
+/// is probed with WebSocket pings.
 pub(crate) async fn run(
     ws: Socket,
     mut session: Box<dyn Session>,
     ctx: Arc<SourceCtx>,
-    refresh: mpsc::Sender<String>,
+    notes: mpsc::Sender<Note>,
     leave: CancellationToken,
+    pings: bool,
 ) -> LinkEnd {
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Frame>();
-    let mut keeps = JoinSet::new();
-    let mut heard = false;
+    let heartbeat = ctx.heartbeat;
+    let source = ctx.source_id.clone();
+    let mut conn = Conn {
+        sink,
+        keeps: JoinSet::new(),
+        ack_tx,
+        ctx,
+        notes,
+        heard: false,
+        close: None,
+    };
     let mut last_heard = Instant::now();
-    let mut probe = tokio::time::interval(ctx.heartbeat);
+    let mut probe = tokio::time::interval(heartbeat);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
     let mut leaving = false;
-    let end = |reason: String, heard: bool| LinkEnd { reason, heard };
     loop {
-        if leaving && keeps.is_empty() {
+        if leaving && conn.keeps.is_empty() {
             // Every event in flight is settled: its ack is queued, or it is not to be acked.
             while let Ok(frame) = ack_rx.try_recv() {
-                if sink.send(message(frame)).await.is_err() {
+                if conn.sink.send(message(frame)).await.is_err() {
                     break;
                 }
             }
-            let _ = sink.send(Message::Close(None)).await;
-            let _ = sink.close().await;
-            return end("left for its replacement".into(), heard);
+            let bye = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            let _ = conn.sink.send(Message::Close(Some(bye))).await;
+            let _ = conn.sink.close().await;
+            return conn.end("left for its replacement, or stopping".into());
         }
-        tokio::select! {
+        let deadline = session.deadline();
+        let steps = tokio::select! {
             received = stream.next() => {
                 let frame = match received {
-                    None => return dropped(keeps, end("closed by the server".into(), heard)),
-                    Some(Err(e)) => return dropped(keeps, end(format!("connection lost: {e}"), heard)),
+                    None => {
+                        let why = match &conn.close {
+                            Some((code, reason)) => format!("closed by the server: {code} {reason}").trim().to_owned(),
+                            None => "closed by the server".into(),
+                        };
+                        return conn.dropped(why);
+                    }
+                    Some(Err(e)) => return conn.dropped(format!("connection lost: {e}")),
                     Some(Ok(m)) => {
-                        heard = true;
+                        conn.heard = true;
                         last_heard = Instant::now();
                         match m {
                             Message::Text(t) => Frame::Text(t.to_string()),
                             Message::Binary(b) => Frame::Binary(b.to_vec()),
+                            Message::Close(Some(f)) => {
+                                conn.close = Some((u16::from(f.code), f.reason.to_string()));
+                                continue;
+                            }
                             // Pongs are written by tungstenite itself; a close ends the stream.
                             _ => continue,
                         }
                     }
                 };
-                let read = session.read(frame);
-                metrics::counter!("switchboard_connector_frames_total", "source" => ctx.source_id.clone(), "type" => read.kind).increment(1);
-                for step in read.steps {
-                    match step {
-                        Step::Send(frame) => {
-                            if let Err(e) = sink.send(message(frame)).await {
-                                return dropped(keeps, end(format!("cannot write: {e}"), heard));
-                            }
-                        }
-                        Step::Event { delivery, payload, ack } => {
-                            let (ctx, tx, received) = (ctx.clone(), ack_tx.clone(), Instant::now());
-                            keeps.spawn(async move {
-                                if let Some(frame) = keep_one(&ctx, &delivery, &payload, ack, received).await {
-                                    let _ = tx.send(frame);
-                                }
-                            });
-                        }
-                        Step::Refresh { reason } => {
-                            let _ = refresh.try_send(reason);
-                        }
-                    }
+                let read = session.read(frame, Instant::now());
+                metrics::counter!("switchboard_connector_frames_total", "source" => source.clone(), "type" => read.kind).increment(1);
+                read.steps
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let read = session.timer(Instant::now());
+                if !read.steps.is_empty() {
+                    metrics::counter!("switchboard_connector_heartbeats_total", "source" => source.clone(), "type" => read.kind).increment(1);
                 }
+                read.steps
             }
             Some(frame) = ack_rx.recv() => {
-                if let Err(e) = sink.send(message(frame)).await {
-                    return dropped(keeps, end(format!("cannot write an ack: {e}"), heard));
+                if let Err(e) = conn.sink.send(message(frame)).await {
+                    return conn.dropped(format!("cannot write an ack: {e}"));
                 }
+                continue;
             }
-            Some(_) = keeps.join_next(), if !keeps.is_empty() => {}
-            _ = probe.tick() => {
-                if last_heard.elapsed() > ctx.heartbeat * 3 {
-                    return dropped(keeps, end(format!("nothing heard for {:?}", last_heard.elapsed()), heard));
+            Some(_) = conn.keeps.join_next(), if !conn.keeps.is_empty() => continue,
+            _ = probe.tick(), if pings => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    return conn.dropped(format!("nothing heard for {:?}", last_heard.elapsed()));
                 }
-                if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
-                    return dropped(keeps, end(format!("cannot ping: {e}"), heard));
+                if let Err(e) = conn.sink.send(Message::Ping(Vec::new().into())).await {
+                    return conn.dropped(format!("cannot ping: {e}"));
                 }
+                continue;
             }
-            _ = leave.cancelled(), if !leaving => leaving = true,
+            _ = leave.cancelled(), if !leaving => {
+                leaving = true;
+                continue;
+            }
+        };
+        match conn.apply(steps).await {
+            Ok(()) => {}
+            Err(Stop::Failed(why)) => return conn.dropped(why),
+            Err(Stop::Asked {
+                label,
+                after,
+                reason,
+            }) => {
+                let mut end = conn.dropped(reason);
+                end.ended.asked = Some((label, after));
+                return end;
+            }
         }
     }
-}
-
-/// The connection is gone: events in flight still finish keeping (a redelivery of a kept one
-/// is then a door duplicate), but their acks have nowhere to go.
-fn dropped(keeps: JoinSet<()>, end: LinkEnd) -> LinkEnd {
-    let mut keeps = keeps;
-    keeps.detach_all();
-    end
 }
 
 fn message(frame: Frame) -> Message {
@@ -149,7 +292,7 @@ async fn keep_one(
     ctx: &SourceCtx,
     delivery: &str,
     payload: &[u8],
-    ack: Ack,
+    ack: Option<Ack>,
     received: Instant,
 ) -> Option<Frame> {
     let source = ctx.source_id.as_str();
@@ -157,14 +300,21 @@ async fn keep_one(
     async {
         let kept = match ctx.platform.pushed(payload) {
             Ok(Intake::Event { event, .. }) => {
+                // Without acks the platform will not send it again: keep a copy to hold.
+                let spare = ack.is_none().then(|| event.clone());
                 match ctx.keeper.keep(source, ctx.platform.name(), event, None).await {
                     KeepOutcome::New | KeepOutcome::Duplicate => true,
-                    KeepOutcome::NotKept => false,
+                    KeepOutcome::NotKept => {
+                        if let (Some(hold), Some(event)) = (&ctx.hold, spare) {
+                            hold.put(event);
+                        }
+                        false
+                    }
                 }
             }
             Ok(Intake::Ignore { reason, .. }) => {
                 metrics::counter!("switchboard_connector_ignored_total", "source" => source.to_owned(), "reason" => reason).increment(1);
-                tracing::debug!(reason, "acknowledged and dropped by rule");
+                tracing::debug!(reason, "dropped by rule");
                 true
             }
             Ok(Intake::Reply(_)) => true,
@@ -172,13 +322,11 @@ async fn keep_one(
                 // Sent again it would be refused again: acknowledged, counted and logged.
                 let reason = rejection.reason();
                 metrics::counter!("switchboard_connector_rejected_total", "source" => source.to_owned(), "reason" => reason).increment(1);
-                tracing::warn!(reason, detail = %rejection, "pushed event refused; acknowledged so that it is not sent again");
+                tracing::warn!(reason, detail = %rejection, "pushed event refused; acknowledged (if the platform acks) so that it is not sent again");
                 true
             }
         };
-        if !kept {
-            return None;
-        }
+        let ack = ack.filter(|_| kept)?;
         let took = received.elapsed();
         metrics::histogram!("switchboard_connector_ack_seconds", "source" => source.to_owned())
             .record(took.as_secs_f64());

@@ -1,12 +1,16 @@
 //! One connection slot of a stream source: it keeps one connection up for as long as the role
-//! runs. It opens a fresh ticket for every connection (tickets are single-use), retries a failed
-//! open or a lost connection after an exponential backoff with full jitter (reset once a
-//! connection worked), retries refused credentials only after `refused_retry` with a clear log
-//! line and `/readyz` saying so, and when the server asks to move, opens the new connection
-//! before it lets the old one go (`crate::link` finishes the old one's events first).
+//! runs. It asks its protocol for every connection's URL (a fresh single-use ticket; Discord's
+//! session to resume), retries a failed open or a lost connection after an exponential backoff
+//! with full jitter (reset once a connection worked: for protocols that say when they are up,
+//! once it was up), retries refused credentials only after `refused_retry` with a clear log line
+//! and `/readyz` saying so, and asks the protocol what a connection's end means (Discord: resume
+//! at once after op 7, a zombie; wait 1–5 s after op 9; refused after 4004 or 4014). When the
+//! server asks to move (DingTalk's `disconnect`), it opens the new connection before it lets the
+//! old one go (`crate::link` finishes the old one's events first); a protocol whose session is
+//! one connection (Discord) never asks that, and resumes instead.
 use crate::backoff::Backoff;
-use crate::link::{self, LinkEnd, Socket, SourceCtx};
-use crate::protocol::{OpenError, Protocol};
+use crate::link::{self, LinkEnd, Note, Socket, SourceCtx};
+use crate::protocol::{Ended, Next, OpenError, Protocol};
 use crate::status::{LinkState, Status};
 use shared::config::ConnectorConfig;
 use std::sync::Arc;
@@ -28,8 +32,12 @@ pub(crate) struct Slot {
 /// The connection a slot holds now.
 struct Live {
     leave: CancellationToken,
-    refresh: mpsc::Receiver<String>,
+    notes: mpsc::Receiver<Note>,
     handle: JoinHandle<LinkEnd>,
+    /// Whether it got as far as working (heard from, or up for protocols that say so).
+    worked: bool,
+    /// Whether the connection may still send notes.
+    listening: bool,
 }
 
 impl Slot {
@@ -41,7 +49,8 @@ impl Slot {
         metrics::counter!("switchboard_connector_reconnects_total", "source" => self.ctx.source_id.clone(), "reason" => reason).increment(1);
     }
 
-    /// A fresh ticket, then the WebSocket handshake, within `open_timeout`.
+    /// The connection's URL from the protocol, then the WebSocket handshake, within
+    /// `open_timeout`.
     async fn connect(&self) -> Result<Socket, OpenError> {
         let timeout = self.config.open_timeout;
         let url = tokio::time::timeout(timeout, self.protocol.open(&self.http))
@@ -56,20 +65,36 @@ impl Slot {
             .map_err(|e| OpenError::Failed(format!("handshake failed: {e}")))
     }
 
+    /// The platform refused this source: said loudly, retried slowly.
+    async fn refused(&self, why: String, stop: &CancellationToken) {
+        let wait = self.config.refused_retry;
+        tracing::error!(slot = %self.name, platform = self.protocol.name(), reason = %why, retry_in = ?wait,
+            "the platform refused this connection; fix the source's credentials or settings as the reason says (client_id/client_secret, bot_token, intents); retried only slowly");
+        self.set(LinkState::Refused(why));
+        self.reconnect("refused");
+        wait_or_stop(wait, stop).await;
+    }
+
     /// Holds the slot's connection until `stop`, then lets the connections finish their events.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut current: Option<Live> = None;
         let mut retired = JoinSet::new();
         let slot = self.name.as_str();
+        let up_at_handshake = self.protocol.up_at_handshake();
         while !stop.is_cancelled() {
             let ws = match self.connect().await {
                 Ok(ws) => ws,
                 Err(OpenError::Refused(why)) => {
-                    let wait = self.config.refused_retry;
-                    tracing::error!(slot, reason = %why, retry_in = ?wait, "the platform refused this source's credentials; check client_id/client_secret (or the app's token) in its console");
-                    self.set(LinkState::Refused(why));
-                    self.reconnect("refused");
+                    self.refused(why, &stop).await;
+                    continue;
+                }
+                Err(OpenError::Later(why, wait)) => {
+                    tracing::warn!(slot, reason = %why, retry_in = ?wait, "the platform asks to wait before connecting");
+                    if current.is_none() {
+                        self.set(LinkState::Connecting(Some(why)));
+                    }
+                    self.reconnect("open_failed");
                     wait_or_stop(wait, &stop).await;
                     continue;
                 }
@@ -85,8 +110,12 @@ impl Slot {
                 }
             };
             tracing::info!(slot, "connected");
-            self.set(LinkState::Up);
-            let (tell, refresh) = mpsc::channel(1);
+            // Otherwise the state stays what it was (a refusal keeps showing) until the session
+            // says it is up.
+            if up_at_handshake {
+                self.set(LinkState::Up);
+            }
+            let (tell, notes) = mpsc::channel(4);
             let leave = stop.child_token();
             let handle = tokio::spawn(link::run(
                 ws,
@@ -94,11 +123,14 @@ impl Slot {
                 self.ctx.clone(),
                 tell,
                 leave.clone(),
+                self.protocol.pings(),
             ));
             if let Some(old) = current.replace(Live {
                 leave,
-                refresh,
+                notes,
                 handle,
+                worked: false,
+                listening: true,
             }) {
                 // The new connection is up: the old one finishes its events and closes.
                 old.leave.cancel();
@@ -107,27 +139,65 @@ impl Slot {
             let Some(live) = current.as_mut() else {
                 continue;
             };
-            tokio::select! {
-                ended = &mut live.handle => {
-                    current = None;
-                    let end = ended.unwrap_or_else(|e| LinkEnd { reason: format!("panicked: {e}"), heard: false });
-                    if stop.is_cancelled() {
+            // Waits for what ends this connection, or for the server asking to move.
+            loop {
+                tokio::select! {
+                    ended = &mut live.handle => {
+                        let worked = live.worked;
+                        current = None;
+                        let end = ended.unwrap_or_else(|e| LinkEnd {
+                            reason: format!("panicked: {e}"),
+                            heard: false,
+                            ended: Ended::default(),
+                        });
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        let worked = worked || (up_at_handshake && end.heard);
+                        if worked {
+                            backoff.reset();
+                        }
+                        match self.protocol.ended(&end.ended) {
+                            Next::Refused(why) => {
+                                tracing::warn!(slot, reason = %end.reason, "connection ended");
+                                self.refused(why, &stop).await;
+                            }
+                            Next::Backoff => {
+                                let wait = backoff.next_wait();
+                                tracing::warn!(slot, reason = %end.reason, retry_in = ?wait, "connection ended; reconnecting");
+                                self.set(LinkState::Connecting(Some(end.reason)));
+                                self.reconnect("lost");
+                                wait_or_stop(wait, &stop).await;
+                            }
+                            Next::After(label, asked) => {
+                                // A connection that never worked does not get to ask for a
+                                // quick one again: the backoff applies too.
+                                let wait = if worked { asked } else { asked.max(backoff.next_wait()) };
+                                tracing::info!(slot, reason = %end.reason, retry_in = ?wait, "reconnecting as the session asked");
+                                self.set(LinkState::Connecting(Some(end.reason)));
+                                self.reconnect(label);
+                                wait_or_stop(wait, &stop).await;
+                            }
+                        }
                         break;
                     }
-                    if end.heard {
-                        backoff.reset();
-                    }
-                    let wait = backoff.next_wait();
-                    tracing::warn!(slot, reason = %end.reason, retry_in = ?wait, "connection ended; reconnecting");
-                    self.set(LinkState::Connecting(Some(end.reason)));
-                    self.reconnect("lost");
-                    wait_or_stop(wait, &stop).await;
+                    note = live.notes.recv(), if live.listening => match note {
+                        Some(Note::Up) => {
+                            live.worked = true;
+                            backoff.reset();
+                            tracing::info!(slot, "session up");
+                            self.set(LinkState::Up);
+                        }
+                        Some(Note::Refresh(reason)) => {
+                            tracing::info!(slot, reason, "the server asks to move; opening the new connection first");
+                            self.reconnect("refresh");
+                            break;
+                        }
+                        // The connection is ending: its handle says how.
+                        None => live.listening = false,
+                    },
+                    _ = stop.cancelled() => break,
                 }
-                Some(reason) = live.refresh.recv() => {
-                    tracing::info!(slot, reason, "the server asks to move; opening the new connection first");
-                    self.reconnect("refresh");
-                }
-                _ = stop.cancelled() => {}
             }
         }
         // `stop` reached every connection (their `leave` is its child): wait for them to close.

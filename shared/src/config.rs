@@ -351,6 +351,9 @@ pub struct ConnectorConfig {
     /// Opening a connection (the ticket request and the WebSocket handshake) gives up after this.
     #[serde(with = "units::duration")]
     pub open_timeout: Duration,
+    /// Events of a source without acks (Discord's Gateway) that the broker could not take are
+    /// held in memory, at most this many per source and process, and published again.
+    pub hold_limit: usize,
 }
 
 impl Default for ConnectorConfig {
@@ -363,6 +366,7 @@ impl Default for ConnectorConfig {
             backoff_max: Duration::from_secs(60),
             refused_retry: Duration::from_secs(300),
             open_timeout: Duration::from_secs(10),
+            hold_limit: 10_000,
         }
     }
 }
@@ -566,7 +570,7 @@ pub enum SourceMode {
     #[default]
     Http,
     /// The connector role holds an outbound WebSocket to the platform, which pushes events over
-    /// it (DingTalk Stream mode): no public URL needed.
+    /// it (DingTalk Stream mode, Discord's Gateway): no public URL needed.
     Stream,
 }
 

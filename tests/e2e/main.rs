@@ -6,6 +6,7 @@ mod common;
 mod connectors;
 mod crash;
 mod discord;
+mod discord_gateway;
 mod forged;
 mod hardening;
 mod harness;

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use shared::config::{ConfigIssue, SourceConfig};
 use shared::keys::Keys;
 use shared::Secret;
+use tokio::time::Instant;
 
 /// The keys of a source's block this module reads (`api_base` is also the reply channel's).
 pub const KEYS: &[&str] = &["client_id", "client_secret", "api_base"];
@@ -157,7 +158,7 @@ pub fn answer(code: u16, message_id: &str, message: &str, data: &str) -> Frame {
 }
 
 impl Session for StreamSession {
-    fn read(&mut self, frame: Frame) -> Read {
+    fn read(&mut self, frame: Frame, _now: Instant) -> Read {
         let Frame::Text(text) = frame else {
             return Read::of("unknown", Vec::new());
         };
@@ -192,9 +193,9 @@ impl Session for StreamSession {
                     vec![Step::Event {
                         delivery: id,
                         payload: pushed.data.into_bytes(),
-                        ack: Box::new(move |_took| {
+                        ack: Some(Box::new(move |_took| {
                             answer(200, &ack_id, "OK", r#"{"response":null}"#)
-                        }),
+                        })),
                     }],
                 )
             }
@@ -236,6 +237,10 @@ mod tests {
         )
     }
 
+    fn read(f: Frame) -> Read {
+        StreamSession.read(f, Instant::now())
+    }
+
     fn text(f: &Frame) -> Value {
         match f {
             Frame::Text(t) => serde_json::from_str(t).unwrap(),
@@ -245,7 +250,7 @@ mod tests {
 
     #[test]
     fn ping_is_answered_with_its_own_data_and_id() {
-        let read = StreamSession.read(frame("SYSTEM", "ping", "m-1", r#"{"opaque":"x"}"#));
+        let read = read(frame("SYSTEM", "ping", "m-1", r#"{"opaque":"x"}"#));
         assert_eq!(read.kind, "ping");
         let [Step::Send(f)] = &read.steps[..] else {
             panic!("{:?}", read.steps)
@@ -259,7 +264,7 @@ mod tests {
 
     #[test]
     fn disconnect_asks_for_a_replacement() {
-        let read = StreamSession.read(frame("SYSTEM", "disconnect", "m-2", "{}"));
+        let read = read(frame("SYSTEM", "disconnect", "m-2", "{}"));
         assert_eq!(read.kind, "disconnect");
         assert!(matches!(
             read.steps[..],
@@ -270,13 +275,13 @@ mod tests {
     #[test]
     fn a_robot_message_is_an_event_acked_only_when_asked() {
         let data = r#"{"msgId":"msg-1"}"#;
-        let read = StreamSession.read(frame("CALLBACK", BOT_MESSAGE_TOPIC, "m-3", data));
+        let read = read(frame("CALLBACK", BOT_MESSAGE_TOPIC, "m-3", data));
         assert_eq!(read.kind, "callback");
         let mut steps = read.steps;
         let Some(Step::Event {
             delivery,
             payload,
-            ack,
+            ack: Some(ack),
         }) = steps.pop()
         else {
             panic!("not an event")
@@ -291,22 +296,19 @@ mod tests {
 
     #[test]
     fn other_frames_are_answered_or_dropped_never_kept() {
-        let other = StreamSession.read(frame(
+        let other = read(frame(
             "CALLBACK",
             "/v1.0/card/instances/callback",
             "m",
             "{}",
         ));
         assert!(matches!(&other.steps[..], [Step::Send(f)] if text(f)["code"] == 404));
-        let event = StreamSession.read(frame("EVENT", "chat_update", "m", "{}"));
+        let event = read(frame("EVENT", "chat_update", "m", "{}"));
         assert!(
             matches!(&event.steps[..], [Step::Send(f)] if text(f)["data"] == r#"{"status":"SUCCESS"}"#)
         );
-        assert!(StreamSession
-            .read(Frame::Text("nope".into()))
-            .steps
-            .is_empty());
-        assert!(StreamSession.read(Frame::Binary(vec![1])).steps.is_empty());
+        assert!(read(Frame::Text("nope".into())).steps.is_empty());
+        assert!(read(Frame::Binary(vec![1])).steps.is_empty());
     }
 
     #[test]

@@ -11,13 +11,17 @@
 //! The interaction token (valid 15 minutes) goes into the reply handle, and out of the payload.
 //! Replies use keys the dispatcher's reply channel declares (`bot_token`, `api_base`). It must not
 //! do I/O.
+//!
+//! A source with `mode = "stream"` takes messages from Discord's Gateway instead, through the
+//! connector's Discord protocol: it needs no `public_key` (the connection is the
+//! authentication), and its messages are [`gateway`]'s to read.
 use super::sender::SignedRequest;
 use super::verify::{check_window_text, json_body, json_str};
 use super::{HookReply, HookRequest, Intake, NewEvent, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde_json::{json, Value};
-use shared::config::{ConfigIssue, SourceConfig};
+use shared::config::{ConfigIssue, SourceConfig, SourceMode};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
 use shared::keys::Keys;
 
@@ -46,9 +50,12 @@ const AUTOCOMPLETE_RESULT: u64 = 8;
 /// Application command types whose target is a message (`MESSAGE`: "Apps → Ask about this").
 const MESSAGE_COMMAND: u64 = 3;
 
+pub mod gateway;
+
 #[derive(Debug)]
 pub struct Discord {
-    public_key: VerifyingKey,
+    /// None only for a stream source, which takes no interactions.
+    public_key: Option<VerifyingKey>,
     application_id: Option<String>,
     max_skew_secs: u64,
 }
@@ -56,17 +63,28 @@ pub struct Discord {
 impl Discord {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut keys = Keys::source(source);
-        let public_key =
+        // A stream source's messages come over the Gateway connection: nothing to verify.
+        let stream = source.mode == SourceMode::Stream;
+        let hex_key = if stream {
+            keys.str("public_key")
+        } else {
             keys.required_str("public_key")
-                .and_then(|hex_key| match parse_public_key(&hex_key) {
-                    Ok(key) => Some(key),
-                    Err(problem) => {
-                        keys.issue("public_key", problem);
-                        None
-                    }
-                });
+        };
+        let parsed = hex_key.map(|hex_key| match parse_public_key(&hex_key) {
+            Ok(key) => Some(key),
+            Err(problem) => {
+                keys.issue("public_key", problem);
+                None
+            }
+        });
         let application_id = keys.id("application_id");
-        let value = public_key.map(|public_key| Self {
+        let value = match parsed {
+            Some(None) => None,
+            Some(Some(key)) => Some(Some(key)),
+            None if stream => Some(None),
+            None => None,
+        }
+        .map(|public_key| Self {
             public_key,
             application_id,
             max_skew_secs: source.max_skew_secs,
@@ -126,7 +144,10 @@ impl Platform for Discord {
         let presented = req
             .header(SIGNATURE_HEADER)
             .ok_or(Rejection::MissingSignature)?;
-        if !verify(&self.public_key, ts, &req.body, presented) {
+        let Some(public_key) = &self.public_key else {
+            return Err(Rejection::BadSignature);
+        };
+        if !verify(public_key, ts, &req.body, presented) {
             return Err(Rejection::BadSignature);
         }
         check_window_text(ts, req.now, self.max_skew_secs)?;
@@ -174,6 +195,12 @@ impl Platform for Discord {
                 "unknown interaction type {other}"
             ))),
         }
+    }
+
+    /// A message from the Gateway, as the connector hands it over
+    /// ([`gateway::pushed_payload`]).
+    fn pushed(&self, payload: &[u8]) -> Result<Intake, Rejection> {
+        gateway::pushed(payload)
     }
 }
 

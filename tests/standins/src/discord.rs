@@ -4,7 +4,8 @@
 //! each was answered (Discord gives up on an interaction not answered within 3 s). **Outbound**
 //! (`/api/v10`): editing an interaction's original response and its follow-ups (only with a
 //! token it issued, only for an interaction that was answered in time, only for 15 minutes),
-//! executing a webhook, and channel messages with the bot token. Every answer carries Discord's
+//! executing a webhook, channel messages with the bot token, and `GET /gateway/bot` (with the bot
+//! token: the URL of a Gateway stand-in, [`DiscordStandin::set_gateway`]). Every answer carries Discord's
 //! rate-limit headers (`X-RateLimit-Limit/Remaining/Reset-After/Bucket`); beyond a bucket, or
 //! when told to, it answers 429 with `retry_after` (and `X-RateLimit-Global` when global), and it
 //! notes every request that came before a `retry_after` it gave had elapsed. Messages get ids, are
@@ -16,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
@@ -92,6 +93,10 @@ struct Inner {
     limit: (u32, Duration),
     scripted: HashMap<&'static str, VecDeque<(Duration, bool)>>,
     serial: u64,
+    /// What `GET /gateway/bot` answers as `url`.
+    gateway_url: Option<String>,
+    /// `GET /gateway/bot` requests answered, and refused for a wrong token.
+    gateway_bot: (u32, u32),
 }
 
 /// The running stand-in on 127.0.0.1.
@@ -127,6 +132,8 @@ impl DiscordStandin {
                 limit: (5, Duration::from_secs(2)),
                 scripted: HashMap::new(),
                 serial: 0,
+                gateway_url: None,
+                gateway_bot: (0, 0),
             })),
             key: Arc::new(SigningKey::from_bytes(&rand::random::<[u8; 32]>())),
             addr: listener.local_addr()?,
@@ -145,6 +152,7 @@ impl DiscordStandin {
                 "/api/v10/channels/{channel}/messages",
                 post(channel_message),
             )
+            .route("/api/v10/gateway/bot", get(gateway_bot))
             .with_state(s.clone());
         let stop = s.stop.clone();
         tokio::spawn(async move {
@@ -253,6 +261,16 @@ impl DiscordStandin {
             i.answer.get_or_insert((status, answer.clone(), took));
         }
         Ok((status, answer))
+    }
+
+    /// The Gateway `GET /gateway/bot` names (a `discord_gateway::GatewayStandin`'s URL).
+    pub fn set_gateway(&self, url: &str) {
+        self.lock().gateway_url = Some(url.to_owned());
+    }
+
+    /// `GET /gateway/bot` requests: answered, and refused for a wrong token.
+    pub fn gateway_bot_requests(&self) -> (u32, u32) {
+        self.lock().gateway_bot
     }
 
     /// Answers the next `n` requests on `route` with 429 and `retry_after`.
@@ -584,4 +602,30 @@ async fn channel_message(
         Ok(message) => with_headers(axum::Json(message).into_response(), headers),
         Err(r) => r,
     }
+}
+
+async fn gateway_bot(State(d): State<DiscordStandin>, headers_in: HeaderMap) -> Response {
+    let auth = headers_in
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mut g = d.lock();
+    if auth != format!("Bot {BOT_TOKEN}") {
+        g.gateway_bot.1 += 1;
+        return error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
+    }
+    g.gateway_bot.0 += 1;
+    let Some(url) = g.gateway_url.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            0,
+            "no Gateway stand-in attached",
+        );
+    };
+    axum::Json(json!({
+        "url": url, "shards": 1,
+        "session_start_limit": { "total": 1000, "remaining": 1000 - g.gateway_bot.0.min(1000),
+                                 "reset_after": 14_400_000, "max_concurrency": 1 },
+    }))
+    .into_response()
 }

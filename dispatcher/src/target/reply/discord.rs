@@ -8,7 +8,9 @@
 //! (401 or 404: the interaction was not acknowledged in time, or is unknown). The token does
 //! not travel with the job: the ingress keeps it aside in Redis under the event id
 //! (`shared::reply_credentials`) and [`super::restored`] puts it back; a job whose token is no
-//! longer kept (past its 15 minutes) answers in the channel. Keys (shared with the ingress): `bot_token` (for the
+//! longer kept (past its 15 minutes) answers in the channel. A message from the Gateway
+//! (`mode = "stream"`) has no interaction token: its answer is always a reply in its channel
+//! through the bot. Keys (shared with the ingress and the connector): `bot_token` (for the
 //! channel messages; without it an answer later than the token is a permanent failure),
 //! `api_base` (default `https://discord.com/api/v10`). No answer pings anyone
 //! (`allowed_mentions` is empty).
@@ -134,6 +136,15 @@ impl Target for DiscordReply {
         let ReplyHandle::Discord { channel_id, .. } = handle else {
             return super::wrong_handle("discord");
         };
+        // A slash command (it came with a token, whose expiry the handle keeps even once the
+        // token itself is no longer kept), not a message from the Gateway.
+        let has_token = matches!(
+            handle,
+            ReplyHandle::Discord {
+                token_expires_at: Some(_),
+                ..
+            }
+        );
         let parts = self.parts(&job.payload.answer.text);
         // Set once Discord refused the interaction token: the remaining parts go to the channel.
         let refused = AtomicBool::new(false);
@@ -167,8 +178,13 @@ impl Target for DiscordReply {
                     )))
                 }
                 Via::Channel(..) => {
-                    tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
-                        "the interaction token has expired: answering with a channel message through the bot instead");
+                    if has_token {
+                        tracing::warn!(job = %job.id, channel = %channel_id, part = i + 1,
+                            "the interaction token has expired: answering with a channel message through the bot instead");
+                    } else {
+                        // A message from the Gateway: the bot replies to it in its channel.
+                        tracing::debug!(job = %job.id, channel = %channel_id, part = i + 1, "replying in the channel");
+                    }
                     Ok(None)
                 }
                 Via::None(why) => Err(why),

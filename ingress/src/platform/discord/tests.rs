@@ -242,3 +242,31 @@ fn config_table() {
     ))
     .is_ok());
 }
+
+#[test]
+fn stream_mode_needs_no_public_key_and_reads_gateway_messages() {
+    let mut stream = source("discord", 300, json!({}));
+    stream.mode = shared::config::SourceMode::Stream;
+    let gw = Discord::from_config(&stream).unwrap();
+    // It takes no interactions: nothing to verify them with.
+    let command = slash_command("i1", "app1", "tok", Some("g"), "c", "u", "q");
+    assert_eq!(
+        gw.receive(&signed(&command, NOW)),
+        Err(Rejection::BadSignature)
+    );
+    let bot = "900000000000000042";
+    let m = gateway::message("m1", None, "dm", "u1", false, "hello", &[]);
+    let e = event(gw.pushed(&gateway::pushed_payload(bot, "app1", &m)));
+    assert_eq!((e.dedup_key.as_str(), e.text.as_str()), ("m1", "hello"));
+    // A bad key is still reported; an HTTP source still needs one.
+    let mut bad = source("discord", 300, json!({"public_key": "abc"}));
+    bad.mode = shared::config::SourceMode::Stream;
+    assert_eq!(
+        issue_keys(&Discord::from_config(&bad).unwrap_err()),
+        ["sources.src.public_key"]
+    );
+    assert_eq!(
+        issue_keys(&Discord::from_config(&source("discord", 300, json!({}))).unwrap_err()),
+        ["sources.src.public_key"]
+    );
+}
