@@ -3,8 +3,9 @@
 //! answers); keeps each pushed event concurrently through the ingress's path (the platform
 //! module's normalisation, door dedup, publish with confirm) and sends its ack only once the
 //! broker confirmed it; probes a quiet connection with WebSocket pings and gives up on one that
-//! stays silent. Asked to leave (its replacement is up, or shutdown), it finishes the events in
-//! flight, sends their acks, then closes. Nothing here decides when to reconnect: `crate::slot`
+//! stays silent. Asked to leave (its replacement is up, or shutdown), or told by the platform
+//! that the mode is off for the app, it finishes the events in flight, sends their acks, then
+//! closes. Nothing here decides when to reconnect: `crate::slot`
 //! does.
 use crate::protocol::{Ack, Frame, Session, Step};
 use futures_util::{SinkExt, StreamExt};
@@ -38,6 +39,8 @@ pub(crate) struct LinkEnd {
     pub reason: String,
     /// Whether the server said anything at all (a connection that worked resets the backoff).
     pub heard: bool,
+    /// The platform turned the mode off for the app (`reason` says so): retried slowly.
+    pub disabled: bool,
 }
 
 /// Runs one connection until it ends. `refresh` is told when the server asks us to move;
@@ -58,7 +61,12 @@ pub(crate) async fn run(
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
     let mut leaving = false;
-    let end = |reason: String, heard: bool| LinkEnd { reason, heard };
+    let mut disabled: Option<String> = None;
+    let end = |reason: String, heard: bool| LinkEnd {
+        reason,
+        heard,
+        disabled: false,
+    };
     loop {
         if leaving && keeps.is_empty() {
             // Every event in flight is settled: its ack is queued, or it is not to be acked.
@@ -69,7 +77,14 @@ pub(crate) async fn run(
             }
             let _ = sink.send(Message::Close(None)).await;
             let _ = sink.close().await;
-            return end("left for its replacement".into(), heard);
+            return match disabled {
+                Some(reason) => LinkEnd {
+                    reason,
+                    heard,
+                    disabled: true,
+                },
+                None => end("left for its replacement".into(), heard),
+            };
         }
         tokio::select! {
             received = stream.next() => {
@@ -106,6 +121,10 @@ pub(crate) async fn run(
                         }
                         Step::Refresh { reason } => {
                             let _ = refresh.try_send(reason);
+                        }
+                        Step::Disabled { reason } => {
+                            disabled = Some(reason);
+                            leaving = true;
                         }
                     }
                 }

@@ -2,8 +2,9 @@
 //! runs. It opens a fresh ticket for every connection (tickets are single-use), retries a failed
 //! open or a lost connection after an exponential backoff with full jitter (reset once a
 //! connection worked), retries refused credentials only after `refused_retry` with a clear log
-//! line and `/readyz` saying so, and when the server asks to move, opens the new connection
-//! before it lets the old one go (`crate::link` finishes the old one's events first).
+//! line and `/readyz` saying so (as when the platform turned the mode off for the app), and
+//! when the server asks to move, opens the new connection before it lets the old one go
+//! (`crate::link` finishes the old one's events first).
 use crate::backoff::Backoff;
 use crate::link::{self, LinkEnd, Socket, SourceCtx};
 use crate::protocol::{OpenError, Protocol};
@@ -110,9 +111,17 @@ impl Slot {
             tokio::select! {
                 ended = &mut live.handle => {
                     current = None;
-                    let end = ended.unwrap_or_else(|e| LinkEnd { reason: format!("panicked: {e}"), heard: false });
+                    let end = ended.unwrap_or_else(|e| LinkEnd { reason: format!("panicked: {e}"), heard: false, disabled: false });
                     if stop.is_cancelled() {
                         break;
+                    }
+                    if end.disabled {
+                        let wait = self.config.refused_retry;
+                        tracing::error!(slot, reason = %end.reason, retry_in = ?wait, "the platform turned this connection mode off for the app");
+                        self.set(LinkState::Refused(end.reason));
+                        self.reconnect("disabled");
+                        wait_or_stop(wait, &stop).await;
+                        continue;
                     }
                     if end.heard {
                         backoff.reset();

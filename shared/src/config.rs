@@ -566,7 +566,7 @@ pub enum SourceMode {
     #[default]
     Http,
     /// The connector role holds an outbound WebSocket to the platform, which pushes events over
-    /// it (DingTalk Stream mode): no public URL needed.
+    /// it (DingTalk Stream mode, Slack Socket Mode): no public URL needed.
     Stream,
 }
 

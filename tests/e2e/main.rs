@@ -16,6 +16,7 @@ mod pipeline;
 mod platforms;
 mod schedules;
 mod secrets;
+mod slack_socket;
 mod streaming;
 mod targets;
 mod tls;

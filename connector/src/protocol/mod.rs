@@ -9,6 +9,7 @@ use shared::config::{ConfigIssue, SourceConfig};
 use std::time::Duration;
 
 pub mod dingtalk;
+pub mod slack;
 
 /// One WebSocket message, either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,10 @@ pub enum Step {
     },
     /// The server will close this connection soon: open a new one, then let this one go.
     Refresh { reason: String },
+    /// The platform turned this mode off for the app (Slack's `link_disabled`): let this
+    /// connection go once its events are settled, and open none until `refused_retry`, saying
+    /// `reason` in `/readyz` as for refused credentials.
+    Disabled { reason: String },
 }
 
 impl std::fmt::Debug for Step {
@@ -49,6 +54,9 @@ impl std::fmt::Debug for Step {
                 .field("payload_bytes", &payload.len())
                 .finish_non_exhaustive(),
             Step::Refresh { reason } => f.debug_struct("Refresh").field("reason", reason).finish(),
+            Step::Disabled { reason } => {
+                f.debug_struct("Disabled").field("reason", reason).finish()
+            }
         }
     }
 }
@@ -95,13 +103,14 @@ pub trait Session: Send + std::fmt::Debug {
 }
 
 /// Every platform word that has a persistent-connection mode.
-pub const PROTOCOLS: &[&str] = &["dingtalk"];
+pub const PROTOCOLS: &[&str] = &["dingtalk", "slack"];
 
 /// The keys a source's block holds for its connection (`None`: the platform has no stream mode
 /// here).
 pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
     match platform {
         "dingtalk" => Some(dingtalk::KEYS),
+        "slack" => Some(slack::KEYS),
         _ => None,
     }
 }
@@ -110,6 +119,7 @@ pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
 pub fn build(source: &SourceConfig) -> Result<Box<dyn Protocol>, Vec<ConfigIssue>> {
     match source.platform.as_str() {
         "dingtalk" => Ok(Box::new(dingtalk::DingtalkStream::from_config(source)?)),
+        "slack" => Ok(Box::new(slack::SlackSocket::from_config(source)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.mode", source.id),
             problem: format!(

@@ -1,0 +1,114 @@
+//! The WebSocket plumbing the gateway stand-ins share (DingTalk's Stream gateway, Slack's
+//! Socket Mode): serving the HTTP API that hands out connection URLs, accepting WebSocket
+//! connections and running a delivery tick, all until stopped; the handshake that takes a
+//! URL's single-use `ticket` once; and a frame cut in the middle, as a dropped connection
+//! leaves it.
+use axum::http::StatusCode;
+use axum::Router;
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `app` on `http`, hands every WebSocket connection accepted on `ws` to `conn`, and
+/// runs `tick` every 20 ms, until `stop`.
+pub fn serve<C, F, T>(
+    http: TcpListener,
+    app: Router,
+    ws: TcpListener,
+    stop: &CancellationToken,
+    conn: C,
+    tick: T,
+) where
+    C: Fn(TcpStream) -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+    T: Fn() + Send + 'static,
+{
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(http, app)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+    });
+    let s = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = ws.accept() => {
+                    if let Ok((tcp, _)) = accepted {
+                        tokio::spawn(conn(tcp));
+                    }
+                }
+                _ = s.cancelled() => return,
+            }
+        }
+    });
+    let s = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => tick(),
+                _ = s.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// The WebSocket handshake of a URL carrying `?ticket=`: `take` says whether the ticket is
+/// good, and uses it up; a bad or used one is refused with 401.
+pub async fn accept_ticketed(
+    tcp: TcpStream,
+    take: impl FnOnce(&str) -> bool + Unpin,
+) -> Option<WebSocketStream<TcpStream>> {
+    // The handshake callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let ticket = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "ticket")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default();
+        if take(&ticket) {
+            Ok(resp)
+        } else {
+            let mut refused = ErrorResponse::new(Some("ticket invalid or used".into()));
+            *refused.status_mut() = StatusCode::UNAUTHORIZED;
+            Err(refused)
+        }
+    };
+    tokio_tungstenite::accept_hdr_async(tcp, check).await.ok()
+}
+
+/// Writes the head of a text frame announcing all of `text`, then only half of it; the caller
+/// drops the connection after.
+pub async fn cut(ws: &mut WebSocketStream<TcpStream>, text: &str) {
+    use futures_util::SinkExt;
+    let _ = ws.flush().await;
+    let tcp = ws.get_mut();
+    let _ = tcp.write_all(&partial_frame(text.as_bytes())).await;
+    let _ = tcp.flush().await;
+}
+
+/// The head of an unmasked text frame announcing all of `payload`, then only half of it.
+fn partial_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x81u8];
+    let len = payload.len().max(2);
+    if len < 126 {
+        out.push(u8::try_from(len).unwrap_or(125));
+    } else if let Ok(l) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&l.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&payload[..payload.len() / 2]);
+    out
+}
