@@ -5,12 +5,14 @@
 //! broker confirmed it; probes a quiet connection with WebSocket pings and gives up on one that
 //! stays silent. Asked to leave (its replacement is up, or shutdown), or told by the platform
 //! that the mode is off for the app, it finishes the events in flight, sends their acks, then
-//! closes. Nothing here decides when to reconnect: `crate::slot`
+//! closes. An event over the source's `rate` is not acknowledged (the platform delivers it again
+//! later), as the ingress answers 429. Nothing here decides when to reconnect: `crate::slot`
 //! does.
 use crate::protocol::{Ack, Frame, Session, Step};
 use futures_util::{SinkExt, StreamExt};
 use ingress::keep::{KeepOutcome, Keeper};
 use ingress::platform::{Intake, Platform};
+use ingress::server::inbound_rate::InboundRates;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -31,6 +33,8 @@ pub(crate) struct SourceCtx {
     pub platform: Box<dyn Platform>,
     pub keeper: Keeper,
     pub heartbeat: Duration,
+    /// Every source's `rate`, as the ingress applies it (per process).
+    pub rates: Arc<InboundRates>,
 }
 
 /// How a connection ended.
@@ -176,6 +180,11 @@ async fn keep_one(
     async {
         let kept = match ctx.platform.pushed(payload) {
             Ok(Intake::Event { event, .. }) => {
+                if let Err(wait) = ctx.rates.admit(source) {
+                    metrics::counter!("switchboard_connector_rate_limited_total", "source" => source.to_owned()).increment(1);
+                    tracing::warn!(?wait, "over the source's rate; not acknowledged, so the platform delivers it again later");
+                    return None;
+                }
                 match ctx.keeper.keep(source, ctx.platform.name(), event, None).await {
                     KeepOutcome::New | KeepOutcome::Duplicate => true,
                     KeepOutcome::NotKept => false,

@@ -7,7 +7,8 @@
 //! connection before the old one goes, no event lost or doubled; `link_disabled` stopping the
 //! connection with a clear `/readyz`; a connection dropped mid-frame; an ack lost, so the
 //! envelope comes again with `retry_attempt` 1 and is answered once; a refused token reported
-//! and retried slowly; and the broker away, so nothing is acknowledged until it is back.
+//! and retried slowly; the broker away, so nothing is acknowledged until it is back; and the
+//! source's `rate` holding back acknowledgements as the ingress answers 429.
 use crate::common::*;
 use crate::kit::*;
 use ingress::platform::slack;
@@ -342,5 +343,49 @@ async fn with_the_broker_away_nothing_is_acknowledged_and_everything_is_answered
     // Keeps of two deliveries of one event may both finish once the broker is back: each
     // acknowledges its own envelope, and the worker answers the event once.
     assert!(keys.iter().all(|k| s.sm.acks(k) >= 1));
+    s.stop().await;
+}
+
+/// The source's `rate` holds at the connector as at the ingress: what is over it is not
+/// acknowledged (Slack delivers it again later) and is counted.
+#[tokio::test]
+async fn events_over_the_sources_rate_are_not_acknowledged_until_the_rate_allows() {
+    let source = "slack-socket-rated";
+    let s = start(Setup {
+        source,
+        keys: r#"rate = "2/3s""#,
+        ..Setup::default()
+    })
+    .await;
+    s.up().await;
+    let texts: Vec<String> = (0..4).map(|i| format!("rated {i}")).collect();
+    let keys: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| s.sm.push_event(&dm(&format!("EvRated{i}"), t)))
+        .collect();
+    let sm = &s.sm;
+    eventually("every envelope acknowledged in the end", || {
+        sm.unacked() == 0
+    })
+    .await;
+    let redelivered = keys
+        .iter()
+        .filter(|k| s.sm.deliveries(k).len() >= 2)
+        .count();
+    assert!(redelivered >= 2, "two over the burst of 2 came again");
+    s.replies(texts.len()).await;
+    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == texts.len()).await);
+    assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
+    let metrics = shared::telemetry::metrics().render();
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("switchboard_connector_rate_limited_total")
+                && l.contains(&format!("source=\"{source}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= 2.0, "{metrics}");
     s.stop().await;
 }
