@@ -64,6 +64,7 @@ pub(crate) async fn run(
     let mut probe = tokio::time::interval(ctx.heartbeat);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
+    let mut keepalive = Keepalive::new(session.keepalive_every());
     let mut leaving = false;
     let mut disabled: Option<String> = None;
     let end = |reason: String, heard: bool| LinkEnd {
@@ -107,6 +108,7 @@ pub(crate) async fn run(
                     }
                 };
                 let read = session.read(frame);
+                keepalive.follow(session.keepalive_every());
                 metrics::counter!("switchboard_connector_frames_total", "source" => ctx.source_id.clone(), "type" => read.kind).increment(1);
                 for step in read.steps {
                     match step {
@@ -139,6 +141,13 @@ pub(crate) async fn run(
                 }
             }
             Some(_) = keeps.join_next(), if !keeps.is_empty() => {}
+            _ = keepalive.tick() => {
+                if let Some(frame) = session.keepalive() {
+                    if let Err(e) = sink.send(message(frame)).await {
+                        return dropped(keeps, end(format!("cannot send a keep-alive: {e}"), heard));
+                    }
+                }
+            }
             _ = probe.tick() => {
                 if last_heard.elapsed() > ctx.heartbeat * 3 {
                     return dropped(keeps, end(format!("nothing heard for {:?}", last_heard.elapsed()), heard));
@@ -149,6 +158,39 @@ pub(crate) async fn run(
             }
             _ = leave.cancelled(), if !leaving => leaving = true,
         }
+    }
+}
+
+/// The protocol's own keep-alive (`Session::keepalive_every`): due at once on a new
+/// connection, then at the interval the session says, which it may change.
+struct Keepalive {
+    every: Option<Duration>,
+    next: Instant,
+}
+
+impl Keepalive {
+    fn new(every: Option<Duration>) -> Self {
+        Self {
+            every,
+            next: Instant::now(),
+        }
+    }
+
+    /// A new interval counts from now.
+    fn follow(&mut self, every: Option<Duration>) {
+        if every != self.every {
+            self.every = every;
+            self.next = Instant::now() + every.unwrap_or_default();
+        }
+    }
+
+    /// Waits until the next keep-alive is due (forever without one).
+    async fn tick(&mut self) {
+        let Some(every) = self.every else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(self.next).await;
+        self.next = Instant::now() + every.max(Duration::from_millis(100));
     }
 }
 

@@ -42,8 +42,9 @@ impl Slot {
         metrics::counter!("switchboard_connector_reconnects_total", "source" => self.ctx.source_id.clone(), "reason" => reason).increment(1);
     }
 
-    /// A fresh ticket, then the WebSocket handshake, within `open_timeout`.
-    async fn connect(&self) -> Result<Socket, OpenError> {
+    /// A fresh ticket, then the WebSocket handshake, within `open_timeout`: the connection and
+    /// the URL it was opened with.
+    async fn connect(&self) -> Result<(Socket, url::Url), OpenError> {
         let timeout = self.config.open_timeout;
         let url = tokio::time::timeout(timeout, self.protocol.open(&self.http))
             .await
@@ -53,7 +54,7 @@ impl Slot {
                 .await
                 .map_err(|_| OpenError::Failed(format!("handshake not done within {timeout:?}")))?;
         connected
-            .map(|(ws, _)| ws)
+            .map(|(ws, _)| (ws, url))
             .map_err(|e| OpenError::Failed(format!("handshake failed: {e}")))
     }
 
@@ -64,8 +65,8 @@ impl Slot {
         let mut retired = JoinSet::new();
         let slot = self.name.as_str();
         while !stop.is_cancelled() {
-            let ws = match self.connect().await {
-                Ok(ws) => ws,
+            let (ws, url) = match self.connect().await {
+                Ok(connected) => connected,
                 Err(OpenError::Refused(why)) => {
                     let wait = self.config.refused_retry;
                     tracing::error!(slot, reason = %why, retry_in = ?wait, "the platform refused this source's credentials; check client_id/client_secret (or the app's token) in its console");
@@ -91,7 +92,7 @@ impl Slot {
             let leave = stop.child_token();
             let handle = tokio::spawn(link::run(
                 ws,
-                self.protocol.session(),
+                self.protocol.session_for(&url),
                 self.ctx.clone(),
                 tell,
                 leave.clone(),

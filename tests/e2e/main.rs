@@ -6,6 +6,7 @@ mod common;
 mod connectors;
 mod crash;
 mod discord;
+mod feishu_ws;
 mod forged;
 mod hardening;
 mod harness;

@@ -9,6 +9,7 @@ use shared::config::{ConfigIssue, SourceConfig};
 use std::time::Duration;
 
 pub mod dingtalk;
+pub mod feishu;
 pub mod slack;
 
 /// One WebSocket message, either way.
@@ -94,16 +95,31 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
     async fn open(&self, http: &reqwest::Client) -> Result<url::Url, OpenError>;
     /// The state of one new connection.
     fn session(&self) -> Box<dyn Session>;
+    /// The state of a new connection to `url`, the one `open` gave, for protocols whose
+    /// connection depends on what the open answered (Feishu's service id and ping interval).
+    fn session_for(&self, _url: &url::Url) -> Box<dyn Session> {
+        self.session()
+    }
 }
 
 /// One connection's conversation with the server.
 pub trait Session: Send + std::fmt::Debug {
     /// Reads one frame from the server.
     fn read(&mut self, frame: Frame) -> Read;
+    /// How often the platform wants a keep-alive frame of its own besides the WebSocket pings
+    /// (Feishu's ping frame, at the server's interval); asked again after every frame read, as
+    /// the server may change it. `None`: none.
+    fn keepalive_every(&self) -> Option<Duration> {
+        None
+    }
+    /// The keep-alive frame to send now.
+    fn keepalive(&mut self) -> Option<Frame> {
+        None
+    }
 }
 
 /// Every platform word that has a persistent-connection mode.
-pub const PROTOCOLS: &[&str] = &["dingtalk", "slack"];
+pub const PROTOCOLS: &[&str] = &["dingtalk", "feishu", "lark", "slack"];
 
 /// The keys a source's block holds for its connection (`None`: the platform has no stream mode
 /// here).
@@ -111,6 +127,7 @@ pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
     match platform {
         "dingtalk" => Some(dingtalk::KEYS),
         "slack" => Some(slack::KEYS),
+        "feishu" | "lark" => Some(feishu::KEYS),
         _ => None,
     }
 }
@@ -120,6 +137,8 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Protocol>, Vec<ConfigIssue
     match source.platform.as_str() {
         "dingtalk" => Ok(Box::new(dingtalk::DingtalkStream::from_config(source)?)),
         "slack" => Ok(Box::new(slack::SlackSocket::from_config(source)?)),
+        "feishu" => Ok(Box::new(feishu::FeishuWs::from_config(source, false)?)),
+        "lark" => Ok(Box::new(feishu::FeishuWs::from_config(source, true)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.mode", source.id),
             problem: format!(

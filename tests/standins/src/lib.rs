@@ -1,6 +1,6 @@
 //! Local stand-ins for everything outside Switchboard's control, used by the tests, the quick
 //! start and the load harness: a Dify service, webhook receivers, the platforms' outbound APIs,
-//! DingTalk's Stream-mode gateway, Slack's Socket Mode, Discord both ways (signed interactions in, its API out)
+//! DingTalk's Stream-mode gateway, Slack's Socket Mode, Feishu's long connection, Discord both ways (signed interactions in, its API out)
 //! and a TCP proxy that can cut the broker away. They behave like the real services (status
 //! codes, errcodes, latency, streaming) and count what they receive. The benchmarks that drive
 //! them against the real roles are the `bench` crate (`./dev bench`), not this one.
@@ -8,6 +8,7 @@
 
 pub mod dify;
 pub mod discord;
+pub mod feishu_ws;
 pub mod platforms;
 pub mod proxy;
 pub mod receiver;

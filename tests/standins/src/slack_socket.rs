@@ -15,8 +15,8 @@
 use crate::ws;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
@@ -328,29 +328,16 @@ async fn pass_on(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(upstream) = &inner.upstream else {
-        return (StatusCode::NOT_FOUND, "no upstream").into_response();
-    };
     let path = uri.path().strip_prefix("/api").unwrap_or(uri.path());
-    let mut req = inner.http.request(method, format!("{upstream}{path}"));
-    for name in ["authorization", "content-type"] {
-        if let Some(v) = headers.get(name) {
-            req = req.header(name, v.clone());
-        }
-    }
-    match req.body(body).send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let ct = resp.headers().get("content-type").cloned();
-            let body = resp.bytes().await.unwrap_or_default();
-            let mut out = (status, body).into_response();
-            if let Some(ct) = ct {
-                out.headers_mut().insert("content-type", ct);
-            }
-            out
-        }
-        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-    }
+    ws::pass_on(
+        &inner.http,
+        inner.upstream.as_deref(),
+        method,
+        path,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Sends every due envelope to a live connection picked at random.
@@ -482,7 +469,7 @@ async fn converse(
                     }
                 }
                 Some(Cmd::SendPartial(text)) => {
-                    ws::cut(ws, &text).await;
+                    ws::cut(ws, text.as_bytes(), false).await;
                     return;
                 }
                 Some(Cmd::Close) | None => {

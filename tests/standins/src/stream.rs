@@ -423,7 +423,7 @@ async fn serve_conn(inner: Arc<Inner>, tcp: TcpStream, stop: CancellationToken) 
                     }
                 }
                 Some(Cmd::SendPartial(text)) => {
-                    ws::cut(&mut ws, &text).await;
+                    ws::cut(&mut ws, text.as_bytes(), false).await;
                     break;
                 }
                 Some(Cmd::Close) | None => {

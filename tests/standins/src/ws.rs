@@ -1,9 +1,11 @@
 //! The WebSocket plumbing the gateway stand-ins share (DingTalk's Stream gateway, Slack's
 //! Socket Mode): serving the HTTP API that hands out connection URLs, accepting WebSocket
 //! connections and running a delivery tick, all until stopped; the handshake that takes a
-//! URL's single-use `ticket` once; and a frame cut in the middle, as a dropped connection
-//! leaves it.
-use axum::http::StatusCode;
+//! URL's single-use `ticket` once; a frame cut in the middle, as a dropped connection leaves
+//! it; and the rest of a platform's API passed on to the stand-in that serves it.
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
 use std::future::Future;
 use std::time::Duration;
@@ -86,19 +88,19 @@ pub async fn accept_ticketed(
     tokio_tungstenite::accept_hdr_async(tcp, check).await.ok()
 }
 
-/// Writes the head of a text frame announcing all of `text`, then only half of it; the caller
-/// drops the connection after.
-pub async fn cut(ws: &mut WebSocketStream<TcpStream>, text: &str) {
+/// Writes the head of a text (or binary) frame announcing all of `payload`, then only half of
+/// it; the caller drops the connection after.
+pub async fn cut(ws: &mut WebSocketStream<TcpStream>, payload: &[u8], binary: bool) {
     use futures_util::SinkExt;
     let _ = ws.flush().await;
     let tcp = ws.get_mut();
-    let _ = tcp.write_all(&partial_frame(text.as_bytes())).await;
+    let _ = tcp.write_all(&partial_frame(payload, binary)).await;
     let _ = tcp.flush().await;
 }
 
-/// The head of an unmasked text frame announcing all of `payload`, then only half of it.
-fn partial_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81u8];
+/// The head of an unmasked frame announcing all of `payload`, then only half of it.
+fn partial_frame(payload: &[u8], binary: bool) -> Vec<u8> {
+    let mut out = vec![if binary { 0x82u8 } else { 0x81 }];
     let len = payload.len().max(2);
     if len < 126 {
         out.push(u8::try_from(len).unwrap_or(125));
@@ -111,4 +113,38 @@ fn partial_frame(payload: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(&payload[..payload.len() / 2]);
     out
+}
+
+/// Passes a request for `path` on to `upstream` (a base URL), with its credentials and content
+/// type, and answers what upstream answered; 404 without one.
+pub async fn pass_on(
+    http: &reqwest::Client,
+    upstream: Option<&str>,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let Some(upstream) = upstream else {
+        return (StatusCode::NOT_FOUND, "no upstream").into_response();
+    };
+    let mut req = http.request(method, format!("{upstream}{path}"));
+    for name in ["authorization", "content-type"] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    match req.body(body).send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let ct = resp.headers().get("content-type").cloned();
+            let body = resp.bytes().await.unwrap_or_default();
+            let mut out = (status, body).into_response();
+            if let Some(ct) = ct {
+                out.headers_mut().insert("content-type", ct);
+            }
+            out
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
