@@ -8,7 +8,7 @@
 //! mid-frame; an ack lost, so the event comes again and is answered once; refused app
 //! credentials reported and retried slowly; and the broker away, so nothing is acknowledged
 //! until it is back.
-use crate::common::*;
+use crate::gateways::{echoes, Linked, CONNECTOR};
 use crate::kit::*;
 use ingress::platform::feishu;
 use standins::feishu_ws::{FeishuWsStandin, SERVICE_ID};
@@ -17,11 +17,7 @@ use std::time::Duration;
 
 const SOURCE: &str = "feishu-ws";
 
-struct Ws {
-    app: TestApp,
-    fw: FeishuWsStandin,
-    p: PlatformStandin,
-}
+type Ws = Linked<FeishuWsStandin>;
 
 async fn start(secret: &str, broker_proxy: bool) -> Ws {
     let p = PlatformStandin::start().await.expect("platform stand-in");
@@ -35,13 +31,7 @@ async fn start(secret: &str, broker_proxy: bool) -> Ws {
     .expect("long-connection stand-in");
     let extra = format!(
         r#"
-[connector]
-heartbeat = "1s"
-backoff_initial = "50ms"
-backoff_max = "1s"
-refused_retry = "1s"
-open_timeout = "3s"
-
+{CONNECTOR}
 [[sources]]
 id = "{SOURCE}"
 platform = "feishu"
@@ -55,14 +45,7 @@ api_base = "{api}"
         id = creds::FEISHU_APP_ID,
         api = fw.api_base(),
     );
-    let app = TestApp::spawn(Options {
-        extra,
-        connector: true,
-        broker_proxy,
-        ..Options::default()
-    })
-    .await;
-    Ws { app, fw, p }
+    Linked::spawn(fw, p, api::FEISHU_REPLY, extra, broker_proxy).await
 }
 
 /// A p2p text message, as Feishu pushes it.
@@ -78,62 +61,32 @@ fn message(n: &str, text: &str) -> String {
     )
 }
 
-impl Ws {
-    async fn up(&self) {
-        let fw = &self.fw;
-        eventually("a connection at Feishu", || fw.connections() >= 1).await;
-        let links = self.app.links.clone();
-        eventually("the connection up in /readyz", || links.all_up()).await;
-    }
-
-    async fn replies(&self, n: usize) {
-        let p = &self.p;
-        eventually(&format!("{n} replies"), || {
-            p.messages_to(api::FEISHU_REPLY).len() >= n
-        })
-        .await;
-    }
-
-    /// Every reply's text, sorted.
-    fn texts(&self) -> Vec<String> {
-        let mut texts = self.p.texts(api::FEISHU_REPLY);
-        texts.sort();
-        texts
-    }
-
-    async fn stop(self) {
-        self.app.shutdown().await;
-        self.p.shutdown();
-        self.fw.shutdown();
-    }
-}
-
 #[tokio::test]
 async fn feishu_ws_pings_at_the_servers_interval_and_answers_through_the_reply_api() {
     let s = start(creds::FEISHU_APP_SECRET, false).await;
     s.up().await;
     assert_eq!(s.app.links.report(), format!("{SOURCE}#0 up"));
-    let id = s.fw.push(&message("1", "hello ws"));
+    let id = s.gw.push(&message("1", "hello ws"));
     s.replies(1).await;
     let reply = &s.p.messages_to(api::FEISHU_REPLY)[0];
     assert_eq!(
         (reply.text.as_str(), reply.target.as_str()),
         ("echo: hello ws", "om_ws_1")
     );
-    let fw = &s.fw;
+    let fw = &s.gw;
     eventually("the event acknowledged", || fw.acks(&id) == 1).await;
-    assert!(s.fw.biz_rts()[0].parse::<u64>().is_ok());
+    assert!(s.gw.biz_rts()[0].parse::<u64>().is_ok());
 
     // A ping at once, then every PingInterval (1 s), until a pong says 2 s.
-    s.fw.pong_ping_interval(2);
+    s.gw.pong_ping_interval(2);
     eventually("three pings", || fw.pings().len() >= 3).await;
-    let pings = s.fw.pings();
+    let pings = s.gw.pings();
     assert!(pings.iter().all(|(_, service)| *service == SERVICE_ID));
     let gap = |i: usize| pings[i + 1].0.duration_since(pings[i].0);
     assert!(gap(0) >= Duration::from_millis(900), "{:?}", gap(0));
     assert!(gap(1) >= Duration::from_millis(1900), "{:?}", gap(1));
-    assert!(quiet(|| s.p.messages_to(api::FEISHU_REPLY).len() == 1).await);
-    assert_eq!(s.fw.opens(), 1, "one connection, one URL");
+    assert!(quiet(|| s.replied() == 1).await);
+    assert_eq!(s.gw.opens(), 1, "one connection, one URL");
     s.stop().await;
 }
 
@@ -141,13 +94,13 @@ async fn feishu_ws_pings_at_the_servers_interval_and_answers_through_the_reply_a
 async fn an_event_in_fragments_is_put_back_together_and_answered_once() {
     let s = start(creds::FEISHU_APP_SECRET, false).await;
     s.up().await;
-    s.fw.split_next(3);
-    let id = s.fw.push(&message("frag", "in three pieces"));
+    s.gw.split_next(3);
+    let id = s.gw.push(&message("frag", "in three pieces"));
     s.replies(1).await;
     assert_eq!(s.texts(), ["echo: in three pieces"]);
-    let fw = &s.fw;
+    let fw = &s.gw;
     eventually("acknowledged", || fw.acks(&id) == 1).await;
-    assert_eq!(s.fw.deliveries(&id), 1);
+    assert_eq!(s.gw.deliveries(&id), 1);
     s.stop().await;
 }
 
@@ -155,14 +108,14 @@ async fn an_event_in_fragments_is_put_back_together_and_answered_once() {
 async fn a_connection_the_server_closes_is_replaced_with_a_fresh_url() {
     let s = start(creds::FEISHU_APP_SECRET, false).await;
     s.up().await;
-    s.fw.close_all();
-    let fw = &s.fw;
+    s.gw.close_all();
+    let fw = &s.gw;
     eventually("a new connection", || {
         fw.opens() == 2 && fw.connections() == 1
     })
     .await;
-    assert_eq!(s.fw.refused_tickets(), 0);
-    let id = s.fw.push(&message("after", "after the close"));
+    assert_eq!(s.gw.refused_tickets(), 0);
+    let id = s.gw.push(&message("after", "after the close"));
     s.replies(1).await;
     eventually("acknowledged", || fw.acks(&id) == 1).await;
     s.stop().await;
@@ -172,14 +125,14 @@ async fn a_connection_the_server_closes_is_replaced_with_a_fresh_url() {
 async fn a_feishu_connection_dropped_mid_frame_is_replaced_and_its_event_answered_once() {
     let s = start(creds::FEISHU_APP_SECRET, false).await;
     s.up().await;
-    s.fw.cut_next_event();
-    let id = s.fw.push(&message("cut", "cut in half"));
+    s.gw.cut_next_event();
+    let id = s.gw.push(&message("cut", "cut in half"));
     s.replies(1).await;
-    let fw = &s.fw;
+    let fw = &s.gw;
     eventually("acknowledged", || fw.acks(&id) == 1).await;
-    assert_eq!(s.fw.deliveries(&id), 2, "cut once, then delivered whole");
-    assert_eq!(s.fw.opens(), 2);
-    assert!(quiet(|| s.p.messages_to(api::FEISHU_REPLY).len() == 1).await);
+    assert_eq!(s.gw.deliveries(&id), 2, "cut once, then delivered whole");
+    assert_eq!(s.gw.opens(), 2);
+    assert!(quiet(|| s.replied() == 1).await);
     assert_eq!(s.app.dify.calls(), 1);
     s.stop().await;
 }
@@ -188,13 +141,13 @@ async fn a_feishu_connection_dropped_mid_frame_is_replaced_and_its_event_answere
 async fn a_feishu_event_whose_ack_was_lost_is_redelivered_and_answered_once() {
     let s = start(creds::FEISHU_APP_SECRET, false).await;
     s.up().await;
-    s.fw.lose_next_ack();
-    let id = s.fw.push(&message("lost", "ack lost"));
-    let fw = &s.fw;
+    s.gw.lose_next_ack();
+    let id = s.gw.push(&message("lost", "ack lost"));
+    let fw = &s.gw;
     eventually("the redelivery acknowledged", || fw.acks(&id) == 1).await;
-    assert_eq!(s.fw.deliveries(&id), 2);
+    assert_eq!(s.gw.deliveries(&id), 2);
     s.replies(1).await;
-    assert!(quiet(|| s.p.messages_to(api::FEISHU_REPLY).len() == 1).await);
+    assert!(quiet(|| s.replied() == 1).await);
     assert_eq!(s.app.dify.calls(), 1, "the door knew the redelivery");
     s.stop().await;
 }
@@ -210,12 +163,12 @@ async fn refused_app_credentials_are_reported_in_readyz_and_retried_slowly() {
     let report = s.app.links.report();
     assert!(report.contains("code 10014"), "{report}");
     assert!(!report.contains("not-the-app-secret"), "{report}");
-    let fw = &s.fw;
+    let fw = &s.gw;
     eventually("the second try", || fw.refusals().len() >= 2).await;
-    let tries = s.fw.refusals();
+    let tries = s.gw.refusals();
     let gap = tries[1].1.duration_since(tries[0].1);
     assert!(gap >= Duration::from_millis(950), "{gap:?}");
-    assert_eq!(s.fw.opens(), 0);
+    assert_eq!(s.gw.opens(), 0);
     s.stop().await;
 }
 
@@ -223,35 +176,26 @@ async fn refused_app_credentials_are_reported_in_readyz_and_retried_slowly() {
 async fn with_the_broker_away_no_feishu_event_is_acknowledged_and_each_is_answered_once_after() {
     let s = start(creds::FEISHU_APP_SECRET, true).await;
     s.up().await;
-    let proxy = s.app.proxy.clone().unwrap();
-    proxy.cut();
-    let broker = s.app.services.broker.clone();
-    wait_for("the broker connection to drop", T, || {
-        let b = broker.clone();
-        async move { !b.is_connected() }
-    })
-    .await;
+    let proxy = s.broker_away().await;
     let texts: Vec<String> = (0..3).map(|i| format!("while away {i}")).collect();
     let ids: Vec<String> = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| s.fw.push(&message(&format!("away{i}"), t)))
+        .map(|(i, t)| s.gw.push(&message(&format!("away{i}"), t)))
         .collect();
-    let fw = &s.fw;
+    let fw = &s.gw;
     eventually("each event delivered again", || {
         ids.iter().all(|id| fw.deliveries(id) >= 2)
     })
     .await;
     assert!(
-        ids.iter().all(|id| s.fw.acks(id) == 0),
+        ids.iter().all(|id| s.gw.acks(id) == 0),
         "nothing acknowledged"
     );
     proxy.restore();
     eventually("every event acknowledged", || fw.unacked() == 0).await;
     s.replies(texts.len()).await;
-    assert!(quiet(|| s.p.messages_to(api::FEISHU_REPLY).len() == texts.len()).await);
-    let mut want: Vec<String> = texts.iter().map(|t| format!("echo: {t}")).collect();
-    want.sort();
-    assert_eq!(s.texts(), want, "each answered exactly once");
+    assert!(quiet(|| s.replied() == texts.len()).await);
+    assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
     s.stop().await;
 }

@@ -8,6 +8,7 @@ mod crash;
 mod discord;
 mod feishu_ws;
 mod forged;
+mod gateways;
 mod hardening;
 mod harness;
 mod json_hooks;

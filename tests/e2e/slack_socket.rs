@@ -9,7 +9,7 @@
 //! envelope comes again with `retry_attempt` 1 and is answered once; a refused token reported
 //! and retried slowly; the broker away, so nothing is acknowledged until it is back; and the
 //! source's `rate` holding back acknowledgements as the ingress answers 429.
-use crate::common::*;
+use crate::gateways::{echoes, Linked, CONNECTOR};
 use crate::kit::*;
 use ingress::platform::slack;
 use standins::platforms::{api, creds, PlatformStandin};
@@ -19,11 +19,7 @@ use std::time::Duration;
 const APP_TOKEN: &str = "xapp-1-A0STANDIN-1-socketsecret";
 const SOURCE: &str = "slack-socket";
 
-struct Socket {
-    app: TestApp,
-    sm: SlackSocketStandin,
-    p: PlatformStandin,
-}
+type Socket = Linked<SlackSocketStandin>;
 
 /// How a test wants its source.
 struct Setup {
@@ -52,13 +48,7 @@ async fn start(setup: Setup) -> Socket {
         .expect("socket mode stand-in");
     let extra = format!(
         r#"
-[connector]
-heartbeat = "1s"
-backoff_initial = "50ms"
-backoff_max = "1s"
-refused_retry = "1s"
-open_timeout = "3s"
-
+{CONNECTOR}
 [[sources]]
 id = "{source}"
 platform = "slack"
@@ -77,14 +67,7 @@ bot_user_id = "UBOT"
         bot = creds::SLACK_BOT_TOKEN,
         keys = setup.keys,
     );
-    let app = TestApp::spawn(Options {
-        extra,
-        connector: true,
-        broker_proxy: setup.broker_proxy,
-        ..Options::default()
-    })
-    .await;
-    Socket { app, sm, p }
+    Linked::spawn(sm, p, api::SLACK_API, extra, setup.broker_proxy).await
 }
 
 /// A direct message to the bot, as the Events API sends it.
@@ -95,70 +78,34 @@ fn dm(event_id: &str, text: &str) -> String {
     )
 }
 
-impl Socket {
-    async fn up(&self) {
-        let sm = &self.sm;
-        eventually("a connection at Slack", || sm.connections() >= 1).await;
-        let links = self.app.links.clone();
-        eventually("the connection up in /readyz", || links.all_up()).await;
-    }
-
-    async fn replies(&self, n: usize) {
-        let p = &self.p;
-        eventually(&format!("{n} replies by chat.postMessage"), || {
-            p.messages_to(api::SLACK_API).len() >= n
-        })
-        .await;
-    }
-
-    /// Every reply's text, sorted.
-    fn texts(&self) -> Vec<String> {
-        let mut texts = self.p.texts(api::SLACK_API);
-        texts.sort();
-        texts
-    }
-
-    async fn stop(self) {
-        self.app.shutdown().await;
-        self.p.shutdown();
-        self.sm.shutdown();
-    }
-}
-
-fn echoes(texts: &[String]) -> Vec<String> {
-    let mut want: Vec<String> = texts.iter().map(|t| format!("echo: {t}")).collect();
-    want.sort();
-    want
-}
-
 #[tokio::test]
 async fn slack_socket_opens_says_hello_answers_through_the_web_api_and_answers_pings() {
     let s = start(Setup::default()).await;
     s.up().await;
-    assert_eq!(s.sm.open_auth(), [format!("Bearer {APP_TOKEN}")]);
-    assert_eq!(s.sm.hellos(), [1]);
+    assert_eq!(s.gw.open_auth(), [format!("Bearer {APP_TOKEN}")]);
+    assert_eq!(s.gw.hellos(), [1]);
     assert_eq!(s.app.links.report(), format!("{SOURCE}#0 up"));
 
-    let key = s.sm.push_event(&dm("EvSock1", "hello socket"));
+    let key = s.gw.push_event(&dm("EvSock1", "hello socket"));
     s.replies(1).await;
     let reply = &s.p.messages_to(api::SLACK_API)[0];
     assert_eq!(
         (reply.target.as_str(), reply.text.as_str()),
         ("D0SOCK", "echo: hello socket")
     );
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("the envelope acknowledged", || sm.acks(&key) == 1).await;
-    assert_eq!(s.sm.deliveries(&key), [0]);
+    assert_eq!(s.gw.deliveries(&key), [0]);
 
     // The bot's own echo is acknowledged and not answered.
     let echo = serde_json::json!({"type": "message", "channel": "D0SOCK", "user": "UBOT",
                                   "text": "echo: hello socket", "ts": "2.0", "bot_id": "B1"});
-    let echo = s.sm.push_event(&slack::event_callback("EvSockEcho", echo));
+    let echo = s.gw.push_event(&slack::event_callback("EvSockEcho", echo));
     eventually("the echo acknowledged", || sm.acks(&echo) == 1).await;
 
     // A slash command is answered through its response_url.
     let response_url = s.p.slack_response_url("T0/1/sock-respond");
-    let command = s.sm.push_command(serde_json::json!({
+    let command = s.gw.push_command(serde_json::json!({
         "command": "/ask", "text": "by command", "trigger_id": "trig.sock.1",
         "user_id": "U0USER", "user_name": "ann", "channel_id": "C0SOCK",
         "channel_name": "general", "response_url": response_url,
@@ -168,16 +115,16 @@ async fn slack_socket_opens_says_hello_answers_through_the_web_api_and_answers_p
         p.texts(api::SLACK_RESPONSE_URL) == ["echo: by command"]
     })
     .await;
-    assert_eq!(s.sm.acks(&command), 1);
+    assert_eq!(s.gw.acks(&command), 1);
 
     // Slack's pings are answered, and a quiet connection is probed by the client.
-    s.sm.ping_all();
-    s.sm.ping_all();
+    s.gw.ping_all();
+    s.gw.ping_all();
     eventually("two pongs", || sm.pongs() == 2).await;
     eventually("the client's own ping", || sm.client_pings() >= 1).await;
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == 1).await);
+    assert!(quiet(|| s.replied() == 1).await);
     assert_eq!(s.app.dify.calls(), 2);
-    assert_eq!(s.sm.opens(), 1, "one connection, one URL");
+    assert_eq!(s.gw.opens(), 1, "one connection, one URL");
     s.stop().await;
 }
 
@@ -188,27 +135,27 @@ async fn a_refresh_requested_disconnect_opens_the_new_connection_first_and_loses
     let texts: Vec<String> = (0..12).map(|i| format!("refresh {i}")).collect();
     let mut keys = Vec::new();
     for (i, t) in texts.iter().enumerate() {
-        keys.push(s.sm.push_event(&dm(&format!("EvRefresh{i}"), t)));
+        keys.push(s.gw.push_event(&dm(&format!("EvRefresh{i}"), t)));
         if i == 5 {
-            s.sm.disconnect_oldest("refresh_requested");
+            s.gw.disconnect_oldest("refresh_requested");
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("the old connection closed by the client", || {
         sm.closed_by_client() == 1
     })
     .await;
-    assert_eq!(s.sm.max_open(), 2, "both were open at once");
-    assert_eq!(s.sm.opens(), 2, "a fresh URL for the new connection");
-    assert_eq!(s.sm.refused_tickets(), 0);
-    assert_eq!(s.sm.hellos(), [1, 2]);
+    assert_eq!(s.gw.max_open(), 2, "both were open at once");
+    assert_eq!(s.gw.opens(), 2, "a fresh URL for the new connection");
+    assert_eq!(s.gw.refused_tickets(), 0);
+    assert_eq!(s.gw.hellos(), [1, 2]);
     eventually("every envelope acknowledged", || sm.unacked() == 0).await;
     s.replies(texts.len()).await;
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == texts.len()).await);
+    assert!(quiet(|| s.replied() == texts.len()).await);
     assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
     for k in &keys {
-        assert_eq!(s.sm.acks(k), 1, "{k}");
+        assert_eq!(s.gw.acks(k), 1, "{k}");
     }
     s.stop().await;
 }
@@ -217,7 +164,7 @@ async fn a_refresh_requested_disconnect_opens_the_new_connection_first_and_loses
 async fn link_disabled_stops_the_connection_says_so_in_readyz_and_retries_slowly() {
     let s = start(Setup::default()).await;
     s.up().await;
-    s.sm.disconnect_oldest("link_disabled");
+    s.gw.disconnect_oldest("link_disabled");
     let links = s.app.links.clone();
     eventually("link_disabled in /readyz", || {
         links.report().contains("link_disabled")
@@ -228,13 +175,13 @@ async fn link_disabled_stops_the_connection_says_so_in_readyz_and_retries_slowly
         "{}",
         s.app.links.report()
     );
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("the connection let go by the client", || {
         sm.closed_by_client() == 1
     })
     .await;
     assert!(
-        quiet(|| s.sm.opens() == 1).await,
+        quiet(|| s.gw.opens() == 1).await,
         "no new connection at once"
     );
     // After refused_retry it tries again (Socket Mode back on here).
@@ -247,18 +194,18 @@ async fn link_disabled_stops_the_connection_says_so_in_readyz_and_retries_slowly
 async fn a_connection_dropped_mid_frame_is_replaced_and_its_envelope_answered_once() {
     let s = start(Setup::default()).await;
     s.up().await;
-    s.sm.cut_next_event();
-    let key = s.sm.push_event(&dm("EvSockCut", "cut in half"));
+    s.gw.cut_next_event();
+    let key = s.gw.push_event(&dm("EvSockCut", "cut in half"));
     s.replies(1).await;
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("acknowledged", || sm.acks(&key) == 1).await;
     assert_eq!(
-        s.sm.deliveries(&key),
+        s.gw.deliveries(&key),
         [0, 1],
         "cut once, then delivered whole"
     );
-    assert_eq!(s.sm.opens(), 2, "reconnected with a fresh URL");
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == 1).await);
+    assert_eq!(s.gw.opens(), 2, "reconnected with a fresh URL");
+    assert!(quiet(|| s.replied() == 1).await);
     assert_eq!(s.app.dify.calls(), 1);
     s.stop().await;
 }
@@ -267,13 +214,13 @@ async fn a_connection_dropped_mid_frame_is_replaced_and_its_envelope_answered_on
 async fn an_unacknowledged_envelope_comes_again_with_retry_attempt_1_and_is_answered_once() {
     let s = start(Setup::default()).await;
     s.up().await;
-    s.sm.lose_next_ack();
-    let key = s.sm.push_event(&dm("EvSockLost", "ack lost"));
-    let sm = &s.sm;
+    s.gw.lose_next_ack();
+    let key = s.gw.push_event(&dm("EvSockLost", "ack lost"));
+    let sm = &s.gw;
     eventually("the retry acknowledged", || sm.acks(&key) == 1).await;
-    assert_eq!(s.sm.deliveries(&key), [0, 1]);
+    assert_eq!(s.gw.deliveries(&key), [0, 1]);
     s.replies(1).await;
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == 1).await);
+    assert!(quiet(|| s.replied() == 1).await);
     assert_eq!(s.app.dify.calls(), 1, "the door knew the retry");
     s.stop().await;
 }
@@ -285,7 +232,7 @@ async fn a_refused_app_token_is_reported_in_readyz_and_retried_slowly() {
         ..Setup::default()
     })
     .await;
-    let sm = &s.sm;
+    let sm = &s.gw;
     let links = s.app.links.clone();
     eventually("the refusal in /readyz", || {
         links.report().contains("refused")
@@ -296,11 +243,11 @@ async fn a_refused_app_token_is_reported_in_readyz_and_retried_slowly() {
     assert!(!report.contains("not-the-token"), "{report}");
     eventually("the second try", || sm.refusals().len() >= 2).await;
     // refused_retry is 1 s here: never a tight loop.
-    let at = s.sm.refused_at();
+    let at = s.gw.refused_at();
     let gap = at[1].duration_since(at[0]);
     assert!(gap >= Duration::from_millis(950), "{gap:?}");
-    assert_eq!(s.sm.refusals()[..2], ["invalid_auth", "invalid_auth"]);
-    assert_eq!(s.sm.opens(), 0);
+    assert_eq!(s.gw.refusals()[..2], ["invalid_auth", "invalid_auth"]);
+    assert_eq!(s.gw.opens(), 0);
     s.stop().await;
 }
 
@@ -312,37 +259,30 @@ async fn with_the_broker_away_nothing_is_acknowledged_and_everything_is_answered
     })
     .await;
     s.up().await;
-    let proxy = s.app.proxy.clone().unwrap();
-    proxy.cut();
-    let broker = s.app.services.broker.clone();
-    wait_for("the broker connection to drop", T, || {
-        let b = broker.clone();
-        async move { !b.is_connected() }
-    })
-    .await;
+    let proxy = s.broker_away().await;
     let texts: Vec<String> = (0..3).map(|i| format!("while away {i}")).collect();
     let keys: Vec<String> = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| s.sm.push_event(&dm(&format!("EvAway{i}"), t)))
+        .map(|(i, t)| s.gw.push_event(&dm(&format!("EvAway{i}"), t)))
         .collect();
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("each envelope delivered again", || {
         keys.iter().all(|k| sm.deliveries(k).len() >= 2)
     })
     .await;
     assert!(
-        keys.iter().all(|k| s.sm.acks(k) == 0),
+        keys.iter().all(|k| s.gw.acks(k) == 0),
         "nothing acknowledged"
     );
     proxy.restore();
     eventually("every envelope acknowledged", || sm.unacked() == 0).await;
     s.replies(texts.len()).await;
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == texts.len()).await);
+    assert!(quiet(|| s.replied() == texts.len()).await);
     assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
     // Keeps of two deliveries of one event may both finish once the broker is back: each
     // acknowledges its own envelope, and the worker answers the event once.
-    assert!(keys.iter().all(|k| s.sm.acks(k) >= 1));
+    assert!(keys.iter().all(|k| s.gw.acks(k) >= 1));
     s.stop().await;
 }
 
@@ -362,20 +302,20 @@ async fn events_over_the_sources_rate_are_not_acknowledged_until_the_rate_allows
     let keys: Vec<String> = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| s.sm.push_event(&dm(&format!("EvRated{i}"), t)))
+        .map(|(i, t)| s.gw.push_event(&dm(&format!("EvRated{i}"), t)))
         .collect();
-    let sm = &s.sm;
+    let sm = &s.gw;
     eventually("every envelope acknowledged in the end", || {
         sm.unacked() == 0
     })
     .await;
     let redelivered = keys
         .iter()
-        .filter(|k| s.sm.deliveries(k).len() >= 2)
+        .filter(|k| s.gw.deliveries(k).len() >= 2)
         .count();
     assert!(redelivered >= 2, "two over the burst of 2 came again");
     s.replies(texts.len()).await;
-    assert!(quiet(|| s.p.messages_to(api::SLACK_API).len() == texts.len()).await);
+    assert!(quiet(|| s.replied() == texts.len()).await);
     assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
     let metrics = shared::telemetry::metrics().render();
     let counted = metrics

@@ -20,7 +20,6 @@ use axum::{Json, Router};
 use connector::protocol::feishu::frame::{PbFrame, METHOD_CONTROL, METHOD_DATA};
 use connector::protocol::feishu::{client_config_json, ENDPOINT_PATH};
 use futures_util::{SinkExt, StreamExt};
-use rand::seq::IteratorRandom;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,9 +124,7 @@ impl FeishuWsStandin {
             .route(ENDPOINT_PATH, post(endpoint))
             .fallback(pass_on)
             .with_state(inner.clone());
-        let (i, s) = (inner.clone(), stop.clone());
-        let conn = move |tcp| serve_conn(i.clone(), tcp, s.clone());
-        ws::serve(http, app, ws, &stop, conn, move || deliver_due(&inner));
+        ws::serve((http, ws), app, inner, &stop, serve_conn, deliver_due);
         Ok(me)
     }
 
@@ -276,19 +273,10 @@ fn data_frames(id: &str, event: &[u8], split: usize) -> Vec<PbFrame> {
 fn deliver_due(inner: &Inner) {
     let mut seen = inner.seen();
     let now = Instant::now();
-    let due: Vec<String> = seen
-        .pending
-        .iter()
-        .filter(|(_, p)| match p.sent {
-            None => true,
-            Some((conn, at)) => {
-                !seen.conns.contains_key(&conn) || now.duration_since(at) >= inner.redeliver_after
-            }
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
+    let sent = seen.pending.iter().map(|(id, p)| (id.clone(), p.sent));
+    let due = ws::due(sent, |c| seen.conns.contains_key(&c), inner.redeliver_after);
     for id in due {
-        let Some(conn) = seen.conns.keys().copied().choose(&mut rand::thread_rng()) else {
+        let Some(conn) = ws::pick(&seen.conns) else {
             if let Some(p) = seen.pending.get_mut(&id) {
                 p.sent = None;
             }

@@ -20,7 +20,6 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use rand::seq::IteratorRandom;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,9 +139,7 @@ impl SlackSocketStandin {
             .route("/api/apps.connections.open", post(open))
             .fallback(pass_on)
             .with_state(inner.clone());
-        let (i, s) = (inner.clone(), stop.clone());
-        let conn = move |tcp| serve_conn(i.clone(), tcp, s.clone());
-        ws::serve(http, app, ws, &stop, conn, move || deliver_due(&inner));
+        ws::serve((http, ws), app, inner, &stop, serve_conn, deliver_due);
         Ok(me)
     }
 
@@ -344,21 +341,15 @@ async fn pass_on(
 fn deliver_due(inner: &Inner) {
     let mut seen = inner.seen();
     let now = Instant::now();
-    let due: Vec<String> = seen
+    // A slash command goes once: Slack does not retry it.
+    let sent = seen
         .pending
         .iter()
-        .filter(|(_, p)| match &p.sent {
-            None => true,
-            // A slash command goes once: Slack does not retry it.
-            Some(_) if p.kind == "slash_commands" => false,
-            Some((conn, at, _)) => {
-                !seen.conns.contains_key(conn) || now.duration_since(*at) >= inner.redeliver_after
-            }
-        })
-        .map(|(key, _)| key.clone())
-        .collect();
+        .filter(|(_, p)| p.kind != "slash_commands" || p.sent.is_none())
+        .map(|(key, p)| (key.clone(), p.sent.as_ref().map(|(c, at, _)| (*c, *at))));
+    let due = ws::due(sent, |c| seen.conns.contains_key(&c), inner.redeliver_after);
     for key in due {
-        let Some(conn) = seen.conns.keys().copied().choose(&mut rand::thread_rng()) else {
+        let Some(conn) = ws::pick(&seen.conns) else {
             if let Some(p) = seen.pending.get_mut(&key) {
                 p.sent = None;
             }

@@ -1,14 +1,18 @@
 //! The WebSocket plumbing the gateway stand-ins share (DingTalk's Stream gateway, Slack's
 //! Socket Mode): serving the HTTP API that hands out connection URLs, accepting WebSocket
 //! connections and running a delivery tick, all until stopped; the handshake that takes a
-//! URL's single-use `ticket` once; a frame cut in the middle, as a dropped connection leaves
+//! URL's single-use `ticket` once; which events are due for (re)delivery and to which
+//! connection; a frame cut in the middle, as a dropped connection leaves
 //! it; and the rest of a platform's API passed on to the stand-in that serves it.
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
+use rand::seq::IteratorRandom;
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -16,18 +20,17 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// Serves `app` on `http`, hands every WebSocket connection accepted on `ws` to `conn`, and
-/// runs `tick` every 20 ms, until `stop`.
-pub fn serve<C, F, T>(
-    http: TcpListener,
+/// runs `tick` every 20 ms, until `stop`; both get the stand-in's state.
+pub fn serve<I, F>(
+    (http, ws): (TcpListener, TcpListener),
     app: Router,
-    ws: TcpListener,
+    inner: Arc<I>,
     stop: &CancellationToken,
-    conn: C,
-    tick: T,
+    conn: fn(Arc<I>, TcpStream, CancellationToken) -> F,
+    tick: fn(&I),
 ) where
-    C: Fn(TcpStream) -> F + Send + 'static,
+    I: Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
-    T: Fn() + Send + 'static,
 {
     let s = stop.clone();
     tokio::spawn(async move {
@@ -35,13 +38,13 @@ pub fn serve<C, F, T>(
             .with_graceful_shutdown(s.cancelled_owned())
             .await;
     });
-    let s = stop.clone();
+    let (i, s) = (inner.clone(), stop.clone());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 accepted = ws.accept() => {
                     if let Ok((tcp, _)) = accepted {
-                        tokio::spawn(conn(tcp));
+                        tokio::spawn(conn(i.clone(), tcp, s.clone()));
                     }
                 }
                 _ = s.cancelled() => return,
@@ -52,7 +55,7 @@ pub fn serve<C, F, T>(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => tick(),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => tick(&inner),
                 _ = s.cancelled() => return,
             }
         }
@@ -86,6 +89,28 @@ pub async fn accept_ticketed(
         }
     };
     tokio_tungstenite::accept_hdr_async(tcp, check).await.ok()
+}
+
+/// Which of `sent` are due for delivery now: never sent (`None`), sent to a connection that is
+/// gone, or sent `redeliver_after` ago and still not acknowledged.
+pub fn due<K>(
+    sent: impl IntoIterator<Item = (K, Option<(u64, Instant)>)>,
+    live: impl Fn(u64) -> bool,
+    redeliver_after: Duration,
+) -> Vec<K> {
+    let now = Instant::now();
+    sent.into_iter()
+        .filter(|(_, sent)| match sent {
+            None => true,
+            Some((conn, at)) => !live(*conn) || now.duration_since(*at) >= redeliver_after,
+        })
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// A live connection picked at random, as the platforms spread events among an app's.
+pub fn pick<T>(conns: &HashMap<u64, T>) -> Option<u64> {
+    conns.keys().copied().choose(&mut rand::thread_rng())
 }
 
 /// Writes the head of a text (or binary) frame announcing all of `payload`, then only half of
