@@ -53,8 +53,8 @@ struct Seen {
     pending: HashMap<String, Pending>,
     acked: HashMap<String, u32>,
     deliveries: HashMap<String, u32>,
-    /// When each ping came, and of which service.
-    pings: Vec<(Instant, i32)>,
+    /// When each ping came, of which service, and whether its pong carried a `ClientConfig`.
+    pings: Vec<(Instant, i32, bool)>,
     pong_config: Option<u64>,
     opens: usize,
     refusals: Vec<(i64, Instant)>,
@@ -181,8 +181,8 @@ impl FeishuWsStandin {
     pub fn refused_tickets(&self) -> usize {
         self.inner.seen().refused_tickets
     }
-    /// When each ping came, and for which service.
-    pub fn pings(&self) -> Vec<(Instant, i32)> {
+    /// When each ping came, for which service, and whether its pong carried a `ClientConfig`.
+    pub fn pings(&self) -> Vec<(Instant, i32, bool)> {
         self.inner.seen().pings.clone()
     }
     pub fn unacked(&self) -> usize {
@@ -310,7 +310,8 @@ fn received(inner: &Inner, bytes: &[u8]) -> Option<Vec<u8>> {
     let pb = PbFrame::from_bytes(bytes).ok()?;
     let mut seen = inner.seen();
     if pb.method == METHOD_CONTROL && pb.header("type") == Some("ping") {
-        seen.pings.push((Instant::now(), pb.service));
+        let configured = seen.pong_config.is_some();
+        seen.pings.push((Instant::now(), pb.service, configured));
         let mut pong = PbFrame::control(SERVICE_ID, "pong");
         if let Some(secs) = seen.pong_config {
             pong.payload = Some(client_config_json(secs).to_string().into_bytes());
