@@ -20,6 +20,7 @@ pub mod status;
 
 use anyhow::Context as _;
 use ingress::keep::{Door, Keeper};
+use ingress::server::inbound_rate::InboundRates;
 use shared::config::{Config, ConfigIssue, SourceConfig, SourceMode};
 use shared::Services;
 use std::sync::Arc;
@@ -89,6 +90,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let keeper = Keeper::new(services, config.ingress.dedup_ttl, Door::Connector);
+    let rates = Arc::new(InboundRates::new(&config));
     let http = reqwest::Client::builder()
         .timeout(config.connector.open_timeout)
         .build()
@@ -124,6 +126,7 @@ pub async fn run(
             keeper: keeper.clone(),
             heartbeat: config.connector.heartbeat.max(Duration::from_millis(10)),
             hold,
+            rates: rates.clone(),
         });
         for n in 0..config.connector.connections.max(1) {
             let name = format!("{}#{n}", source.id);

@@ -7,14 +7,20 @@
 //! hold, `crate::hold`); probes a quiet connection with WebSocket pings (for protocols without a
 //! heartbeat of their own) and gives up on one that stays silent. Asked to leave (its
 //! replacement is up, or shutdown), it finishes the events in flight, sends their acks, then
-//! closes with 1000. Asked by the session to reconnect, it closes at once with the session's
-//! code. Nothing here decides when to reconnect: `crate::slot` does, with the protocol.
+//! closes with 1000; so it does when the platform turned the mode off for the app (Slack's
+//! `link_disabled`). Asked by the session to reconnect, it closes at once with the session's
+//! code. Sends the protocol's own keep-alive frames at the interval the session says (Feishu's
+//! pings). An event over the source's `rate` is not acknowledged (the platform delivers it
+//! again later), as the ingress answers 429; a protocol without acks keeps it anyway (nothing
+//! would deliver it again). Nothing here decides when to reconnect: `crate::slot` does, with
+//! the protocol.
 use crate::hold::Hold;
 use crate::protocol::{Ack, Ended, Frame, Session, Step};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use ingress::keep::{KeepOutcome, Keeper};
 use ingress::platform::{Intake, Platform};
+use ingress::server::inbound_rate::InboundRates;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -40,6 +46,8 @@ pub(crate) struct SourceCtx {
     pub heartbeat: Duration,
     /// Where events the broker did not take wait, for protocols without acks.
     pub hold: Option<Hold>,
+    /// Every source's `rate`, as the ingress applies it (per process).
+    pub rates: Arc<InboundRates>,
 }
 
 /// How a connection ended.
@@ -50,6 +58,8 @@ pub(crate) struct LinkEnd {
     pub heard: bool,
     /// What the protocol needs to know to decide what comes next.
     pub ended: Ended,
+    /// The platform turned the mode off for the app (`reason` says so): retried slowly.
+    pub disabled: bool,
 }
 
 /// What a connection tells its slot while it runs.
@@ -83,6 +93,8 @@ struct Conn {
     heard: bool,
     /// The server's close frame, once it sent one.
     close: Option<(u16, String)>,
+    /// Why the platform turned the mode off for the app, once it said so.
+    disabled: Option<String>,
 }
 
 impl Conn {
@@ -94,6 +106,7 @@ impl Conn {
                 close: self.close.clone(),
                 asked: None,
             },
+            disabled: false,
         }
     }
 
@@ -136,6 +149,7 @@ impl Conn {
                 Step::Up => {
                     let _ = self.notes.try_send(Note::Up);
                 }
+                Step::Disabled { reason } => self.disabled = Some(reason),
                 Step::Reconnect {
                     code,
                     reason,
@@ -183,11 +197,13 @@ pub(crate) async fn run(
         notes,
         heard: false,
         close: None,
+        disabled: None,
     };
     let mut last_heard = Instant::now();
     let mut probe = tokio::time::interval(heartbeat);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
+    let mut keepalive = Keepalive::new(session.keepalive_every());
     let mut leaving = false;
     loop {
         if leaving && conn.keeps.is_empty() {
@@ -203,7 +219,13 @@ pub(crate) async fn run(
             };
             let _ = conn.sink.send(Message::Close(Some(bye))).await;
             let _ = conn.sink.close().await;
-            return conn.end("left for its replacement, or stopping".into());
+            return match conn.disabled.take() {
+                Some(reason) => LinkEnd {
+                    disabled: true,
+                    ..conn.end(reason)
+                },
+                None => conn.end("left for its replacement, or stopping".into()),
+            };
         }
         let deadline = session.deadline();
         let steps = tokio::select! {
@@ -233,6 +255,7 @@ pub(crate) async fn run(
                     }
                 };
                 let read = session.read(frame, Instant::now());
+                keepalive.follow(session.keepalive_every());
                 metrics::counter!("switchboard_connector_frames_total", "source" => source.clone(), "type" => read.kind).increment(1);
                 read.steps
             }
@@ -250,6 +273,14 @@ pub(crate) async fn run(
                 continue;
             }
             Some(_) = conn.keeps.join_next(), if !conn.keeps.is_empty() => continue,
+            _ = keepalive.tick() => {
+                if let Some(frame) = session.keepalive() {
+                    if let Err(e) = conn.sink.send(message(frame)).await {
+                        return conn.dropped(format!("cannot send a keep-alive: {e}"));
+                    }
+                }
+                continue;
+            }
             _ = probe.tick(), if pings => {
                 if last_heard.elapsed() > heartbeat * 3 {
                     return conn.dropped(format!("nothing heard for {:?}", last_heard.elapsed()));
@@ -265,6 +296,8 @@ pub(crate) async fn run(
             }
         };
         match conn.apply(steps).await {
+            // The platform turned the mode off: the events in flight finish, then it closes.
+            Ok(()) if conn.disabled.is_some() => leaving = true,
             Ok(()) => {}
             Err(Stop::Failed(why)) => return conn.dropped(why),
             Err(Stop::Asked {
@@ -277,6 +310,39 @@ pub(crate) async fn run(
                 return end;
             }
         }
+    }
+}
+
+/// The protocol's own keep-alive (`Session::keepalive_every`): due at once on a new
+/// connection, then at the interval the session says, which it may change.
+struct Keepalive {
+    every: Option<Duration>,
+    next: Instant,
+}
+
+impl Keepalive {
+    fn new(every: Option<Duration>) -> Self {
+        Self {
+            every,
+            next: Instant::now(),
+        }
+    }
+
+    /// A new interval counts from now.
+    fn follow(&mut self, every: Option<Duration>) {
+        if every != self.every {
+            self.every = every;
+            self.next = Instant::now() + every.unwrap_or_default();
+        }
+    }
+
+    /// Waits until the next keep-alive is due (forever without one).
+    async fn tick(&mut self) {
+        let Some(every) = self.every else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(self.next).await;
+        self.next = Instant::now() + every.max(Duration::from_millis(100));
     }
 }
 
@@ -300,6 +366,15 @@ async fn keep_one(
     async {
         let kept = match ctx.platform.pushed(payload) {
             Ok(Intake::Event { event, .. }) => {
+                if let Err(wait) = ctx.rates.admit(source) {
+                    metrics::counter!("switchboard_connector_rate_limited_total", "source" => source.to_owned()).increment(1);
+                    if ack.is_some() {
+                        tracing::warn!(?wait, "over the source's rate; not acknowledged, so the platform delivers it again later");
+                        return None;
+                    }
+                    // Nothing would deliver it again (Discord's Gateway): kept all the same.
+                    tracing::warn!(?wait, "over the source's rate; kept anyway, as the platform does not deliver it again");
+                }
                 // Without acks the platform will not send it again: keep a copy to hold.
                 let spare = ack.is_none().then(|| event.clone());
                 match ctx.keeper.keep(source, ctx.platform.name(), event, None).await {

@@ -3,7 +3,8 @@
 //! session to resume), retries a failed open or a lost connection after an exponential backoff
 //! with full jitter (reset once a connection worked: for protocols that say when they are up,
 //! once it was up), retries refused credentials only after `refused_retry` with a clear log line
-//! and `/readyz` saying so, and asks the protocol what a connection's end means (Discord: resume
+//! and `/readyz` saying so (as when the platform turned the mode off for the app: Slack's
+//! `link_disabled`), and asks the protocol what a connection's end means (Discord: resume
 //! at once after op 7, a zombie; wait 1–5 s after op 9; refused after 4004 or 4014). When the
 //! server asks to move (DingTalk's `disconnect`), it opens the new connection before it lets the
 //! old one go (`crate::link` finishes the old one's events first); a protocol whose session is
@@ -49,9 +50,9 @@ impl Slot {
         metrics::counter!("switchboard_connector_reconnects_total", "source" => self.ctx.source_id.clone(), "reason" => reason).increment(1);
     }
 
-    /// The connection's URL from the protocol, then the WebSocket handshake, within
-    /// `open_timeout`.
-    async fn connect(&self) -> Result<Socket, OpenError> {
+    /// A fresh ticket, then the WebSocket handshake, within `open_timeout`: the connection and
+    /// the URL it was opened with.
+    async fn connect(&self) -> Result<(Socket, url::Url), OpenError> {
         let timeout = self.config.open_timeout;
         let url = tokio::time::timeout(timeout, self.protocol.open(&self.http))
             .await
@@ -61,7 +62,7 @@ impl Slot {
                 .await
                 .map_err(|_| OpenError::Failed(format!("handshake not done within {timeout:?}")))?;
         connected
-            .map(|(ws, _)| ws)
+            .map(|(ws, _)| (ws, url))
             .map_err(|e| OpenError::Failed(format!("handshake failed: {e}")))
     }
 
@@ -69,7 +70,7 @@ impl Slot {
     async fn refused(&self, why: String, stop: &CancellationToken) {
         let wait = self.config.refused_retry;
         tracing::error!(slot = %self.name, platform = self.protocol.name(), reason = %why, retry_in = ?wait,
-            "the platform refused this connection; fix the source's credentials or settings as the reason says (client_id/client_secret, bot_token, intents); retried only slowly");
+            "the platform refused this connection; fix the source's credentials or settings as the reason says (client_id/client_secret, app_token, app_id/app_secret, bot_token, intents); retried only slowly");
         self.set(LinkState::Refused(why));
         self.reconnect("refused");
         wait_or_stop(wait, stop).await;
@@ -83,8 +84,8 @@ impl Slot {
         let slot = self.name.as_str();
         let up_at_handshake = self.protocol.up_at_handshake();
         while !stop.is_cancelled() {
-            let ws = match self.connect().await {
-                Ok(ws) => ws,
+            let (ws, url) = match self.connect().await {
+                Ok(connected) => connected,
                 Err(OpenError::Refused(why)) => {
                     self.refused(why, &stop).await;
                     continue;
@@ -119,7 +120,7 @@ impl Slot {
             let leave = stop.child_token();
             let handle = tokio::spawn(link::run(
                 ws,
-                self.protocol.session(),
+                self.protocol.session_for(&url),
                 self.ctx.clone(),
                 tell,
                 leave.clone(),
@@ -149,8 +150,17 @@ impl Slot {
                             reason: format!("panicked: {e}"),
                             heard: false,
                             ended: Ended::default(),
+                            disabled: false,
                         });
                         if stop.is_cancelled() {
+                            break;
+                        }
+                        if end.disabled {
+                            let wait = self.config.refused_retry;
+                            tracing::error!(slot, reason = %end.reason, retry_in = ?wait, "the platform turned this connection mode off for the app");
+                            self.set(LinkState::Refused(end.reason));
+                            self.reconnect("disabled");
+                            wait_or_stop(wait, &stop).await;
                             break;
                         }
                         let worked = worked || (up_at_handshake && end.heard);

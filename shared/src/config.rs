@@ -570,7 +570,8 @@ pub enum SourceMode {
     #[default]
     Http,
     /// The connector role holds an outbound WebSocket to the platform, which pushes events over
-    /// it (DingTalk Stream mode, Discord's Gateway): no public URL needed.
+    /// it (DingTalk Stream mode, Slack Socket Mode, Feishu/Lark long connection, Discord's
+    /// Gateway): no public URL needed.
     Stream,
 }
 

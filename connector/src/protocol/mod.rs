@@ -15,6 +15,8 @@ use tokio::time::Instant;
 
 pub mod dingtalk;
 pub mod discord;
+pub mod feishu;
+pub mod slack;
 
 /// One WebSocket message, either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,10 @@ pub enum Step {
         label: &'static str,
         after: Duration,
     },
+    /// The platform turned this mode off for the app (Slack's `link_disabled`): let this
+    /// connection go once its events are settled, and open none until `refused_retry`, saying
+    /// `reason` in `/readyz` as for refused credentials.
+    Disabled { reason: String },
 }
 
 impl std::fmt::Debug for Step {
@@ -86,6 +92,9 @@ impl std::fmt::Debug for Step {
                 .field("label", label)
                 .field("after", after)
                 .finish(),
+            Step::Disabled { reason } => {
+                f.debug_struct("Disabled").field("reason", reason).finish()
+            }
         }
     }
 }
@@ -169,6 +178,11 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
     fn ended(&self, _end: &Ended) -> Next {
         Next::Backoff
     }
+    /// The state of a new connection to `url`, the one `open` gave, for protocols whose
+    /// connection depends on what the open answered (Feishu's service id and ping interval).
+    fn session_for(&self, _url: &url::Url) -> Box<dyn Session> {
+        self.session()
+    }
 }
 
 /// One connection's conversation with the server.
@@ -183,10 +197,22 @@ pub trait Session: Send + std::fmt::Debug {
     fn timer(&mut self, _now: Instant) -> Read {
         Read::of("timer", Vec::new())
     }
+    // Two clocks, kept apart for now: `deadline`/`timer` (Discord's heartbeat, with its acks
+    // and zombie rule) and the fixed-interval keep-alive below (Feishu's ping frames).
+    /// How often the platform wants a keep-alive frame of its own besides the WebSocket pings
+    /// (Feishu's ping frame, at the server's interval); asked again after every frame read, as
+    /// the server may change it. `None`: none.
+    fn keepalive_every(&self) -> Option<Duration> {
+        None
+    }
+    /// The keep-alive frame to send now.
+    fn keepalive(&mut self) -> Option<Frame> {
+        None
+    }
 }
 
 /// Every platform word that has a persistent-connection mode.
-pub const PROTOCOLS: &[&str] = &["dingtalk", "discord"];
+pub const PROTOCOLS: &[&str] = &["dingtalk", "discord", "feishu", "lark", "slack"];
 
 /// The keys a source's block holds for its connection (`None`: the platform has no stream mode
 /// here).
@@ -194,6 +220,8 @@ pub fn keys(platform: &str) -> Option<&'static [&'static str]> {
     match platform {
         "dingtalk" => Some(dingtalk::KEYS),
         "discord" => Some(discord::KEYS),
+        "slack" => Some(slack::KEYS),
+        "feishu" | "lark" => Some(feishu::KEYS),
         _ => None,
     }
 }
@@ -203,6 +231,9 @@ pub fn build(source: &SourceConfig) -> Result<Box<dyn Protocol>, Vec<ConfigIssue
     match source.platform.as_str() {
         "dingtalk" => Ok(Box::new(dingtalk::DingtalkStream::from_config(source)?)),
         "discord" => Ok(Box::new(discord::DiscordGateway::from_config(source)?)),
+        "slack" => Ok(Box::new(slack::SlackSocket::from_config(source)?)),
+        "feishu" => Ok(Box::new(feishu::FeishuWs::from_config(source, false)?)),
+        "lark" => Ok(Box::new(feishu::FeishuWs::from_config(source, true)?)),
         other => Err(vec![ConfigIssue {
             key: format!("sources.{}.mode", source.id),
             problem: format!(

@@ -12,6 +12,11 @@
 //! every event, vouches for a request. Such a source must say so (`allow_unsigned = true`). With
 //! a key every request must be signed, except an encrypted challenge (Feishu sends it unsigned,
 //! and only the key's holder can make one, as the official SDK reasons). It must not do I/O.
+//!
+//! Over the long connection (`mode = "stream"`) the connector pushes each event's JSON through
+//! [`Platform::pushed`], unencrypted and unsigned: the connection authenticated it, so none of
+//! this module's keys is needed; the normalisation, the event and the dedup key are the HTTP
+//! mode's.
 use super::sender::SignedRequest;
 use super::verify::{check_window_text, ct_eq, json_at, json_body, json_str, B64_LENIENT};
 use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
@@ -22,7 +27,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use shared::config::{ConfigIssue, SourceConfig};
+use shared::config::{ConfigIssue, SourceConfig, SourceMode};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
 use shared::keys::Keys;
 use shared::Secret;
@@ -37,7 +42,8 @@ pub const SIGNATURE_HEADER: &str = "x-lark-signature";
 #[derive(Debug)]
 pub struct Feishu {
     lark: bool,
-    verification_token: Secret,
+    /// None only over the long connection, whose sources the ingress does not serve.
+    verification_token: Option<Secret>,
     encrypt_key: Option<Secret>,
     max_skew_secs: u64,
 }
@@ -46,13 +52,19 @@ impl Feishu {
     /// A `feishu` source, or a `lark` one when `lark` is set (the reply then goes to Lark's host).
     pub fn from_config(source: &SourceConfig, lark: bool) -> Result<Self, Vec<ConfigIssue>> {
         let mut keys = Keys::source(source);
-        let verification_token = keys.required_secret("verification_token");
+        // A long-connection source's events come over the connection: nothing to check.
+        let stream = source.mode == SourceMode::Stream;
+        let verification_token = if stream {
+            keys.secret("verification_token")
+        } else {
+            keys.required_secret("verification_token")
+        };
         let encrypt_key = keys.secret("encrypt_key");
         let allow_unsigned = keys.bool("allow_unsigned");
         // A key given but unusable (empty, unresolved) is already a problem of its own.
         let key_given = encrypt_key.is_some() || keys.has_problem("encrypt_key");
         match (key_given, allow_unsigned) {
-            (false, false) => keys.issue(
+            (false, false) if !stream => keys.issue(
                 "encrypt_key",
                 "is required: without it Feishu signs nothing and only the verification token, \
                  carried inside every event, vouches for a request (set the app's Encrypt Key, \
@@ -64,7 +76,7 @@ impl Feishu {
             ),
             _ => {}
         }
-        let value = verification_token.map(|verification_token| Self {
+        let value = (stream || verification_token.is_some()).then_some(Self {
             lark,
             verification_token,
             encrypt_key,
@@ -150,6 +162,18 @@ impl Platform for Feishu {
             return Err(Rejection::MissingSignature);
         }
         self.check_token(token_of(&body))?;
+        self.normalised(body)
+    }
+
+    /// An event pushed over the long connection: its JSON, plain.
+    fn pushed(&self, payload: &[u8]) -> Result<Intake, Rejection> {
+        self.normalised(json_body(payload)?)
+    }
+}
+
+impl Feishu {
+    /// A verified event of either schema.
+    fn normalised(&self, body: Value) -> Result<Intake, Rejection> {
         let v2 = json_str(&body, "schema").as_deref() == Some("2.0");
         let normalised = if v2 {
             self.normalise_v2(&body)?
@@ -158,9 +182,7 @@ impl Platform for Feishu {
         };
         Ok(Intake::answered_empty(normalised, body))
     }
-}
 
-impl Feishu {
     /// Verifies `X-Lark-Signature` when an encrypt key is set; `true` when the request was signed.
     fn check_signature(&self, req: &HookRequest) -> Result<bool, Rejection> {
         let Some(key) = &self.encrypt_key else {
@@ -186,10 +208,12 @@ impl Feishu {
 
     fn check_token(&self, token: Option<String>) -> Result<(), Rejection> {
         let token = token.ok_or(Rejection::BadToken)?;
-        if ct_eq(
-            token.as_bytes(),
-            self.verification_token.expose().as_bytes(),
-        ) {
+        // A long-connection source has no token to check a callback with: it takes none.
+        let expected = self
+            .verification_token
+            .as_ref()
+            .ok_or(Rejection::BadToken)?;
+        if ct_eq(token.as_bytes(), expected.expose().as_bytes()) {
             Ok(())
         } else {
             Err(Rejection::BadToken)

@@ -7,12 +7,18 @@
 //! (slash commands: `trigger_id`); a retry (`X-Slack-Retry-Num`) keeps the key, so the server's
 //! door dedup answers it as a success. Replies use keys the dispatcher's reply channel declares
 //! (`bot_token`, `api_base`). It must not do I/O.
+//!
+//! In Socket Mode (`mode = "stream"`) the connector pushes each envelope's `payload` through
+//! [`Platform::pushed`]: an Events API `event_callback` (the HTTP callback's own JSON) or a
+//! slash command (its form fields as a JSON object). The connection authenticated it, so
+//! `signing_secret` is not needed; the normalisation, the event and the dedup key are this
+//! module's, as over HTTP.
 use super::sender::SignedRequest;
 use super::verify::{check_window_text, ct_eq, hmac_sha256, json_body, json_str, looks_like_json};
 use super::{HookReply, HookRequest, Intake, NewEvent, Normalised, Platform, Rejection};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use shared::config::{ConfigIssue, SourceConfig};
+use shared::config::{ConfigIssue, SourceConfig, SourceMode};
 use shared::envelope::{ChatType, Conversation, ReplyHandle};
 use shared::keys::Keys;
 use shared::Secret;
@@ -25,7 +31,8 @@ pub const SIGNATURE_HEADER: &str = "x-slack-signature";
 
 #[derive(Debug)]
 pub struct Slack {
-    signing_secret: Secret,
+    /// None only in Socket Mode, whose sources the ingress does not serve.
+    signing_secret: Option<Secret>,
     /// The bot's own user id (`U…`): its messages are dropped and its mentions stripped.
     bot_user_id: Option<String>,
     max_skew_secs: u64,
@@ -34,9 +41,15 @@ pub struct Slack {
 impl Slack {
     pub fn from_config(source: &SourceConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut keys = Keys::source(source);
-        let signing_secret = keys.required_secret("signing_secret");
+        // A Socket Mode source's events come over the connection: nothing to sign them with.
+        let stream = source.mode == SourceMode::Stream;
+        let signing_secret = if stream {
+            keys.secret("signing_secret")
+        } else {
+            keys.required_secret("signing_secret")
+        };
         let bot_user_id = keys.str("bot_user_id");
-        let value = signing_secret.map(|signing_secret| Self {
+        let value = (stream || signing_secret.is_some()).then_some(Self {
             signing_secret,
             bot_user_id,
             max_skew_secs: source.max_skew_secs,
@@ -63,13 +76,18 @@ impl Platform for Slack {
         if req.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
+        // A Socket Mode source has no secret to verify a callback with: it takes none.
+        let secret = self
+            .signing_secret
+            .as_ref()
+            .ok_or(Rejection::BadSignature)?;
         let ts = req
             .header(TIMESTAMP_HEADER)
             .ok_or(Rejection::MissingSignature)?;
         let presented = req
             .header(SIGNATURE_HEADER)
             .ok_or(Rejection::MissingSignature)?;
-        let expected = signature(self.signing_secret.expose(), ts, &req.body);
+        let expected = signature(secret.expose(), ts, &req.body);
         if !ct_eq(
             presented.trim().to_ascii_lowercase().as_bytes(),
             expected.as_bytes(),
@@ -82,32 +100,45 @@ impl Platform for Slack {
             Some(ct) if ct.starts_with("application/json") => false,
             _ => !looks_like_json(&req.body),
         };
-        let (normalised, payload) = if form {
+        if form {
             let fields: serde_json::Map<String, Value> = url::form_urlencoded::parse(&req.body)
                 .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
                 .collect();
             let payload = Value::Object(fields);
-            (self.command(&payload)?, payload)
-        } else {
-            let body = json_body(&req.body)?;
-            match json_str(&body, "type").as_deref() {
-                Some("url_verification") => {
-                    let challenge = json_str(&body, "challenge")
-                        .ok_or_else(|| Rejection::malformed("no challenge"))?;
-                    let reply = HookReply::json(StatusCode::OK, &json!({ "challenge": challenge }));
-                    return Ok(Intake::Reply(reply));
-                }
-                Some("event_callback") => (self.event(&body)?, body),
-                Some("app_rate_limited") => (Err("rate_limited"), body),
-                Some(_) => (Err("event"), body),
-                None => return Err(Rejection::malformed("no type")),
-            }
-        };
-        Ok(Intake::answered_empty(normalised, payload))
+            return Ok(Intake::answered_empty(self.command(&payload)?, payload));
+        }
+        self.json_intake(json_body(&req.body)?)
+    }
+
+    /// A Socket Mode envelope's `payload`: an `event_callback`, or a slash command's fields
+    /// (a JSON object with `command`, where the callback sends a form).
+    fn pushed(&self, payload: &[u8]) -> Result<Intake, Rejection> {
+        let body = json_body(payload)?;
+        if body.get("type").is_none() && body.get("command").is_some() {
+            return Ok(Intake::answered_empty(self.command(&body)?, body));
+        }
+        self.json_intake(body)
     }
 }
 
 impl Slack {
+    /// A JSON body: the `url_verification` challenge or an Events API callback.
+    fn json_intake(&self, body: Value) -> Result<Intake, Rejection> {
+        let normalised = match json_str(&body, "type").as_deref() {
+            Some("url_verification") => {
+                let challenge = json_str(&body, "challenge")
+                    .ok_or_else(|| Rejection::malformed("no challenge"))?;
+                let reply = HookReply::json(StatusCode::OK, &json!({ "challenge": challenge }));
+                return Ok(Intake::Reply(reply));
+            }
+            Some("event_callback") => self.event(&body)?,
+            Some("app_rate_limited") => Err("rate_limited"),
+            Some(_) => Err("event"),
+            None => return Err(Rejection::malformed("no type")),
+        };
+        Ok(Intake::answered_empty(normalised, body))
+    }
+
     /// An Events API `event_callback`.
     fn event(&self, body: &Value) -> Result<Normalised, Rejection> {
         let event_id =

@@ -7,7 +7,7 @@
 //! `crate::serve`'s.
 mod client_ip;
 mod hook;
-mod inbound_rate;
+pub mod inbound_rate;
 
 use inbound_rate::InboundRates;
 

@@ -7,6 +7,7 @@
 //! and checks their answers, and can send `SYSTEM` `disconnect` (closing the connection itself
 //! after a grace period, as DingTalk does) or drop a connection in the middle of a frame. It
 //! records what it saw for assertions.
+use crate::ws;
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,18 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use rand::seq::IteratorRandom;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    ErrorResponse, Request, Response as WsResponse,
-};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -154,34 +150,7 @@ impl DingtalkStreamStandin {
         let app = Router::new()
             .route("/v1.0/gateway/connections/open", post(open))
             .with_state(inner.clone());
-        let s = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(http, app)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await;
-        });
-        let (i, s) = (inner.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    accepted = ws.accept() => {
-                        if let Ok((tcp, _)) = accepted {
-                            tokio::spawn(serve_conn(i.clone(), tcp, s.clone()));
-                        }
-                    }
-                    _ = s.cancelled() => return,
-                }
-            }
-        });
-        let (i, s) = (inner, stop);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => deliver_due(&i),
-                    _ = s.cancelled() => return,
-                }
-            }
-        });
+        ws::serve((http, ws), app, inner, &stop, serve_conn, deliver_due);
         Ok(me)
     }
 
@@ -355,19 +324,10 @@ async fn open(State(inner): State<Arc<Inner>>, Json(body): Json<Value>) -> Respo
 fn deliver_due(inner: &Inner) {
     let mut seen = inner.seen();
     let now = Instant::now();
-    let due: Vec<String> = seen
-        .pending
-        .iter()
-        .filter(|(_, p)| match p.sent {
-            None => true,
-            Some((conn, at)) => {
-                !seen.conns.contains_key(&conn) || now.duration_since(at) >= inner.redeliver_after
-            }
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
+    let sent = seen.pending.iter().map(|(id, p)| (id.clone(), p.sent));
+    let due = ws::due(sent, |c| seen.conns.contains_key(&c), inner.redeliver_after);
     for id in due {
-        let Some(conn) = seen.conns.keys().copied().choose(&mut rand::thread_rng()) else {
+        let Some(conn) = ws::pick(&seen.conns) else {
             // No connection: the event waits for one.
             if let Some(p) = seen.pending.get_mut(&id) {
                 p.sent = None;
@@ -419,33 +379,14 @@ fn answered(inner: &Inner, text: &str) {
     }
 }
 
-// The handshake callback's signature is tungstenite's.
-#[allow(clippy::result_large_err)]
 async fn serve_conn(inner: Arc<Inner>, tcp: TcpStream, stop: CancellationToken) {
-    let ticketed = {
-        let inner = inner.clone();
-        move |req: &Request, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
-            let ticket = req
-                .uri()
-                .query()
-                .and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "ticket")
-                        .map(|(_, v)| v.into_owned())
-                })
-                .unwrap_or_default();
-            let mut seen = inner.seen();
-            if seen.tickets.remove(&ticket) {
-                Ok(resp)
-            } else {
-                seen.refused_tickets += 1;
-                let mut refused = ErrorResponse::new(Some("ticket invalid or used".into()));
-                *refused.status_mut() = StatusCode::UNAUTHORIZED;
-                Err(refused)
-            }
-        }
+    let take = |ticket: &str| {
+        let mut seen = inner.seen();
+        let good = seen.tickets.remove(ticket);
+        seen.refused_tickets += usize::from(!good);
+        good
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, ticketed).await else {
+    let Some(mut ws) = ws::accept_ticketed(tcp, take).await else {
         return;
     };
     let conn_id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -470,10 +411,7 @@ async fn serve_conn(inner: Arc<Inner>, tcp: TcpStream, stop: CancellationToken) 
                     }
                 }
                 Some(Cmd::SendPartial(text)) => {
-                    let _ = ws.flush().await;
-                    let tcp = ws.get_mut();
-                    let _ = tcp.write_all(&partial_frame(text.as_bytes())).await;
-                    let _ = tcp.flush().await;
+                    ws::cut(&mut ws, text.as_bytes(), false).await;
                     break;
                 }
                 Some(Cmd::Close) | None => {
@@ -496,23 +434,6 @@ async fn serve_conn(inner: Arc<Inner>, tcp: TcpStream, stop: CancellationToken) 
     }
     inner.seen().conns.remove(&conn_id);
     deliver_due(&inner);
-}
-
-/// The head of an unmasked text frame announcing all of `payload`, then only half of it.
-fn partial_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81u8];
-    let len = payload.len().max(2);
-    if len < 126 {
-        out.push(u8::try_from(len).unwrap_or(125));
-    } else if let Ok(l) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&l.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&payload[..payload.len() / 2]);
-    out
 }
 
 /// Starts the stand-in; for the binary (`standins dingtalk-stream`).

@@ -389,3 +389,28 @@ fn config_table() {
         );
     }
 }
+
+#[test]
+fn a_long_connection_needs_no_token_nor_key_and_normalises_an_event_as_the_callback() {
+    let mut stream = source("feishu", 300, json!({}));
+    stream.mode = shared::config::SourceMode::Stream;
+    let pushed = Feishu::from_config(&stream, false).unwrap();
+    let body = text_event_v2("ev-ws-1", TOKEN, "oc_1", false, "ou_1", "om_1", "over ws");
+    let via_ws = event(pushed.pushed(body.as_bytes()));
+    let via_http =
+        event(platform(None, false).receive(&request_plain(&body).to_hook_request(at(NOW))));
+    assert_eq!(via_ws, via_http, "same event, same dedup key");
+    assert_eq!(via_ws.dedup_key, "ev-ws-1");
+    // Pushed events carry no token worth checking (the connection vouches for them).
+    let other = text_event_v2("ev-ws-2", "", "oc_1", false, "ou_1", "om_2", "no token");
+    assert_eq!(outcome(&pushed.pushed(other.as_bytes())), "event");
+    assert!(matches!(pushed.pushed(b"{"), Err(Rejection::Malformed(_))));
+    // No token: it takes no callback.
+    assert_eq!(
+        pushed.receive(&request_plain(&body).to_hook_request(at(NOW))),
+        Err(Rejection::BadToken)
+    );
+    let mut unsigned = source("feishu", 300, json!({"allow_unsigned": true}));
+    unsigned.mode = shared::config::SourceMode::Stream;
+    assert!(Feishu::from_config(&unsigned, false).is_ok());
+}

@@ -262,3 +262,44 @@ fn config_table() {
         assert_eq!(issue_keys(&problems(Slack::from_config(&src), &src)), [key]);
     }
 }
+
+#[test]
+fn socket_mode_needs_no_signing_secret_and_normalises_a_payload_as_the_callback() {
+    let mut stream = source("slack", 300, json!({"bot_user_id": "UBOT"}));
+    stream.mode = shared::config::SourceMode::Stream;
+    let pushed = Slack::from_config(&stream).unwrap();
+    let http = platform(300, Some("UBOT"));
+    // An Events API envelope's payload is the callback's own JSON.
+    let body = event_callback(
+        "EvSock1",
+        message_event("D1", "im", "U7", "hello <@UBOT>", "1.5"),
+    );
+    let via_socket = event(pushed.pushed(body.as_bytes()));
+    let via_http = event(http.receive(&request(SECRET, NOW, &body, JSON).to_hook_request(at(NOW))));
+    assert_eq!(via_socket, via_http, "same event, same dedup key");
+    assert_eq!(via_socket.dedup_key, "EvSock1");
+    // A slash command's payload is its form fields as a JSON object.
+    let form = "command=%2Fask&text=what+now&trigger_id=trig.9&user_id=U7&user_name=ann&channel_id=C4&channel_name=general&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1%2F2%2Fx";
+    let fields: serde_json::Map<String, Value> = url::form_urlencoded::parse(form.as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    let command = event(pushed.pushed(Value::Object(fields).to_string().as_bytes()));
+    let via_form = event(http.receive(&request(SECRET, NOW, form, FORM).to_hook_request(at(NOW))));
+    assert_eq!(command, via_form);
+    assert_eq!(
+        (command.kind.as_str(), command.dedup_key.as_str()),
+        ("command", "trig.9")
+    );
+    // What is dropped over HTTP is dropped the same way over the socket.
+    let echo = event_callback(
+        "EvSock2",
+        json!({"type": "message", "channel": "C1", "user": "U7", "text": "x", "ts": "1", "bot_id": "B1"}),
+    );
+    assert_eq!(outcome(&pushed.pushed(echo.as_bytes())), "ignore:bot_echo");
+    assert!(matches!(pushed.pushed(b"[]"), Err(Rejection::Malformed(_))));
+    // No secret: it takes no callback.
+    assert_eq!(
+        pushed.receive(&request(SECRET, NOW, &body, JSON).to_hook_request(at(NOW))),
+        Err(Rejection::BadSignature)
+    );
+}
