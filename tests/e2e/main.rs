@@ -16,6 +16,7 @@ mod pipeline;
 mod platforms;
 mod schedules;
 mod secrets;
+mod slack_stream;
 mod streaming;
 mod targets;
 mod tls;
