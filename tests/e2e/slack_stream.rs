@@ -8,13 +8,12 @@
 //! worker; a dispatcher killed mid-edit still ends the message with the answer, once.
 use crate::common::*;
 use crate::kit::*;
+use crate::streaming::{publish, question, stop};
 use ingress::platform::slack;
-use shared::broker::Publish;
 use shared::envelope::{
     encode, Answer, AnswerPayload, ChatType, Conversation, Destination, DispatchJob, ReplyHandle,
 };
 use shared::progress::ReplyProgress;
-use shared::topology::Stage;
 use standins::dify::Latency;
 use standins::platforms::{api, creds, PlatformStandin, Scripted};
 use std::time::Duration;
@@ -58,11 +57,6 @@ async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformSta
     opts.dify.latency = Latency::Fixed(Duration::from_millis(ms));
     opts.dify.chunks = 40;
     (TestApp::spawn(opts).await, p)
-}
-
-/// A question long enough to grow over several edits.
-fn question(tag: &str) -> String {
-    format!("{tag}: please explain how a message grows while the answer is being written")
 }
 
 /// The question's `ts` in the channel (the thread the answer goes in).
@@ -197,15 +191,6 @@ fn payload(text: &str) -> AnswerPayload {
         timings: Default::default(),
         event: None,
     }
-}
-
-async fn publish(app: &TestApp, body: Vec<u8>) {
-    let queue = app.services.broker.topology().stage_queue(Stage::Deliver);
-    app.services
-        .broker
-        .publish(&queue, &body, Publish::default())
-        .await
-        .expect("publish");
 }
 
 #[tokio::test]
@@ -367,9 +352,4 @@ async fn a_dispatcher_killed_mid_slack_update_still_ends_the_message_with_the_an
     let p2 = p.clone();
     assert!(quiet(|| channel(&p2) == [answer.clone()]).await);
     stop(app, p).await;
-}
-
-async fn stop(app: TestApp, p: PlatformStandin) {
-    app.shutdown().await;
-    p.shutdown();
 }

@@ -59,7 +59,7 @@ async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformSta
 }
 
 /// A question long enough to grow over several edits.
-fn question(tag: &str) -> String {
+pub(crate) fn question(tag: &str) -> String {
     format!("{tag}: please explain how a message grows while the answer is being written")
 }
 
@@ -178,7 +178,7 @@ fn payload(text: &str) -> AnswerPayload {
     }
 }
 
-async fn publish(app: &TestApp, body: Vec<u8>) {
+pub(crate) async fn publish(app: &TestApp, body: Vec<u8>) {
     let queue = app.services.broker.topology().stage_queue(Stage::Deliver);
     app.services
         .broker
@@ -334,7 +334,7 @@ async fn a_dispatcher_killed_mid_edit_still_ends_the_message_with_the_answer_onc
     stop(app, p).await;
 }
 
-async fn stop(app: TestApp, p: PlatformStandin) {
+pub(crate) async fn stop(app: TestApp, p: PlatformStandin) {
     app.shutdown().await;
     p.shutdown();
 }

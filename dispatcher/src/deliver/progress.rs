@@ -28,15 +28,9 @@ pub(super) fn chat_limit(
     destination: &Destination,
     payload: &AnswerPayload,
 ) -> Option<(String, Vec<Rate>)> {
-    let Destination::Reply { .. } = destination else {
-        return None;
-    };
-    let grow = route.target.grow()?;
-    let (chat, rates) = grow.chat_rate(Reply {
-        destination,
-        payload,
-    })?;
-    Some((format!("reply:{}:chat:{chat}", payload.source), rates))
+    reply_limit(route, destination, payload, "chat", |grow, reply| {
+        grow.chat_rate(reply)
+    })
 }
 
 /// The platform's limit on edits alone of a streamed reply (its limiter name and rates), if
@@ -46,14 +40,29 @@ pub(super) fn edit_limit(
     destination: &Destination,
     payload: &AnswerPayload,
 ) -> Option<(String, Vec<Rate>)> {
+    reply_limit(route, destination, payload, "edits", |grow, reply| {
+        grow.edit_rate(reply)
+    })
+}
+
+/// A limit `rate` of the route's growing channel gives for a reply, named
+/// `reply:<source>:<what>:<name>`.
+fn reply_limit(
+    route: &Route,
+    destination: &Destination,
+    payload: &AnswerPayload,
+    what: &str,
+    rate: impl FnOnce(&dyn Grow, Reply<'_>) -> Option<(String, Vec<Rate>)>,
+) -> Option<(String, Vec<Rate>)> {
     let Destination::Reply { .. } = destination else {
         return None;
     };
-    let (name, rates) = route.target.grow()?.edit_rate(Reply {
+    let reply = Reply {
         destination,
         payload,
-    })?;
-    Some((format!("reply:{}:edits:{name}", payload.source), rates))
+    };
+    let (name, rates) = rate(route.target.grow()?, reply)?;
+    Some((format!("reply:{}:{what}:{name}", payload.source), rates))
 }
 
 impl Dispatcher {

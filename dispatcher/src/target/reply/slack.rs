@@ -256,21 +256,8 @@ fn no_token() -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use reqwest::header::HeaderMap;
+    use crate::target::slack::tests::answer;
     use shared::envelope::{AnswerPayload, ChatType, Conversation};
-
-    fn answer(status: u16, body: &str, retry: Option<&str>) -> Answer {
-        let mut headers = HeaderMap::new();
-        if let Some(r) = retry {
-            headers.insert(reqwest::header::RETRY_AFTER, r.parse().unwrap());
-        }
-        Answer {
-            status,
-            headers,
-            body: Bytes::from(body.to_owned()),
-        }
-    }
 
     #[test]
     fn an_update_slack_refuses_for_good_falls_back_a_rate_limit_waits() {
