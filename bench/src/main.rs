@@ -3,7 +3,8 @@
 //! the stand-ins it needs in this process (Dify, the receiver, the load generator), uses its own
 //! broker and Redis prefixes, removes its queues and keys at the end, and prints a table and
 //! writes `<out>/<scenario>.json`. Scenarios: `ingress` and `pipeline` (issue 7), `worker`
-//! (issue 4), `dispatcher` (issue 5), `connector` (issue 13); without one, all five run in turn.
+//! (issue 4), `dispatcher` (issue 5), `connector` (issue 13), `streaming` (issue 15); without one,
+//! all six run in turn.
 //! This module owns the command line and the order; the scenarios own their measurements. The
 //! stand-ins it drives (Dify, the receiver, DingTalk's Stream gateway) come from the `standins`
 //! crate; nothing here is used by the tests.
@@ -17,11 +18,12 @@ mod pipeline;
 mod procs;
 mod report;
 mod stats;
+mod streaming;
 mod worker;
 
 use clap::{Parser, Subcommand};
 
-/// The command line: common options, then a scenario (all four without one).
+/// The command line: common options, then a scenario (all six without one).
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
@@ -47,6 +49,9 @@ pub enum Scenario {
     /// DingTalk Stream mode through a connector: ack latency on the connection vs the
     /// ingress's, and the pipeline's overhead per pushed event.
     Connector(connector::ConnectorArgs),
+    /// Streamed replies against whole ones: time from the event's acknowledgement to the first
+    /// visible text, next to Dify's first token and the full answer.
+    Streaming(streaming::StreamingArgs),
     /// The ceiling service alone (started by the `ingress` scenario as its own process).
     #[command(hide = true)]
     CeilingServer(ceiling::CeilingArgs),
@@ -71,10 +76,17 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let scenarios = match cmd.scenario {
         Some(Scenario::CeilingServer(args)) => return ceiling::serve(args).await,
         Some(s) => vec![s],
-        None => ["ingress", "pipeline", "worker", "dispatcher", "connector"]
-            .into_iter()
-            .map(|name| Ok(Defaults::try_parse_from(["bench", name])?.scenario))
-            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => [
+            "ingress",
+            "pipeline",
+            "worker",
+            "dispatcher",
+            "connector",
+            "streaming",
+        ]
+        .into_iter()
+        .map(|name| Ok(Defaults::try_parse_from(["bench", name])?.scenario))
+        .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let mut failed = Vec::new();
     for scenario in scenarios {
@@ -84,6 +96,7 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Scenario::Worker(a) => ("worker", worker::run(&common, a).await),
             Scenario::Dispatcher(a) => ("dispatcher", dispatcher::run(&common, a).await),
             Scenario::Connector(a) => ("connector", connector::run(&common, a).await),
+            Scenario::Streaming(a) => ("streaming", streaming::run(&common, a).await),
             Scenario::CeilingServer(_) => continue,
         };
         match result {

@@ -20,6 +20,7 @@ mod platforms;
 mod schedules;
 mod secrets;
 mod slack_socket;
+mod slack_stream;
 mod stream_kit;
 mod streaming;
 mod streaming_dingtalk;

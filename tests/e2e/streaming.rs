@@ -51,7 +51,7 @@ async fn spawn(ms: u64, worker: bool, dispatcher: bool) -> (TestApp, PlatformSta
 }
 
 /// A question long enough to grow over several edits.
-fn question(tag: &str) -> String {
+pub(crate) fn question(tag: &str) -> String {
     format!("{tag}: please explain how a message grows while the answer is being written")
 }
 

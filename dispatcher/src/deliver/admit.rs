@@ -111,6 +111,11 @@ impl Dispatcher {
         if let Some((name, rates)) = chat {
             self.acquire(&name, &rates).await?;
         }
+        // …and, where the platform limits edits on their own, one edit.
+        let edit = super::progress::edit_limit(route, &job.destination, &job.payload);
+        if let Some((name, rates)) = edit {
+            self.acquire(&name, &rates).await?;
+        }
         if route.rates.is_empty() {
             return Ok(admitted);
         }

@@ -2,9 +2,10 @@
 //! the reply's lock, the update is dropped if it is older than the last one applied, arrives
 //! after the final answer or after a fallback (`crate::stream::decide`); otherwise it creates
 //! the message or edits it, within the reply channel's rate limits and the chat's (edits count
-//! like messages). An update is never retried or parked: one the limiter would hold back for
-//! long, one that finds the lock taken, or one that fails is dropped, and the next update or
-//! the final answer carries the text. A create or edit the platform refuses for good makes the
+//! like messages) and, for an edit, the platform's own limit on edits where it has one. A
+//! reply its channel cannot grow (`Grow::grows`) drops its updates. An update is never retried
+//! or parked: one the limiter would hold back for long, one that finds the lock taken, or one
+//! that fails is dropped, and the next update or the final answer carries the text. A create or edit the platform refuses for good makes the
 //! reply fall back to a single message (said once in the log). The update is always acked.
 use super::admit::name_of;
 use super::{Dispatcher, Route};
@@ -27,15 +28,41 @@ pub(super) fn chat_limit(
     destination: &Destination,
     payload: &AnswerPayload,
 ) -> Option<(String, Vec<Rate>)> {
+    reply_limit(route, destination, payload, "chat", |grow, reply| {
+        grow.chat_rate(reply)
+    })
+}
+
+/// The platform's limit on edits alone of a streamed reply (its limiter name and rates), if
+/// the route's channel grows messages and the platform has one (Slack's Tier 3 `chat.update`).
+pub(super) fn edit_limit(
+    route: &Route,
+    destination: &Destination,
+    payload: &AnswerPayload,
+) -> Option<(String, Vec<Rate>)> {
+    reply_limit(route, destination, payload, "edits", |grow, reply| {
+        grow.edit_rate(reply)
+    })
+}
+
+/// A limit `rate` of the route's growing channel gives for a reply, named
+/// `reply:<source>:<what>:<name>`.
+fn reply_limit(
+    route: &Route,
+    destination: &Destination,
+    payload: &AnswerPayload,
+    what: &str,
+    rate: impl FnOnce(&dyn Grow, Reply<'_>) -> Option<(String, Vec<Rate>)>,
+) -> Option<(String, Vec<Rate>)> {
     let Destination::Reply { .. } = destination else {
         return None;
     };
-    let grow = route.target.grow()?;
-    let (chat, rates) = grow.chat_rate(Reply {
+    let reply = Reply {
         destination,
         payload,
-    })?;
-    Some((format!("reply:{}:chat:{chat}", payload.source), rates))
+    };
+    let (name, rates) = rate(route.target.grow()?, reply)?;
+    Some((format!("reply:{}:{what}:{name}", payload.source), rates))
 }
 
 impl Dispatcher {
@@ -59,6 +86,13 @@ impl Dispatcher {
         let Some(grow) = route.target.grow() else {
             return "not_streaming";
         };
+        let reply = Reply {
+            destination: &update.destination,
+            payload: &update.payload,
+        };
+        if !grow.grows(reply) {
+            return "not_streaming";
+        }
         let record = Record::of(&self.services.store, update.job_id);
         match record.lock(self.lock_ttl).await {
             Ok(true) => {}
@@ -84,7 +118,10 @@ impl Dispatcher {
         if let Step::Drop(skip) = step {
             return skip.as_str();
         }
-        if !self.admit_edit(route, update).await {
+        if !self
+            .admit_edit(route, update, matches!(step, Step::Edit(_)))
+            .await
+        {
             return "rate_limited";
         }
         let reply = Reply {
@@ -128,12 +165,19 @@ impl Dispatcher {
         }
     }
 
-    /// Takes a slot of the channel's limits and the chat's for one edit, waiting in process
-    /// only briefly; `false`: drop the update.
-    async fn admit_edit(&self, route: &Route, update: &ReplyProgress) -> bool {
+    /// Takes a slot of the channel's limits and the chat's for one update (and of the
+    /// platform's edit limit when it `edits`), waiting in process only briefly; `false`: drop
+    /// the update.
+    async fn admit_edit(&self, route: &Route, update: &ReplyProgress, edits: bool) -> bool {
         let mut limits = Vec::new();
         if let Some(chat) = chat_limit(route, &update.destination, &update.payload) {
             limits.push(chat);
+        }
+        if let Some(edit) = edits
+            .then(|| edit_limit(route, &update.destination, &update.payload))
+            .flatten()
+        {
+            limits.push(edit);
         }
         if !route.rates.is_empty() {
             let name = name_of(&update.destination, &update.payload.source);

@@ -59,4 +59,15 @@ pub trait Grow: Send + Sync {
     /// The platform's own limit on messages and edits in the reply's chat, and the chat's
     /// name for the limiter (none: the channel's own limits only).
     fn chat_rate(&self, reply: Reply<'_>) -> Option<(String, Vec<Rate>)>;
+    /// Whether this reply can grow at all (default: yes). One that cannot (a Slack slash
+    /// command's answer, which goes whole through its `response_url`) drops its updates
+    /// quietly and its final answer goes as today.
+    fn grows(&self, _reply: Reply<'_>) -> bool {
+        true
+    }
+    /// The platform's own limit on edits alone, beyond the chat's, and the limiter's name for
+    /// it (default: none). Slack's `chat.update` is a Tier 3 method, limited per workspace.
+    fn edit_rate(&self, _reply: Reply<'_>) -> Option<(String, Vec<Rate>)> {
+        None
+    }
 }

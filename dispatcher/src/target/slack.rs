@@ -195,12 +195,13 @@ impl Target for Slack {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
     use reqwest::header::HeaderMap;
 
-    fn answer(status: u16, body: &str, retry: Option<&str>) -> Answer {
+    /// A Web API answer: `status`, `body`, and `Retry-After` when given.
+    pub(crate) fn answer(status: u16, body: &str, retry: Option<&str>) -> Answer {
         let mut headers = HeaderMap::new();
         if let Some(r) = retry {
             headers.insert(reqwest::header::RETRY_AFTER, r.parse().unwrap());

@@ -5,8 +5,9 @@
 //! Dify's error shapes, and serves the reads a resuming worker uses (`GET /messages`,
 //! `GET /workflows/run/{id}`) and the stop calls. Like Dify, a run continues and is recorded
 //! even when its client goes away. Failures are injected on demand (scripted statuses, an error
-//! mid-stream, down). It counts calls per `X-Trace-Id`, calls in flight and the peak, and keeps
-//! a bounded record of what each call sent. Each run is one task and one channel, so thousands
+//! mid-stream, down). It counts calls per `X-Trace-Id`, calls in flight and the peak, keeps
+//! a bounded record of what each call sent, and notes when each query's first answer chunk went
+//! out (Dify's first token, for the streaming benchmark). Each run is one task and one channel, so thousands
 //! can stream at once.
 mod http;
 mod run;
@@ -142,6 +143,8 @@ pub(crate) struct State {
     workflow_runs: HashMap<String, WorkflowRun>,
     /// Running tasks' stop flags, by task id.
     tasks: HashMap<String, Arc<AtomicBool>>,
+    /// When the first answer chunk of a streamed run of each query was sent (the earliest).
+    first_tokens: HashMap<String, Instant>,
 }
 
 pub(crate) struct Conversation {
@@ -310,6 +313,11 @@ impl DifyStandin {
             .latency
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = latency;
+    }
+
+    /// When the first answer chunk of a streamed run was sent, by the run's query.
+    pub fn first_tokens(&self) -> HashMap<String, Instant> {
+        self.shared.lock().first_tokens.clone()
     }
 
     /// What the kept run calls sent, oldest first.

@@ -3,7 +3,7 @@
 //! session webhooks; `gettoken` + robot API; the AI card API, in `crate::dingtalk_card`),
 //! Feishu / Lark (custom bot with signed bodies; `tenant_access_token` + message reply;
 //! CardKit, in `crate::feishu_card`), Slack (incoming webhook, `chat.postMessage`,
-//! `response_url`), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
+//! `response_url`, `chat.update`: see [`slack`]), Rocket.Chat (incoming webhook) and Telegram (`sendMessage`,
 //! `editMessageText`: each chat keeps its messages by id with their current text). It checks
 //! credentials and signatures, enforces each platform's documented rate limit with the
 //! platform's own errcode, counts token fetches, expires tokens on demand, can be told to answer
@@ -23,6 +23,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+mod slack;
 
 /// The credentials the stand-in accepts.
 pub mod creds {
@@ -72,6 +74,8 @@ pub mod api {
     pub const SLACK_WEBHOOK: &str = "slack_webhook";
     pub const SLACK_API: &str = "slack_api";
     pub const SLACK_RESPONSE_URL: &str = "slack_response_url";
+    /// Slack's `chat.update` (a Tier 3 method: its limit is the workspace's, by bot token).
+    pub const SLACK_UPDATE: &str = "slack_update";
     pub const ROCKETCHAT: &str = "rocketchat";
     pub const TELEGRAM: &str = "telegram";
     /// Telegram's `editMessageText` (its limits are the chat's, under [`TELEGRAM`]).
@@ -165,6 +169,8 @@ struct Inner {
     holds: HashMap<&'static str, Duration>,
     /// Telegram messages by (chat, message id): their current text.
     telegram: HashMap<(String, i64), String>,
+    /// Slack messages by (channel, ts): their current text.
+    slack: slack::Messages,
     serial: u64,
 }
 
@@ -190,6 +196,7 @@ impl Default for Inner {
             fetches: HashMap::new(),
             sessions: HashMap::new(),
             telegram: HashMap::new(),
+            slack: HashMap::new(),
             limited: HashMap::new(),
             holds: HashMap::new(),
             serial: 0,
@@ -246,7 +253,8 @@ impl PlatformStandin {
             )
             .route("/services/{*path}", post(slack_webhook))
             .route("/commands/{*path}", post(slack_response_url))
-            .route("/api/chat.postMessage", post(slack_post_message))
+            .route("/api/chat.postMessage", post(slack::post_message))
+            .route("/api/chat.update", post(slack::update))
             .route("/hooks/{id}/{token}", post(rocketchat))
             .route("/{bot}/sendMessage", post(telegram))
             .route("/{bot}/editMessageText", post(telegram_edit));
@@ -959,48 +967,6 @@ async fn slack_response_url(
     }
     p.record(api::SLACK_RESPONSE_URL, &path, &text, None, None, v);
     (StatusCode::OK, "ok").into_response()
-}
-
-async fn slack_post_message(
-    State(p): State<PlatformStandin>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = p.arrive(api::SLACK_API) {
-        return r;
-    }
-    if bearer(&headers) != creds::SLACK_BOT_TOKEN {
-        return ok(json!({ "ok": false, "error": "invalid_auth" }));
-    }
-    let v = parse(&body);
-    let channel = s(&v, "/channel").to_owned();
-    if channel.is_empty() {
-        return ok(json!({ "ok": false, "error": "channel_not_found" }));
-    }
-    if p.over_limit(api::SLACK_API, &channel) {
-        let mut r = reply(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({ "ok": false, "error": "ratelimited" }),
-        );
-        r.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, 1.into());
-        return r;
-    }
-    let text = s(&v, "/text").to_owned();
-    if text.is_empty() {
-        return ok(json!({ "ok": false, "error": "no_text" }));
-    }
-    let thread = v
-        .get("thread_ts")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let ts = {
-        let mut g = p.lock();
-        g.serial += 1;
-        format!("1700000000.{:06}", g.serial)
-    };
-    p.record(api::SLACK_API, &channel, &text, thread, None, v);
-    ok(json!({ "ok": true, "channel": channel, "ts": ts }))
 }
 
 async fn rocketchat(

@@ -33,7 +33,7 @@ pub fn keys(platform: &str) -> &'static [&'static str] {
 }
 
 /// The platforms whose replies can stream (`stream = true`).
-pub const STREAMING: &[&str] = &["telegram", "dingtalk", "feishu", "lark"];
+pub const STREAMING: &[&str] = &["telegram", "slack", "dingtalk", "feishu", "lark"];
 
 /// Builds the reply channel of a source that answers into its conversations; a source that
 /// asks to stream must be on a platform that can grow a message.
@@ -211,7 +211,17 @@ mod tests {
         assert_eq!(key, "sources.s.stream");
         assert!(problem.contains("cannot be edited"), "{problem}");
         assert_eq!(
-            streams("platform = \"slack\"\nbot_token = \"xoxb\"").map_err(|e| e.0),
+            streams("platform = \"slack\"\nbot_token = \"xoxb\""),
+            Ok(true)
+        );
+        assert_eq!(
+            streams("platform = \"feishu\"\napp_id = \"cli\"\napp_secret = \"s\"").map_err(|e| e.0),
+            Ok(true)
+        );
+        // Discord's replies do not stream (yet): a clear refusal.
+        assert_eq!(
+            streams("platform = \"discord\"\npublic_key = \"k\"\nbot_token = \"b\"")
+                .map_err(|e| e.0),
             Err("sources.s.stream".to_owned())
         );
         // DingTalk streams into an AI card of the source's template: without one, a clear word.

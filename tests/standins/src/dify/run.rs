@@ -188,6 +188,11 @@ pub(super) async fn execute(shared: Arc<Shared>, run: Run, sink: Sink, in_flight
             break;
         }
         text.push_str(piece);
+        if i == 0 && matches!(sink, Sink::Stream(_)) {
+            let now = std::time::Instant::now();
+            let mut state = shared.lock();
+            state.first_tokens.entry(run.query.clone()).or_insert(now);
+        }
         match run.endpoint {
             Endpoint::Workflow => sink.event(&workflow_event(
                 &run,
