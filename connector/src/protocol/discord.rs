@@ -460,23 +460,12 @@ impl GatewaySession {
     fn dispatch(&mut self, t: Option<&str>, d: Value) -> Read {
         match t {
             Some("READY") => {
+                let text = |path: &str| d.pointer(path).and_then(Value::as_str).map(str::to_owned);
                 let mut m = self.memory();
-                m.session_id = d
-                    .get("session_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                m.resume_url = d
-                    .get("resume_gateway_url")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                m.bot_user_id = d
-                    .pointer("/user/id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                m.application_id = d
-                    .pointer("/application/id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                m.session_id = text("/session_id");
+                m.resume_url = text("/resume_gateway_url");
+                m.bot_user_id = text("/user/id");
+                m.application_id = text("/application/id");
                 m.resume_tries = 0;
                 Read::of("ready", vec![Step::Up])
             }
