@@ -106,6 +106,7 @@ fn jobs(prefix: &str, target: &str, n: usize) -> Vec<Vec<u8>> {
                 },
                 attempts: Vec::new(),
                 replay_of: None,
+                parts_left: None,
             };
             encode(&job)
         })

@@ -127,6 +127,7 @@ fn job(target: &str) -> DispatchJob {
         },
         attempts: vec![],
         replay_of: None,
+        parts_left: None,
     }
 }
 

@@ -123,6 +123,7 @@ fn letter(n: usize, replay_every: usize) -> DeadLetter {
             },
             attempts: event.attempts.clone(),
             replay_of: None,
+            parts_left: None,
         };
         let mut dl = DeadLetter::from_job(&job, reason, "receiver answered 504 on every attempt");
         dl.dead_at = at(0);

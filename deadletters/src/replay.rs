@@ -188,6 +188,7 @@ mod tests {
             },
             attempts: vec![attempt()],
             replay_of: Some(Uuid::now_v7()),
+            parts_left: None,
         }
     }
 

@@ -274,6 +274,7 @@ fn job(source: &str, target: &str) -> DispatchJob {
         },
         attempts: vec![attempt(5, "permanent", Some(410), "receiver gone")],
         replay_of: None,
+        parts_left: None,
     }
 }
 

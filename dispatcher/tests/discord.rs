@@ -69,7 +69,7 @@ fn context(kit: &Fixture) -> Context {
             .unwrap(),
         store: kit.store(),
         allow_private: vec!["127.0.0.0/8".parse().unwrap()],
-        part_budget: None,
+        pace: None,
     }
 }
 
@@ -99,6 +99,7 @@ fn job_to(text: &str, destination: Destination) -> DispatchJob {
         },
         attempts: vec![],
         replay_of: None,
+        parts_left: None,
     }
 }
 

@@ -12,7 +12,7 @@ fn ctx(kit: &Fixture, allow: &[&str]) -> Context {
             .unwrap(),
         store: kit.store_with_pool(1),
         allow_private: allow.iter().map(|a| a.parse().unwrap()).collect(),
-        part_budget: None,
+        pace: None,
     }
 }
 

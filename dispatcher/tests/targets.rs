@@ -41,7 +41,7 @@ impl Env {
                 store,
                 // The stand-ins are on loopback.
                 allow_private: vec!["127.0.0.0/8".parse().unwrap()],
-                part_budget: None,
+                pace: None,
             },
             p: PlatformStandin::start().await.unwrap(),
             kit,
@@ -99,6 +99,7 @@ fn job_to(text: &str, destination: Destination, chat_type: ChatType) -> Dispatch
         },
         attempts: vec![],
         replay_of: None,
+        parts_left: None,
     }
 }
 
@@ -453,6 +454,60 @@ async fn a_retry_after_a_failed_part_does_not_resend_earlier_parts() {
     assert_eq!(env.p.texts(api::WECOM_ROBOT).len(), n);
 }
 
+#[tokio::test]
+async fn a_paced_answer_stops_where_its_limit_says_and_continues_with_only_the_parts_left() {
+    let mut env = Env::new().await;
+    let t = env.target(&format!(
+        "kind = \"wecom_robot\"\nurl = \"{}\"",
+        env.p.wecom_robot_url()
+    ));
+    // 2 a minute, evenly paced: the first part is the job's own admission, the second finds
+    // the limit fresh, the third must wait about 30 s.
+    let rate = shared::units::Rate {
+        count: 2,
+        per: Duration::from_secs(60),
+    };
+    let limiter = dispatcher::ratelimit::RateLimiter::new(env.ctx.store.clone());
+    env.ctx.pace = Some(parts::Pace::new(limiter, "t".into(), vec![rate]));
+    let text = long_text(1000); // ~7 000 bytes: 4 parts of 2 048.
+    let job = job(&text);
+    let all = t.parts(&text);
+    assert_eq!(all.len(), 4);
+    let out = t.deliver(&job, &env.ctx).await;
+    let Verdict::Continue { wait, left } = out.verdict.clone() else {
+        panic!("{:?}", out.verdict)
+    };
+    assert!(
+        wait > Duration::from_secs(20) && wait <= Duration::from_secs(31),
+        "{wait:?}"
+    );
+    assert!(out.sent, "parts went out");
+    assert_eq!(left.sent, 2);
+    assert_eq!(left.parts, all[2..].to_vec(), "exactly the parts not sent");
+    assert_eq!(env.p.texts(api::WECOM_ROBOT), all[..2].to_vec());
+    // The job travels on without its answer; its size is the parts left, not the answer.
+    let continued = job.clone().continued(left);
+    assert_eq!(t.message_count(&continued), 2);
+    let size = shared::envelope::encode(&continued).len();
+    let mut bare = job.clone();
+    bare.payload.answer.text.clear();
+    let carried: usize = all[2..].iter().map(String::len).sum();
+    assert!(
+        size <= shared::envelope::encode(&bare).len() + carried + 64,
+        "continued job {size} bytes: the bare job and the {carried} bytes left, nothing more"
+    );
+    // Its next delivery (admitted afresh by the loop) sends the rest, in order, each once.
+    env.ctx.pace = None;
+    let out = t.deliver(&continued, &env.ctx).await;
+    assert_eq!(out.verdict, Verdict::Delivered, "{:?}", out.attempt);
+    assert_eq!(env.p.texts(api::WECOM_ROBOT), all);
+    // A redelivered copy of either message posts nothing more.
+    for copy in [&job, &continued] {
+        assert_eq!(t.deliver(copy, &env.ctx).await.verdict, Verdict::Delivered);
+    }
+    assert_eq!(env.p.texts(api::WECOM_ROBOT).len(), 4);
+}
+
 fn wecom_source() -> String {
     format!(
         "platform = \"wecom\"\nreceive_id = \"{}\"\ncorp_secret = \"{}\"\nagent_id = 1000002\napi_base = \"{{base}}\"",
@@ -588,7 +643,7 @@ async fn concurrent_deliveries_fetch_one_token() {
         http: env.ctx.http.clone(),
         store: env.kit.store(),
         allow_private: env.ctx.allow_private.clone(),
-        part_budget: None,
+        pace: None,
     };
     let mut tasks = Vec::new();
     for i in 0..12 {

@@ -350,6 +350,19 @@ pub struct DispatchJob {
     pub attempts: Vec<Attempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<Uuid>,
+    /// A split answer partly sent: the parts still to go, carried *instead of* the answer's
+    /// text (and its workflow outputs), so that a job waiting between parts for its target's
+    /// rate limit is republished with what is left to send, not the whole answer each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts_left: Option<PartsLeft>,
+}
+
+/// The parts of a split answer not yet sent, as the target split it (numbered `(i/n)` already).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartsLeft {
+    /// How many parts went out before these: the first of `parts` is part `sent + 1`.
+    pub sent: usize,
+    pub parts: Vec<String>,
 }
 
 impl Envelope for DispatchJob {
@@ -398,6 +411,17 @@ impl DispatchJob {
     pub fn job_id_of_event(event_id: Uuid, destination: &Destination) -> Uuid {
         let name = format!("{event_id}/{}", destination.name());
         Uuid::new_v5(&event_id, name.as_bytes())
+    }
+
+    /// The job to publish once the first `left.sent` parts of its split answer went out: it
+    /// carries the parts left instead of the answer's text and workflow outputs (which no
+    /// chat target sends), so its size no longer depends on the answer's. Everything else —
+    /// id, destination, the event, the attempts so far — stays.
+    pub fn continued(mut self, left: PartsLeft) -> Self {
+        self.payload.answer.text.clear();
+        self.payload.answer.outputs = None;
+        self.parts_left = Some(left);
+        self
     }
 }
 
@@ -660,6 +684,55 @@ mod tests {
         let of = DispatchJob::job_id_of_event;
         assert_eq!(of(id, &a), of(id, &a));
         assert_ne!(of(id, &a), of(id, &b));
+    }
+
+    #[test]
+    fn a_continued_job_carries_its_parts_left_instead_of_the_answer() {
+        let destination = Destination::Target { id: "tg".into() };
+        let job = DispatchJob {
+            id: Uuid::now_v7(),
+            destination,
+            payload: AnswerPayload {
+                event_id: Uuid::now_v7(),
+                source: "crm".into(),
+                platform: "bearer".into(),
+                conversation: Conversation {
+                    chat_id: "c1".into(),
+                    chat_type: ChatType::Single,
+                    sender_id: "u1".into(),
+                    sender_name: None,
+                    thread_id: None,
+                },
+                query: "the question".into(),
+                answer: Answer {
+                    text: "x".repeat(1 << 20),
+                    outputs: Some(serde_json::json!({"report": "y".repeat(1 << 19)})),
+                    ..Answer::default()
+                },
+                timings: Timings::default(),
+                event: None,
+            },
+            attempts: vec![],
+            replay_of: None,
+            parts_left: None,
+        };
+        // Written before parts were carried: still read, with none.
+        let old = encode(&job);
+        assert!(!String::from_utf8_lossy(&old).contains("parts_left"));
+        assert_eq!(decode::<DispatchJob>(&old).unwrap().parts_left, None);
+        let left = PartsLeft {
+            sent: 1,
+            parts: vec!["(2/3) b".into(), "(3/3) c".into()],
+        };
+        let continued = job.clone().continued(left.clone());
+        assert_eq!(continued.parts_left.as_ref(), Some(&left));
+        assert_eq!(continued.payload.answer.text, "");
+        assert_eq!(continued.payload.answer.outputs, None);
+        assert_eq!(continued.id, job.id);
+        assert_eq!(continued.payload.query, "the question");
+        let wire = encode(&continued);
+        assert!(wire.len() < 1024, "{} bytes on the wire", wire.len());
+        assert_eq!(decode::<DispatchJob>(&wire).unwrap(), continued);
     }
 
     #[test]

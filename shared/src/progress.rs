@@ -75,6 +75,7 @@ mod tests {
             payload,
             attempts: vec![],
             replay_of: None,
+            parts_left: None,
         };
         assert!(!is_progress(&encode(&job)));
         assert!(!is_progress(b"not json"));

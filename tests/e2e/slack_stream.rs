@@ -244,6 +244,7 @@ async fn an_older_slack_update_never_overwrites_a_newer_one_and_a_rate_limited_f
         payload: final_payload,
         attempts: vec![],
         replay_of: None,
+        parts_left: None,
     };
     publish(&app, encode(&job)).await;
     ends_with(&p, "Hello, world. The end.").await;

@@ -77,6 +77,7 @@ impl Direct {
             payload: self.with(text),
             attempts: vec![],
             replay_of: None,
+            parts_left: None,
         })
     }
 

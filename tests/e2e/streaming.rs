@@ -227,6 +227,7 @@ async fn an_older_update_never_overwrites_a_newer_one_nor_any_the_final_answer()
         payload: final_payload,
         attempts: vec![],
         replay_of: None,
+        parts_left: None,
     };
     publish(&app, encode(&job)).await;
     ends_with(&p, "Hello, world. The end.").await;

@@ -548,6 +548,73 @@ rate = "4/s"
     p.shutdown();
 }
 
+#[tokio::test]
+async fn a_paced_long_answer_travels_on_with_only_its_parts_left_and_a_replay_sends_just_those() {
+    let p = PlatformStandin::start().await.unwrap();
+    // One message every 3 s: after part 1 the rest must wait, parked with only what is left.
+    let blocks = format!(
+        r#"
+[[targets]]
+id = "telegram"
+kind = "telegram"
+bot_token = "{tg}"
+chat_id = -100300
+api_base = "{base}"
+rate = "1/3s"
+"#,
+        tg = creds::TELEGRAM_BOT_TOKEN,
+        base = p.base_url(),
+    );
+    let app = spawn(asking(&["telegram"], &blocks)).await;
+    let question = long_text(1300); // 9 100 characters: 3 Telegram parts.
+    ask(&app, "paced-1", &question).await;
+    let p2 = p.clone();
+    eventually("part 1", || p2.texts(api::TELEGRAM).len() == 1).await;
+    // Part 2 is refused for good when its turn comes: the job dies carrying what was left.
+    p.fail_next(
+        api::TELEGRAM,
+        1,
+        Scripted::telegram(400, "Bad Request: chat not found"),
+    );
+    let letters = dead_letters_at_least(&app, 1).await;
+    let [dead] = letters.as_slice() else {
+        panic!("one dead letter, got {}", letters.len())
+    };
+    assert_eq!(dead.reason, Reason::Permanent);
+    let job: DispatchJob = serde_json::from_value(dead.message.clone()).unwrap();
+    let answer = format!("echo: {question}");
+    assert_eq!(
+        job.payload.answer.text, "",
+        "the answer is not carried again"
+    );
+    let left = job.parts_left.expect("the parts left");
+    assert_eq!(left.sent, 1);
+    assert_eq!(left.parts.len(), 2);
+    assert!(left.parts[0].starts_with("(2/3) ") && left.parts[1].starts_with("(3/3) "));
+    let carried: usize = left.parts.iter().map(String::len).sum();
+    assert!(
+        carried < answer.len(),
+        "parts left {carried} bytes, answer {}",
+        answer.len()
+    );
+    // A replay sends the parts left, never part 1 again.
+    let (ok, out, err) = dlq(&app, &["replay", "--all", "--yes", "--allow-unverified"]).await;
+    assert!(ok, "{out}{err}");
+    exactly_at(&p, api::TELEGRAM, 3).await;
+    let texts = p.texts(api::TELEGRAM);
+    let mut words = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let rest = t
+            .strip_prefix(&format!("({}/3) ", i + 1))
+            .unwrap_or_else(|| panic!("part {i} starts {t:.16}"));
+        words.extend(rest.split_whitespace().map(str::to_owned));
+    }
+    let want: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(words, want, "every word once, in order");
+    app.shutdown().await;
+    p.shutdown();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receiver outage
 

@@ -74,6 +74,11 @@ fn from_letter(offset: u64, origin: Origin, d: &DeadLetter, seal: Option<Verdict
     {
         search.add(v.as_str().unwrap_or(""));
     }
+    // A job continued between the parts of a split answer carries them instead of the answer.
+    let parts_left = m.pointer("/parts_left/parts").and_then(|v| v.as_array());
+    for part in parts_left.into_iter().flatten() {
+        search.add(part.as_str().unwrap_or(""));
+    }
     for a in &d.attempts {
         search.add(a.error.as_deref().unwrap_or(""));
         search.add(a.code.as_deref().unwrap_or(""));
@@ -131,5 +136,30 @@ mod tests {
         long.add(&"x".repeat(SEARCH_BYTES * 2));
         long.add("more");
         assert_eq!(long.0.len(), SEARCH_BYTES);
+    }
+
+    #[test]
+    fn the_parts_a_continued_job_carries_are_searched_like_its_answer() {
+        let message = serde_json::json!({
+            "payload": {"query": "Where is my parcel?", "answer": {"text": ""}},
+            "parts_left": {"sent": 1, "parts": ["(2/3) Tracking NUMBER 77", "(3/3) bye"]},
+        });
+        let letter = DeadLetter {
+            id: Uuid::now_v7(),
+            stage: Stage::Deliver,
+            reason: Reason::Permanent,
+            error: "part 2/3: chat not found".into(),
+            source: "crm".into(),
+            target: Some("tg".into()),
+            event_id: None,
+            message,
+            attempts: vec![],
+            first_attempt_at: None,
+            last_attempt_at: None,
+            dead_at: Utc::now(),
+        };
+        let row = from_letter(0, Origin::Envelope, &letter, None);
+        assert!(row.search.contains("tracking number 77"), "{}", row.search);
+        assert!(row.search.contains("(3/3) bye"), "{}", row.search);
     }
 }

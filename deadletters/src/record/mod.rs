@@ -347,6 +347,7 @@ mod tests {
             },
             attempts: vec![],
             replay_of: None,
+            parts_left: None,
         }
     }
 

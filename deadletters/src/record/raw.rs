@@ -12,17 +12,17 @@ use super::{EntryMeta, Letter, Names, Origin};
 
 /// What a raw entry's body turned out to be.
 enum Body {
-    Event(InboundEvent),
-    Job(DispatchJob),
+    Event(Box<InboundEvent>),
+    Job(Box<DispatchJob>),
     Other,
 }
 
 fn read_body(body: &[u8]) -> Body {
     if let Ok(e) = shared::envelope::decode::<InboundEvent>(body) {
-        return Body::Event(e);
+        return Body::Event(Box::new(e));
     }
     if let Ok(j) = shared::envelope::decode::<DispatchJob>(body) {
-        return Body::Job(j);
+        return Body::Job(Box::new(j));
     }
     Body::Other
 }

@@ -58,7 +58,10 @@ pub(super) fn receiver_alive(outcome: &Outcome) -> Option<bool> {
         return None;
     }
     match &outcome.verdict {
-        Verdict::Delivered | Verdict::Wait { .. } | Verdict::Permanent => Some(true),
+        Verdict::Delivered
+        | Verdict::Wait { .. }
+        | Verdict::Continue { .. }
+        | Verdict::Permanent => Some(true),
         Verdict::Retry { .. } => Some(false),
         Verdict::TokenInvalid => None,
     }

@@ -30,6 +30,7 @@ pub use routes::{build_routes, Route, Routes};
 
 use crate::breaker::Breaker;
 use crate::ratelimit::RateLimiter;
+use crate::target::parts::Pace;
 use crate::target::{Context, Outcome};
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
@@ -72,7 +73,7 @@ impl Dispatcher {
                 http: crate::ssrf::client(d)?,
                 store: services.store.clone(),
                 allow_private: d.allow_private.clone(),
-                part_budget: None,
+                pace: None,
             },
             limiter: RateLimiter::new(services.store.clone()),
             breaker: Breaker::new(services.store.clone(), Default::default()),
@@ -174,13 +175,17 @@ impl Dispatcher {
 
     /// Delivers the job once through its target's kind. A rate-limited target sends one message
     /// per admission, so a split answer spends one admission per part and no window exceeds
-    /// the limit.
+    /// the limit (the job's own admission covers its first part; the pace, each further one).
     async fn attempt(&self, job: &DispatchJob, route: &Route) -> Outcome {
         let ctx = if route.rates.is_empty() {
             self.ctx.clone()
         } else {
             Context {
-                part_budget: Some(1),
+                pace: Some(Pace::new(
+                    self.limiter.clone(),
+                    admit::target_name(job),
+                    route.rates.clone(),
+                )),
                 ..self.ctx.clone()
             }
         };

@@ -1,5 +1,6 @@
 //! Acting on an attempt's verdict: the breaker is told, the attempt joins the job's history, and
-//! the job is marked delivered, parked (a platform's "slow down", a retry on the schedule) or
+//! the job is marked delivered, parked (a platform's "slow down", a retry on the schedule, the
+//! rest of a split answer waiting for its rate limit, carrying only its parts left) or
 //! dead-lettered with its whole history. The job's lock is released whatever happened. Which
 //! attempts count against the schedule and how the last one reads in a dead letter are decided
 //! here, purely.
@@ -47,6 +48,8 @@ impl Dispatcher {
                 );
                 self.defer(&job, wait).await
             }
+            // Parts went out; the rest continues on its own admission, carrying only itself.
+            Verdict::Continue { wait, left } => self.defer(&job.continued(left), wait).await,
             Verdict::Retry { retry_after } => self.retry_or_give_up(&job, route, retry_after).await,
             Verdict::TokenInvalid => self.retry_or_give_up(&job, route, None).await,
             Verdict::Permanent => {

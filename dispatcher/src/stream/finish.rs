@@ -72,9 +72,10 @@ async fn finish_locked(
         (Some(m), false) => m,
         _ => return single(target, job, ctx, record).await,
     };
-    let parts = target.parts(&job.payload.answer.text);
-    if !state.finished {
-        let first = parts.first().map(String::as_str).unwrap_or_default();
+    let parts = target.parts_of(job);
+    // A continued job's parts all come after the message (part 0), which is then finished.
+    if !state.finished && parts.first == 0 {
+        let first = parts.list.first().map(String::as_str).unwrap_or_default();
         let edited = grow.end(reply, ctx, &message, first).await;
         match edited.verdict {
             Verdict::Delivered => {}
@@ -87,13 +88,13 @@ async fn finish_locked(
         if let Err(e) = record.finished().await {
             tracing::warn!(error = %e, "could not mark the streamed reply finished");
         }
-        if parts.len() <= 1 {
+        if parts.list.len() <= 1 {
             return edited;
         }
     }
     // A long answer: the rest as new messages (part 0 is the message, done above or before).
     let done = local_outcome(Verdict::Delivered, "the first part is the streamed message");
-    deliver_parts(job, ctx, &parts, |i, part| {
+    deliver_parts(job, ctx, parts, |i, part| {
         let done = done.clone();
         Box::pin(async move {
             if i == 0 {

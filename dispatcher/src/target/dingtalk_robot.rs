@@ -162,8 +162,8 @@ impl Target for DingtalkRobot {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |i, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |i, part| {
             let body = self.render(&part, i == 0);
             // Each part is signed at its own send time: DingTalk refuses stale timestamps.
             let url = self.url_for(chrono::Utc::now().timestamp_millis());

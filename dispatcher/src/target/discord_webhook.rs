@@ -113,13 +113,13 @@ impl Target for DiscordWebhook {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
+        let parts = self.parts_of(job);
         let route = self.route();
         let mut query = vec![("wait", "true")];
         if let Some(thread) = &self.thread_id {
             query.push(("thread_id", thread));
         }
-        deliver_parts(job, ctx, &parts, |_, part| {
+        deliver_parts(job, ctx, parts, |_, part| {
             let request = ctx
                 .http
                 .post(self.url.expose())

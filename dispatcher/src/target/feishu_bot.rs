@@ -162,8 +162,8 @@ impl Target for FeishuBot {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             // Each part is signed at its own send time: Feishu refuses stale timestamps.
             let body = self.render(&part, chrono::Utc::now().timestamp());
             let request = ctx.http.post(self.url.expose()).json(&body);

@@ -46,6 +46,13 @@ pub enum Verdict {
     Wait { wait: Duration },
     /// The access token was refused: refresh it and try once more at once.
     TokenInvalid,
+    /// Some parts of a split answer were taken and the rest waits for its own admission from
+    /// the target's rate limit: the job goes on after `wait` with only the parts `left`,
+    /// without counting an attempt.
+    Continue {
+        wait: Duration,
+        left: shared::envelope::PartsLeft,
+    },
     /// Refused for good: dead letter.
     Permanent,
 }
@@ -58,6 +65,7 @@ impl Verdict {
             Verdict::Retry { .. } => AttemptOutcome::Retry,
             Verdict::Wait { .. } => AttemptOutcome::Wait,
             Verdict::TokenInvalid => AttemptOutcome::TokenInvalid,
+            Verdict::Continue { .. } => AttemptOutcome::Partial,
             Verdict::Permanent => AttemptOutcome::Permanent,
         }
     }
@@ -91,9 +99,10 @@ pub struct Context {
     /// Private networks receivers may nevertheless be on (`dispatcher.allow_private`): the
     /// resolver checks names, [`send`] checks IP-literal hosts, which no resolver sees.
     pub allow_private: Vec<ipnet::IpNet>,
-    /// At most this many parts of a split answer per delivery (`None`: all). A rate-limited
-    /// target gets 1: each part is its own admission, so no window exceeds the limit.
-    pub part_budget: Option<usize>,
+    /// What each further part of a split answer must be admitted by (`None`: all parts go at
+    /// once). A rate-limited target's: each part is its own admission, so no window exceeds
+    /// the limit.
+    pub pace: Option<parts::Pace>,
 }
 
 /// One configured target (or a source's reply channel), ready to deliver.
@@ -120,10 +129,24 @@ pub trait Target: Send + Sync + std::fmt::Debug {
             None => vec![text.to_owned()],
         }
     }
-    /// How many platform messages the job becomes: what a delivery spends of the platform's
-    /// limit.
+    /// The parts this delivery of `job` sends: its answer split to the message limit, or the
+    /// parts a continued job carries instead of its answer ([`DispatchJob::continued`]).
+    fn parts_of(&self, job: &DispatchJob) -> parts::Parts {
+        match &job.parts_left {
+            Some(left) => parts::Parts {
+                first: left.sent,
+                list: left.parts.clone(),
+            },
+            None => parts::Parts {
+                first: 0,
+                list: self.parts(&job.payload.answer.text),
+            },
+        }
+    }
+    /// How many platform messages the job (still) becomes: what its delivery spends of the
+    /// platform's limit.
     fn message_count(&self, job: &DispatchJob) -> usize {
-        self.parts(&job.payload.answer.text).len()
+        self.parts_of(job).list.len()
     }
     /// Renders and sends the job once (the parts not yet delivered); classifies the answer.
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome;

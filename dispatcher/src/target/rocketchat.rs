@@ -68,8 +68,8 @@ impl Target for RocketChat {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             let request = ctx.http.post(self.url.expose()).json(&self.render(&part));
             Box::pin(async move { send(ctx, request, classify).await.0 })
         })

@@ -171,8 +171,8 @@ impl Target for Slack {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             let body = self.render(&part);
             let (request, classify): (_, fn(&Answer) -> Verdict) = match &self.mode {
                 Mode::Webhook { url } => {

@@ -116,9 +116,9 @@ impl Target for Telegram {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
+        let parts = self.parts_of(job);
         let url = send_message_url(&self.api_base, &self.token);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        deliver_parts(job, ctx, parts, |_, part| {
             let request = ctx.http.post(&url).json(&self.render(&part));
             Box::pin(async move { send(ctx, request, classify).await.0 })
         })

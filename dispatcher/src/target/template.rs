@@ -86,6 +86,7 @@ mod tests {
             },
             attempts: vec![],
             replay_of: None,
+            parts_left: None,
         }
     }
 

@@ -123,8 +123,8 @@ impl Target for WecomRobot {
     }
 
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |i, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |i, part| {
             let body = self.render(&part, i == 0);
             let request = ctx.http.post(self.url.expose()).json(&body);
             Box::pin(async move { send(ctx, request, classify).await.0 })

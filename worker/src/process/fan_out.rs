@@ -73,6 +73,7 @@ impl Worker {
                 payload,
                 attempts: Vec::new(),
                 replay_of: None,
+                parts_left: None,
             };
             let opts = Publish {
                 message_id: Some(job.id.to_string()),

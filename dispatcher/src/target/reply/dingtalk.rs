@@ -379,8 +379,8 @@ impl Target for DingtalkReply {
         };
         let handle = &handle;
         let chat_type = job.payload.conversation.chat_type;
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             Box::pin(async move { self.send_one(ctx, handle, chat_type, &part).await })
         })
         .await

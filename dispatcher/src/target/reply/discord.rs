@@ -145,11 +145,11 @@ impl Target for DiscordReply {
                 ..
             }
         );
-        let parts = self.parts(&job.payload.answer.text);
+        let parts = self.parts_of(job);
         // Set once Discord refused the interaction token: the remaining parts go to the channel.
         let refused = AtomicBool::new(false);
         let refused = &refused;
-        deliver_parts(job, ctx, &parts, |i, part| {
+        deliver_parts(job, ctx, parts, |i, part| {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let via = match self.via(handle, i, now_ms) {
                 Via::Interaction(..) if refused.load(Ordering::Relaxed) => {

@@ -173,8 +173,8 @@ impl Target for FeishuReply {
         let Some(ReplyHandle::Feishu { message_id, .. }) = super::handle(job) else {
             return super::wrong_handle("feishu");
         };
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             Box::pin(async move { self.send_text(ctx, message_id, &part).await })
         })
         .await

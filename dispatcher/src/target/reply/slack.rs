@@ -148,8 +148,8 @@ impl Target for SlackReply {
         else {
             return super::wrong_handle("slack");
         };
-        let parts = self.parts(&job.payload.answer.text);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        let parts = self.parts_of(job);
+        deliver_parts(job, ctx, parts, |_, part| {
             let request = match (response_url, &self.token) {
                 // A slash command: its response_url answers in the channel without a bot token.
                 (Some(url), _) => Ok((

@@ -150,9 +150,9 @@ impl Target for TelegramReply {
             .thread_id
             .as_deref()
             .and_then(|t| t.parse::<i64>().ok());
-        let parts = self.parts(&job.payload.answer.text);
+        let parts = self.parts_of(job);
         let url = send_message_url(&self.api_base, &self.token);
-        deliver_parts(job, ctx, &parts, |i, part| {
+        deliver_parts(job, ctx, parts, |i, part| {
             let request =
                 ctx.http
                     .post(&url)

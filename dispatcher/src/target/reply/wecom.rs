@@ -149,9 +149,9 @@ impl Target for WecomReply {
         if to_user.is_empty() {
             return local_outcome(Verdict::Permanent, "the reply handle names no user");
         }
-        let parts = self.parts(&job.payload.answer.text);
+        let parts = self.parts_of(job);
         let url = format!("{}/cgi-bin/message/send", self.token.api_base);
-        deliver_parts(job, ctx, &parts, |_, part| {
+        deliver_parts(job, ctx, parts, |_, part| {
             let body = self.render(to_user, agent_id.as_deref(), &part);
             let url = &url;
             Box::pin(async move {
