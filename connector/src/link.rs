@@ -98,6 +98,48 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        sink: Sink,
+        ack_tx: mpsc::UnboundedSender<Frame>,
+        ctx: Arc<SourceCtx>,
+        notes: mpsc::Sender<Note>,
+    ) -> Self {
+        Self {
+            sink,
+            keeps: JoinSet::new(),
+            ack_tx,
+            ctx,
+            notes,
+            heard: false,
+            close: None,
+            disabled: None,
+        }
+    }
+
+    /// Writes one message; `Err` says what could not be written, and why.
+    async fn send(&mut self, m: Message, what: &str) -> Result<(), String> {
+        self.sink
+            .send(m)
+            .await
+            .map_err(|e| format!("cannot write {what}: {e}"))
+    }
+
+    /// The connection ends because carrying out the session's steps stopped.
+    fn stopped(self, stop: Stop) -> LinkEnd {
+        match stop {
+            Stop::Failed(why) => self.dropped(why),
+            Stop::Asked {
+                label,
+                after,
+                reason,
+            } => {
+                let mut end = self.dropped(reason);
+                end.ended.asked = Some((label, after));
+                end
+            }
+        }
+    }
+
     fn end(&self, reason: String) -> LinkEnd {
         LinkEnd {
             reason,
@@ -117,6 +159,55 @@ impl Conn {
         let end = self.end(reason);
         self.keeps.detach_all();
         end
+    }
+
+    /// A message read from the server: the frame for the session, if it is one (a close frame
+    /// is noted for the connection's end; pongs are tungstenite's own business).
+    fn heard(&mut self, m: Message) -> Option<Frame> {
+        self.heard = true;
+        match m {
+            Message::Text(t) => Some(Frame::Text(t.to_string())),
+            Message::Binary(b) => Some(Frame::Binary(b.to_vec())),
+            Message::Close(Some(f)) => {
+                self.close = Some((u16::from(f.code), f.reason.to_string()));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The server ended the stream, with or without a close frame first.
+    fn closed_by_server(self) -> LinkEnd {
+        let why = match &self.close {
+            Some((code, reason)) => format!("closed by the server: {code} {reason}")
+                .trim()
+                .to_owned(),
+            None => "closed by the server".into(),
+        };
+        self.dropped(why)
+    }
+
+    /// Leaves once every event in flight is settled (its ack is queued, or it is not to be
+    /// acked): sends the queued acks, then closes with 1000.
+    async fn leave(mut self, acks: &mut mpsc::UnboundedReceiver<Frame>) -> LinkEnd {
+        while let Ok(frame) = acks.try_recv() {
+            if self.sink.send(message(frame)).await.is_err() {
+                break;
+            }
+        }
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = self.sink.send(Message::Close(Some(bye))).await;
+        let _ = self.sink.close().await;
+        match self.disabled.take() {
+            Some(reason) => LinkEnd {
+                disabled: true,
+                ..self.end(reason)
+            },
+            None => self.end("left for its replacement, or stopping".into()),
+        }
     }
 
     /// Carries out what the session asked; `Err` is why the connection ends.
@@ -189,16 +280,7 @@ pub(crate) async fn run(
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Frame>();
     let heartbeat = ctx.heartbeat;
     let source = ctx.source_id.clone();
-    let mut conn = Conn {
-        sink,
-        keeps: JoinSet::new(),
-        ack_tx,
-        ctx,
-        notes,
-        heard: false,
-        close: None,
-        disabled: None,
-    };
+    let mut conn = Conn::new(sink, ack_tx, ctx, notes);
     let mut last_heard = Instant::now();
     let mut probe = tokio::time::interval(heartbeat);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,50 +289,19 @@ pub(crate) async fn run(
     let mut leaving = false;
     loop {
         if leaving && conn.keeps.is_empty() {
-            // Every event in flight is settled: its ack is queued, or it is not to be acked.
-            while let Ok(frame) = ack_rx.try_recv() {
-                if conn.sink.send(message(frame)).await.is_err() {
-                    break;
-                }
-            }
-            let bye = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            };
-            let _ = conn.sink.send(Message::Close(Some(bye))).await;
-            let _ = conn.sink.close().await;
-            return match conn.disabled.take() {
-                Some(reason) => LinkEnd {
-                    disabled: true,
-                    ..conn.end(reason)
-                },
-                None => conn.end("left for its replacement, or stopping".into()),
-            };
+            return conn.leave(&mut ack_rx).await;
         }
         let deadline = session.deadline();
         let steps = tokio::select! {
             received = stream.next() => {
                 let frame = match received {
-                    None => {
-                        let why = match &conn.close {
-                            Some((code, reason)) => format!("closed by the server: {code} {reason}").trim().to_owned(),
-                            None => "closed by the server".into(),
-                        };
-                        return conn.dropped(why);
-                    }
+                    None => return conn.closed_by_server(),
                     Some(Err(e)) => return conn.dropped(format!("connection lost: {e}")),
                     Some(Ok(m)) => {
-                        conn.heard = true;
                         last_heard = Instant::now();
-                        match m {
-                            Message::Text(t) => Frame::Text(t.to_string()),
-                            Message::Binary(b) => Frame::Binary(b.to_vec()),
-                            Message::Close(Some(f)) => {
-                                conn.close = Some((u16::from(f.code), f.reason.to_string()));
-                                continue;
-                            }
-                            // Pongs are written by tungstenite itself; a close ends the stream.
-                            _ => continue,
+                        match conn.heard(m) {
+                            Some(frame) => frame,
+                            None => continue,
                         }
                     }
                 };
@@ -267,27 +318,20 @@ pub(crate) async fn run(
                 read.steps
             }
             Some(frame) = ack_rx.recv() => {
-                if let Err(e) = conn.sink.send(message(frame)).await {
-                    return conn.dropped(format!("cannot write an ack: {e}"));
-                }
+                if let Err(why) = conn.send(message(frame), "an ack").await { return conn.dropped(why); }
                 continue;
             }
             Some(_) = conn.keeps.join_next(), if !conn.keeps.is_empty() => continue,
             _ = keepalive.tick() => {
-                if let Some(frame) = session.keepalive() {
-                    if let Err(e) = conn.sink.send(message(frame)).await {
-                        return conn.dropped(format!("cannot send a keep-alive: {e}"));
-                    }
-                }
+                let Some(frame) = session.keepalive() else { continue };
+                if let Err(why) = conn.send(message(frame), "a keep-alive").await { return conn.dropped(why); }
                 continue;
             }
             _ = probe.tick(), if pings => {
                 if last_heard.elapsed() > heartbeat * 3 {
                     return conn.dropped(format!("nothing heard for {:?}", last_heard.elapsed()));
                 }
-                if let Err(e) = conn.sink.send(Message::Ping(Vec::new().into())).await {
-                    return conn.dropped(format!("cannot ping: {e}"));
-                }
+                if let Err(why) = conn.send(Message::Ping(Vec::new().into()), "a ping").await { return conn.dropped(why); }
                 continue;
             }
             _ = leave.cancelled(), if !leaving => {
@@ -297,18 +341,8 @@ pub(crate) async fn run(
         };
         match conn.apply(steps).await {
             // The platform turned the mode off: the events in flight finish, then it closes.
-            Ok(()) if conn.disabled.is_some() => leaving = true,
-            Ok(()) => {}
-            Err(Stop::Failed(why)) => return conn.dropped(why),
-            Err(Stop::Asked {
-                label,
-                after,
-                reason,
-            }) => {
-                let mut end = conn.dropped(reason);
-                end.ended.asked = Some((label, after));
-                return end;
-            }
+            Ok(()) => leaving |= conn.disabled.is_some(),
+            Err(stop) => return conn.stopped(stop),
         }
     }
 }

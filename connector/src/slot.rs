@@ -82,57 +82,12 @@ impl Slot {
         let mut current: Option<Live> = None;
         let mut retired = JoinSet::new();
         let slot = self.name.as_str();
-        let up_at_handshake = self.protocol.up_at_handshake();
         while !stop.is_cancelled() {
-            let (ws, url) = match self.connect().await {
-                Ok(connected) => connected,
-                Err(OpenError::Refused(why)) => {
-                    self.refused(why, &stop).await;
-                    continue;
-                }
-                Err(OpenError::Later(why, wait)) => {
-                    tracing::warn!(slot, reason = %why, retry_in = ?wait, "the platform asks to wait before connecting");
-                    if current.is_none() {
-                        self.set(LinkState::Connecting(Some(why)));
-                    }
-                    self.reconnect("open_failed");
-                    wait_or_stop(wait, &stop).await;
-                    continue;
-                }
-                Err(OpenError::Failed(why)) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(slot, reason = %why, retry_in = ?wait, "cannot open a connection");
-                    if current.is_none() {
-                        self.set(LinkState::Connecting(Some(why)));
-                    }
-                    self.reconnect("open_failed");
-                    wait_or_stop(wait, &stop).await;
-                    continue;
-                }
+            let Some((ws, url)) = self.open(&mut backoff, current.is_some(), &stop).await else {
+                continue;
             };
             tracing::info!(slot, "connected");
-            // Otherwise the state stays what it was (a refusal keeps showing) until the session
-            // says it is up.
-            if up_at_handshake {
-                self.set(LinkState::Up);
-            }
-            let (tell, notes) = mpsc::channel(4);
-            let leave = stop.child_token();
-            let handle = tokio::spawn(link::run(
-                ws,
-                self.protocol.session_for(&url),
-                self.ctx.clone(),
-                tell,
-                leave.clone(),
-                self.protocol.pings(),
-            ));
-            if let Some(old) = current.replace(Live {
-                leave,
-                notes,
-                handle,
-                worked: false,
-                listening: true,
-            }) {
+            if let Some(old) = current.replace(self.start(ws, &url, &stop)) {
                 // The new connection is up: the old one finishes its events and closes.
                 old.leave.cancel();
                 retired.spawn(old.handle);
@@ -152,42 +107,8 @@ impl Slot {
                             ended: Ended::default(),
                             disabled: false,
                         });
-                        if stop.is_cancelled() {
-                            break;
-                        }
-                        if end.disabled {
-                            let wait = self.config.refused_retry;
-                            tracing::error!(slot, reason = %end.reason, retry_in = ?wait, "the platform turned this connection mode off for the app");
-                            self.set(LinkState::Refused(end.reason));
-                            self.reconnect("disabled");
-                            wait_or_stop(wait, &stop).await;
-                            break;
-                        }
-                        let worked = worked || (up_at_handshake && end.heard);
-                        if worked {
-                            backoff.reset();
-                        }
-                        match self.protocol.ended(&end.ended) {
-                            Next::Refused(why) => {
-                                tracing::warn!(slot, reason = %end.reason, "connection ended");
-                                self.refused(why, &stop).await;
-                            }
-                            Next::Backoff => {
-                                let wait = backoff.next_wait();
-                                tracing::warn!(slot, reason = %end.reason, retry_in = ?wait, "connection ended; reconnecting");
-                                self.set(LinkState::Connecting(Some(end.reason)));
-                                self.reconnect("lost");
-                                wait_or_stop(wait, &stop).await;
-                            }
-                            Next::After(label, asked) => {
-                                // A connection that never worked does not get to ask for a
-                                // quick one again: the backoff applies too.
-                                let wait = if worked { asked } else { asked.max(backoff.next_wait()) };
-                                tracing::info!(slot, reason = %end.reason, retry_in = ?wait, "reconnecting as the session asked");
-                                self.set(LinkState::Connecting(Some(end.reason)));
-                                self.reconnect(label);
-                                wait_or_stop(wait, &stop).await;
-                            }
+                        if !stop.is_cancelled() {
+                            self.after(end, worked, &mut backoff, &stop).await;
                         }
                         break;
                     }
@@ -216,6 +137,114 @@ impl Slot {
         }
         while retired.join_next().await.is_some() {}
         tracing::info!(slot, "connection closed");
+    }
+
+    /// Opens a connection, or says why not and waits as the failure asks (`None`). While
+    /// another connection of the slot is `live`, the slot's state stays what that one says.
+    async fn open(
+        &self,
+        backoff: &mut Backoff,
+        live: bool,
+        stop: &CancellationToken,
+    ) -> Option<(Socket, url::Url)> {
+        let slot = self.name.as_str();
+        let (why, wait) = match self.connect().await {
+            Ok(connected) => return Some(connected),
+            Err(OpenError::Refused(why)) => {
+                self.refused(why, stop).await;
+                return None;
+            }
+            Err(OpenError::Later(why, wait)) => {
+                tracing::warn!(slot, reason = %why, retry_in = ?wait, "the platform asks to wait before connecting");
+                (why, wait)
+            }
+            Err(OpenError::Failed(why)) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(slot, reason = %why, retry_in = ?wait, "cannot open a connection");
+                (why, wait)
+            }
+        };
+        if !live {
+            self.set(LinkState::Connecting(Some(why)));
+        }
+        self.reconnect("open_failed");
+        wait_or_stop(wait, stop).await;
+        None
+    }
+
+    /// Starts the connection's link; the slot's state says up now only for protocols that are
+    /// up at the handshake (otherwise it stays what it was, a refusal keeps showing, until the
+    /// session says it is up).
+    fn start(&self, ws: Socket, url: &url::Url, stop: &CancellationToken) -> Live {
+        if self.protocol.up_at_handshake() {
+            self.set(LinkState::Up);
+        }
+        let (tell, notes) = mpsc::channel(4);
+        let leave = stop.child_token();
+        let handle = tokio::spawn(link::run(
+            ws,
+            self.protocol.session_for(url),
+            self.ctx.clone(),
+            tell,
+            leave.clone(),
+            self.protocol.pings(),
+        ));
+        Live {
+            leave,
+            notes,
+            handle,
+            worked: false,
+            listening: true,
+        }
+    }
+
+    /// A connection ended (not for shutdown): says why, and waits as its end asks before the
+    /// next one — slowly when the platform turned the mode off or refused, at once or after
+    /// what the session asked, or after the backoff (reset first if the connection worked).
+    async fn after(
+        &self,
+        end: LinkEnd,
+        worked: bool,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) {
+        let slot = self.name.as_str();
+        if end.disabled {
+            let wait = self.config.refused_retry;
+            tracing::error!(slot, reason = %end.reason, retry_in = ?wait, "the platform turned this connection mode off for the app");
+            self.set(LinkState::Refused(end.reason));
+            self.reconnect("disabled");
+            return wait_or_stop(wait, stop).await;
+        }
+        let worked = worked || (self.protocol.up_at_handshake() && end.heard);
+        if worked {
+            backoff.reset();
+        }
+        let (label, wait) = match self.protocol.ended(&end.ended) {
+            Next::Refused(why) => {
+                tracing::warn!(slot, reason = %end.reason, "connection ended");
+                return self.refused(why, stop).await;
+            }
+            Next::Backoff => {
+                let wait = backoff.next_wait();
+                tracing::warn!(slot, reason = %end.reason, retry_in = ?wait, "connection ended; reconnecting");
+                ("lost", wait)
+            }
+            Next::After(label, asked) => {
+                // A connection that never worked does not get to ask for a quick one again:
+                // the backoff applies too.
+                let wait = if worked {
+                    asked
+                } else {
+                    asked.max(backoff.next_wait())
+                };
+                tracing::info!(slot, reason = %end.reason, retry_in = ?wait, "reconnecting as the session asked");
+                (label, wait)
+            }
+        };
+        self.set(LinkState::Connecting(Some(end.reason)));
+        self.reconnect(label);
+        wait_or_stop(wait, stop).await;
     }
 }
 
