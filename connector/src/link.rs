@@ -1,6 +1,6 @@
 //! One WebSocket connection to a platform, from the handshake to its end. It reads frames and
 //! hands each to the protocol's [`Session`]; calls the session's timer when it is due (Discord's
-//! heartbeat); sends what the session asks (pongs, control answers, heartbeats); keeps each
+//! heartbeat, Feishu's ping frames); sends what the session asks (pongs, control answers, heartbeats); keeps each
 //! pushed event concurrently through the ingress's path (the platform module's normalisation,
 //! door dedup, publish with confirm) and sends its ack, when the protocol has acks, only once
 //! the broker confirmed it (without acks, an event the broker did not take goes to the source's
@@ -9,8 +9,7 @@
 //! replacement is up, or shutdown), it finishes the events in flight, sends their acks, then
 //! closes with 1000; so it does when the platform turned the mode off for the app (Slack's
 //! `link_disabled`). Asked by the session to reconnect, it closes at once with the session's
-//! code. Sends the protocol's own keep-alive frames at the interval the session says (Feishu's
-//! pings). An event over the source's `rate` is not acknowledged (the platform delivers it
+//! code. An event over the source's `rate` is not acknowledged (the platform delivers it
 //! again later), as the ingress answers 429; a protocol without acks keeps it anyway (nothing
 //! would deliver it again). Nothing here decides when to reconnect: `crate::slot` does, with
 //! the protocol.
@@ -285,7 +284,6 @@ pub(crate) async fn run(
     let mut probe = tokio::time::interval(heartbeat);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
-    let mut keepalive = Keepalive::new(session.keepalive_every());
     let mut leaving = false;
     loop {
         if leaving && conn.keeps.is_empty() {
@@ -306,7 +304,6 @@ pub(crate) async fn run(
                     }
                 };
                 let read = session.read(frame, Instant::now());
-                keepalive.follow(session.keepalive_every());
                 metrics::counter!("switchboard_connector_frames_total", "source" => source.clone(), "type" => read.kind).increment(1);
                 read.steps
             }
@@ -322,11 +319,6 @@ pub(crate) async fn run(
                 continue;
             }
             Some(_) = conn.keeps.join_next(), if !conn.keeps.is_empty() => continue,
-            _ = keepalive.tick() => {
-                let Some(frame) = session.keepalive() else { continue };
-                if let Err(why) = conn.send(message(frame), "a keep-alive").await { return conn.dropped(why); }
-                continue;
-            }
             _ = probe.tick(), if pings => {
                 if last_heard.elapsed() > heartbeat * 3 {
                     return conn.dropped(format!("nothing heard for {:?}", last_heard.elapsed()));
@@ -344,39 +336,6 @@ pub(crate) async fn run(
             Ok(()) => leaving |= conn.disabled.is_some(),
             Err(stop) => return conn.stopped(stop),
         }
-    }
-}
-
-/// The protocol's own keep-alive (`Session::keepalive_every`): due at once on a new
-/// connection, then at the interval the session says, which it may change.
-struct Keepalive {
-    every: Option<Duration>,
-    next: Instant,
-}
-
-impl Keepalive {
-    fn new(every: Option<Duration>) -> Self {
-        Self {
-            every,
-            next: Instant::now(),
-        }
-    }
-
-    /// A new interval counts from now.
-    fn follow(&mut self, every: Option<Duration>) {
-        if every != self.every {
-            self.every = every;
-            self.next = Instant::now() + every.unwrap_or_default();
-        }
-    }
-
-    /// Waits until the next keep-alive is due (forever without one).
-    async fn tick(&mut self) {
-        let Some(every) = self.every else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep_until(self.next).await;
-        self.next = Instant::now() + every.max(Duration::from_millis(100));
     }
 }
 

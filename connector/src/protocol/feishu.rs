@@ -40,6 +40,8 @@ pub const LARK_BASE: &str = "https://open.larksuite.com";
 pub const ENDPOINT_PATH: &str = "/callback/ws/endpoint";
 /// The SDK's ping interval until the server says otherwise.
 pub const DEFAULT_PING: Duration = Duration::from_secs(120);
+/// The shortest ping interval followed, whatever the server says.
+const MIN_PING: Duration = Duration::from_millis(100);
 /// How long the fragments of one message wait for the rest (the SDK's cache).
 pub const FRAGMENTS_KEPT: Duration = Duration::from_secs(5);
 /// The open's codes that a retry may cure (the SDK's server errors).
@@ -175,11 +177,14 @@ impl Protocol for FeishuWs {
     }
 }
 
-/// One connection: its service id, ping interval and the fragments of messages in flight.
+/// One connection: its service id, ping interval (and when the next ping is due: at once on a
+/// new connection, then every interval, a new interval counting from when the server said it)
+/// and the fragments of messages in flight.
 #[derive(Debug)]
 struct WsSession {
     service: i32,
     ping_every: Duration,
+    next_ping: tokio::time::Instant,
     parts: HashMap<String, Fragments>,
 }
 
@@ -195,6 +200,7 @@ impl WsSession {
         let mut session = Self {
             service,
             ping_every: DEFAULT_PING,
+            next_ping: tokio::time::Instant::now(),
             parts: HashMap::new(),
         };
         session.configure(config);
@@ -207,13 +213,19 @@ impl WsSession {
         }
     }
 
-    fn control(&mut self, pb: &PbFrame) -> Read {
+    fn control(&mut self, pb: &PbFrame, now: tokio::time::Instant) -> Read {
         match pb.header("type") {
             Some("pong") => {
                 let payload = pb.payload.as_deref().unwrap_or_default();
                 if !payload.is_empty() {
                     match serde_json::from_slice::<ClientConfig>(payload) {
-                        Ok(config) => self.configure(config),
+                        Ok(config) => {
+                            let before = self.ping_every;
+                            self.configure(config);
+                            if self.ping_every != before {
+                                self.next_ping = now + self.ping_every;
+                            }
+                        }
                         Err(_) => tracing::warn!("a pong whose ClientConfig is not JSON; ignored"),
                     }
                 }
@@ -277,7 +289,7 @@ pub fn ack(mut pb: PbFrame, took: Duration) -> Frame {
 }
 
 impl Session for WsSession {
-    fn read(&mut self, frame: Frame, _now: tokio::time::Instant) -> Read {
+    fn read(&mut self, frame: Frame, now: tokio::time::Instant) -> Read {
         let Frame::Binary(bytes) = frame else {
             return Read::of("unknown", Vec::new());
         };
@@ -286,20 +298,21 @@ impl Session for WsSession {
             return Read::of("malformed", Vec::new());
         };
         match pb.method {
-            METHOD_CONTROL => self.control(&pb),
+            METHOD_CONTROL => self.control(&pb, now),
             METHOD_DATA => self.data(pb),
             _ => Read::of("unknown", Vec::new()),
         }
     }
 
-    fn keepalive_every(&self) -> Option<Duration> {
-        Some(self.ping_every)
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        Some(self.next_ping)
     }
 
-    fn keepalive(&mut self) -> Option<Frame> {
-        Some(Frame::Binary(
-            PbFrame::control(self.service, "ping").to_bytes(),
-        ))
+    /// The ping frame (Feishu's own, besides the WebSocket pings) at the server's interval.
+    fn timer(&mut self, now: tokio::time::Instant) -> Read {
+        self.next_ping = now + self.ping_every.max(MIN_PING);
+        let ping = PbFrame::control(self.service, "ping").to_bytes();
+        Read::of("ping", vec![Step::Send(Frame::Binary(ping))])
     }
 }
 

@@ -189,25 +189,15 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
 pub trait Session: Send + std::fmt::Debug {
     /// Reads one frame from the server, received at `now`.
     fn read(&mut self, frame: Frame, now: Instant) -> Read;
-    /// When the session wants [`Session::timer`] called (Discord: the next heartbeat).
+    /// When the session wants [`Session::timer`] called: its one clock (Discord: the next
+    /// heartbeat, with its acks and zombie rule; Feishu: the next ping frame at the server's
+    /// interval). Asked again after every frame read and every timer call. `None`: no clock.
     fn deadline(&self) -> Option<Instant> {
         None
     }
     /// The deadline passed; `now` is the time.
     fn timer(&mut self, _now: Instant) -> Read {
         Read::of("timer", Vec::new())
-    }
-    // Two clocks, kept apart for now: `deadline`/`timer` (Discord's heartbeat, with its acks
-    // and zombie rule) and the fixed-interval keep-alive below (Feishu's ping frames).
-    /// How often the platform wants a keep-alive frame of its own besides the WebSocket pings
-    /// (Feishu's ping frame, at the server's interval); asked again after every frame read, as
-    /// the server may change it. `None`: none.
-    fn keepalive_every(&self) -> Option<Duration> {
-        None
-    }
-    /// The keep-alive frame to send now.
-    fn keepalive(&mut self) -> Option<Frame> {
-        None
     }
 }
 

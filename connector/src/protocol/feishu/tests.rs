@@ -91,27 +91,38 @@ fn pings_go_for_the_urls_service_at_the_servers_interval_which_a_pong_may_change
         serde_json::from_value(client_config_json(3)).unwrap(),
     ));
     let mut session = ws.session_for(&url);
-    assert_eq!(session.keepalive_every(), Some(Duration::from_secs(3)));
-    let Some(Frame::Binary(ping)) = session.keepalive() else {
-        panic!("a ping")
+    // The first ping is due at once, then every interval the server said (3 s).
+    let due = session.deadline().expect("pings on the session's clock");
+    assert!(due <= tokio::time::Instant::now());
+    let ping = session.timer(due);
+    assert_eq!(ping.kind, "ping");
+    let [Step::Send(Frame::Binary(ping))] = ping.steps.as_slice() else {
+        panic!("one ping frame")
     };
-    let ping = PbFrame::from_bytes(&ping).unwrap();
+    let ping = PbFrame::from_bytes(ping).unwrap();
     assert_eq!(
         (ping.method, ping.service, ping.header("type")),
         (METHOD_CONTROL, 4242, Some("ping"))
     );
+    assert_eq!(session.deadline(), Some(due + Duration::from_secs(3)));
+    // A pong with another interval: it counts from then.
     let mut pong = PbFrame::control(4242, "pong");
     pong.payload = Some(client_config_json(7).to_string().into_bytes());
+    let heard = due + Duration::from_secs(1);
     assert_eq!(
-        session
-            .read(Frame::Binary(pong.to_bytes()), tokio::time::Instant::now())
-            .kind,
+        session.read(Frame::Binary(pong.to_bytes()), heard).kind,
         "pong"
     );
-    assert_eq!(session.keepalive_every(), Some(Duration::from_secs(7)));
+    assert_eq!(session.deadline(), Some(heard + Duration::from_secs(7)));
+    // The same interval again changes nothing.
+    let again = heard + Duration::from_secs(2);
+    session.read(Frame::Binary(pong.to_bytes()), again);
+    assert_eq!(session.deadline(), Some(heard + Duration::from_secs(7)));
     // Another URL than the one opened: the SDK's defaults.
-    let other = ws.session_for(&url::Url::parse("wss://h/ws?service_id=1").unwrap());
-    assert_eq!(other.keepalive_every(), Some(DEFAULT_PING));
+    let mut other = ws.session_for(&url::Url::parse("wss://h/ws?service_id=1").unwrap());
+    let due = other.deadline().unwrap();
+    other.timer(due);
+    assert_eq!(other.deadline(), Some(due + DEFAULT_PING));
 }
 
 #[test]
