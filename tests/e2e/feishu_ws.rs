@@ -7,7 +7,8 @@
 //! `{"code":200}` only once kept; the server closing the connection; a connection dropped
 //! mid-frame; an ack lost, so the event comes again and is answered once; refused app
 //! credentials reported and retried slowly; and the broker away, so nothing is acknowledged
-//! until it is back.
+//! until it is back; and two connector processes, one SIGKILLed under load, every event
+//! answered exactly once.
 use crate::gateways::{echoes, Linked, CONNECTOR};
 use crate::kit::*;
 use ingress::platform::feishu;
@@ -20,6 +21,11 @@ const SOURCE: &str = "feishu-ws";
 type Ws = Linked<FeishuWsStandin>;
 
 async fn start(secret: &str, broker_proxy: bool) -> Ws {
+    start_with(secret, broker_proxy, true).await
+}
+
+/// As [`start`]; without `in_process`, the test starts connector processes itself.
+async fn start_with(secret: &str, broker_proxy: bool, in_process: bool) -> Ws {
     let p = PlatformStandin::start().await.expect("platform stand-in");
     let fw = FeishuWsStandin::start(
         (creds::FEISHU_APP_ID, creds::FEISHU_APP_SECRET),
@@ -45,7 +51,11 @@ api_base = "{api}"
         id = creds::FEISHU_APP_ID,
         api = fw.api_base(),
     );
-    Linked::spawn(fw, p, api::FEISHU_REPLY, extra, broker_proxy).await
+    if in_process {
+        Linked::spawn(fw, p, api::FEISHU_REPLY, extra, broker_proxy).await
+    } else {
+        Linked::spawn_without_connector(fw, p, api::FEISHU_REPLY, extra).await
+    }
 }
 
 /// A p2p text message, as Feishu pushes it.
@@ -209,5 +219,15 @@ async fn with_the_broker_away_no_feishu_event_is_acknowledged_and_each_is_answer
     s.replies(texts.len()).await;
     assert!(quiet(|| s.replied() == texts.len()).await);
     assert_eq!(s.texts(), echoes(&texts), "each answered exactly once");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn two_feishu_connectors_one_killed_under_load_every_event_answered_exactly_once() {
+    let s = start_with(creds::FEISHU_APP_SECRET, false, false).await;
+    s.two_connectors_one_killed_under_load(40, |i| {
+        s.gw.push(&message(&format!("load{i}"), &format!("load {i}")));
+    })
+    .await;
     s.stop().await;
 }

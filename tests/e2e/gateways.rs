@@ -1,11 +1,11 @@
 //! What the e2e tests of the connector's protocols share (`slack_socket`, `feishu_ws`): a
 //! pipeline with the connector in-process beside the platform's gateway stand-in and the API
 //! stand-in that takes the replies; waiting for the connection to be up, for the replies, and
-//! for the broker to be away.
+//! for the broker to be away; and two connector processes, one killed under load.
 #![allow(dead_code)]
 
 use crate::common::{wait_for, Options, TestApp};
-use crate::kit::{eventually, T};
+use crate::kit::{eventually, quiet, T};
 use standins::platforms::PlatformStandin;
 use standins::proxy::Proxy;
 
@@ -22,12 +22,17 @@ open_timeout = "3s"
 /// A gateway stand-in, as these tests see it.
 pub trait Gateway {
     fn connections(&self) -> usize;
+    /// Events pushed and not acknowledged yet.
+    fn unacked(&self) -> usize;
     fn shutdown(&self);
 }
 
 impl Gateway for standins::slack_socket::SlackSocketStandin {
     fn connections(&self) -> usize {
         self.connections()
+    }
+    fn unacked(&self) -> usize {
+        self.unacked()
     }
     fn shutdown(&self) {
         self.shutdown()
@@ -37,6 +42,9 @@ impl Gateway for standins::slack_socket::SlackSocketStandin {
 impl Gateway for standins::feishu_ws::FeishuWsStandin {
     fn connections(&self) -> usize {
         self.connections()
+    }
+    fn unacked(&self) -> usize {
+        self.unacked()
     }
     fn shutdown(&self) {
         self.shutdown()
@@ -68,6 +76,45 @@ impl<G: Gateway> Linked<G> {
         })
         .await;
         Self { app, gw, p, api }
+    }
+
+    /// The pipeline without the in-process connector: the test runs connector processes
+    /// ([`TestApp::spawn_child`]).
+    pub async fn spawn_without_connector(
+        gw: G,
+        p: PlatformStandin,
+        api: &'static str,
+        extra: String,
+    ) -> Self {
+        let app = TestApp::spawn(Options {
+            extra,
+            ..Options::default()
+        })
+        .await;
+        Self { app, gw, p, api }
+    }
+
+    /// Two connector processes hold the source; `push(i)` pushes event `i` (its text
+    /// `load {i}`) and the first process is SIGKILLed halfway: every event is acknowledged (the
+    /// killed one's unacknowledged events come again on the other connection) and answered
+    /// exactly once.
+    pub async fn two_connectors_one_killed_under_load(&self, n: usize, push: impl Fn(usize)) {
+        let mut first = self.app.spawn_child("connector");
+        let _second = self.app.spawn_child("connector");
+        let gw = &self.gw;
+        eventually("two connections at the gateway", || gw.connections() >= 2).await;
+        for i in 0..n {
+            push(i);
+            if i == n / 2 {
+                first.kill9().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        eventually("every event acknowledged", || gw.unacked() == 0).await;
+        self.replies(n).await;
+        assert!(quiet(|| self.replied() == n).await);
+        let texts: Vec<String> = (0..n).map(|i| format!("load {i}")).collect();
+        assert_eq!(self.texts(), echoes(&texts), "each answered exactly once");
     }
 
     /// A connection at the gateway, and every slot up in `/readyz`.

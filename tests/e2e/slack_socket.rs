@@ -8,7 +8,8 @@
 //! connection with a clear `/readyz`; a connection dropped mid-frame; an ack lost, so the
 //! envelope comes again with `retry_attempt` 1 and is answered once; a refused token reported
 //! and retried slowly; the broker away, so nothing is acknowledged until it is back; and the
-//! source's `rate` holding back acknowledgements as the ingress answers 429.
+//! source's `rate` holding back acknowledgements as the ingress answers 429; and two connector
+//! processes, one SIGKILLed under load, every envelope answered exactly once.
 use crate::gateways::{echoes, Linked, CONNECTOR};
 use crate::kit::*;
 use ingress::platform::slack;
@@ -28,6 +29,8 @@ struct Setup {
     /// Extra lines of the source's block.
     keys: &'static str,
     broker_proxy: bool,
+    /// The connector runs in the test's process (otherwise the test starts connector processes).
+    in_process: bool,
 }
 
 impl Default for Setup {
@@ -37,6 +40,7 @@ impl Default for Setup {
             source: SOURCE,
             keys: "",
             broker_proxy: false,
+            in_process: true,
         }
     }
 }
@@ -67,7 +71,11 @@ bot_user_id = "UBOT"
         bot = creds::SLACK_BOT_TOKEN,
         keys = setup.keys,
     );
-    Linked::spawn(sm, p, api::SLACK_API, extra, setup.broker_proxy).await
+    if setup.in_process {
+        Linked::spawn(sm, p, api::SLACK_API, extra, setup.broker_proxy).await
+    } else {
+        Linked::spawn_without_connector(sm, p, api::SLACK_API, extra).await
+    }
 }
 
 /// A direct message to the bot, as the Events API sends it.
@@ -327,5 +335,19 @@ async fn events_over_the_sources_rate_are_not_acknowledged_until_the_rate_allows
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(counted >= 2.0, "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn two_slack_connectors_one_killed_under_load_every_envelope_answered_exactly_once() {
+    let s = start(Setup {
+        in_process: false,
+        ..Setup::default()
+    })
+    .await;
+    s.two_connectors_one_killed_under_load(40, |i| {
+        s.gw.push_event(&dm(&format!("EvLoad{i}"), &format!("load {i}")));
+    })
+    .await;
     s.stop().await;
 }
