@@ -185,6 +185,7 @@ mod tests {
             url: shared::Secret::new("redis://127.0.0.1:6379"),
             prefix: "p".into(),
             pool_size: 1,
+            response_timeout: std::time::Duration::from_secs(5),
             sentinel: None,
             encryption_key: None,
             previous_encryption_keys: Vec::new(),
