@@ -54,16 +54,15 @@ static BEGIN: LazyLock<Script> = LazyLock::new(|| {
         RECORD_LUA,
         TURN_LUA,
         r#"
-local now = now_ms()
-local seen, f = look(KEYS[1], now)
-if seen then
-  return seen
+local claimed = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], function()
+  local busy = turn_busy(KEYS[2], ARGV[1])
+  if busy then
+    return {'busy', tostring(busy)}
+  end
+end)
+if claimed[1] ~= 'acquired' then
+  return claimed
 end
-local busy = turn_busy(KEYS[2], ARGV[1])
-if busy then
-  return {'busy', tostring(busy)}
-end
-local claimed = acquire(KEYS[1], f, now, ARGV[1], ARGV[2], ARGV[3])
 take_turn(KEYS[2], ARGV[1], ARGV[2])
 claimed[5] = redis.call('GETEX', KEYS[3], 'EX', ARGV[4]) or ''
 return claimed

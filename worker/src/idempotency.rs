@@ -122,6 +122,21 @@ local function acquire(record, f, now, claimant, lease_ms, ttl_ms)
   return {'acquired', tostring(token), f[4] or '', tostring(takeovers)}
 end
 
+-- Claims the record for `claimant` unless it is answered or leased, or `gate` (if any) returns
+-- what stops the claim.
+local function claim(record, claimant, lease_ms, ttl_ms, gate)
+  local now = now_ms()
+  local seen, f = look(record, now)
+  if seen then
+    return seen
+  end
+  local stop = gate and gate()
+  if stop then
+    return stop
+  end
+  return acquire(record, f, now, claimant, lease_ms, ttl_ms)
+end
+
 -- Whether the lease is still the one `token` fenced.
 local function holds(record, token)
   local f = redis.call('HMGET', record, 'state', 'token')
@@ -165,14 +180,7 @@ pub(crate) fn script(parts: &[&str]) -> Script {
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         RECORD_LUA,
-        r#"
-local now = now_ms()
-local seen, f = look(KEYS[1], now)
-if seen then
-  return seen
-end
-return acquire(KEYS[1], f, now, ARGV[1], ARGV[2], ARGV[3])
-"#,
+        "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])",
     ])
 });
 
