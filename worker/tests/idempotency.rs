@@ -209,6 +209,39 @@ async fn a_claim_whose_reply_was_lost_is_given_back_by_its_token_and_no_other() 
     assert!(b.renew(&key, token).await.unwrap(), "b still holds it");
 }
 
+/// A give-back that comes after the answer was recorded (a stale or repeated one) never turns
+/// the answer back into a free event that would call Dify again.
+#[tokio::test]
+async fn a_recorded_answer_is_not_undone_by_a_late_give_back() {
+    let kit = Fixture::new("t");
+    let a = Idempotency::new(
+        kit.store_with_pool(4),
+        "a".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-late");
+    let claimant = a.claimant();
+    let Claim::Acquired { token, .. } = a.claim(&key, &claimant).await.unwrap() else {
+        panic!()
+    };
+    let answer = Answer {
+        text: "kept".into(),
+        ..Default::default()
+    };
+    assert!(a
+        .complete(&key, token, &answer, uuid::Uuid::now_v7())
+        .await
+        .unwrap());
+    assert!(!a.release(&key, token).await.unwrap());
+    assert!(!a.release_failed(&key, token).await.unwrap());
+    assert!(!a.release_lost(&key, &claimant).await.unwrap());
+    assert!(matches!(
+        a.claim(&key, &a.claimant()).await.unwrap(),
+        Claim::Done { .. }
+    ));
+}
+
 #[tokio::test]
 async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
     let kit = Fixture::new("t");
