@@ -226,6 +226,11 @@ pub struct RedisConfig {
     pub prefix: String,
     #[serde(default = "default_redis_pool")]
     pub pool_size: usize,
+    /// How long a command waits for Redis's reply before it fails. redis-rs's own default
+    /// (500 ms) fails commands that a loaded machine executes a little late; the caller then
+    /// cannot tell whether they ran.
+    #[serde(default = "d_5s", with = "units::duration")]
+    pub response_timeout: Duration,
     /// Redis Sentinel: ask these Sentinels which server is the master and follow failovers.
     /// `url` then gives only the master's credentials, database and TLS; its host is ignored.
     #[serde(default)]
@@ -1096,6 +1101,9 @@ impl Config {
                 push(format!("{key}.catch_up_limit"), "must be at least 1".into());
             }
         }
+        if self.redis.response_timeout.is_zero() {
+            push("redis.response_timeout".into(), "must be above zero".into());
+        }
         if self.scheduler.poll.is_zero() || self.scheduler.claim_lease.is_zero() {
             push(
                 "scheduler".into(),
@@ -1196,6 +1204,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.ingress.max_concurrency, 4096);
         assert_eq!(c.worker.concurrency, 512);
+    }
+
+    #[test]
+    fn redis_replies_are_awaited_five_seconds_unless_configured_and_never_zero() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.redis.response_timeout, Duration::from_secs(5));
+        let with =
+            |t: &str| MINIMAL.replace("[redis]", &format!("[redis]\nresponse_timeout = \"{t}\""));
+        let c = Config::from_toml(&with("800ms")).unwrap();
+        assert_eq!(c.redis.response_timeout, Duration::from_millis(800));
+        let e = Config::from_toml(&with("0s")).unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["redis.response_timeout"], "{e}");
     }
 
     #[test]

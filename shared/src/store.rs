@@ -17,6 +17,11 @@
 //! that stops answering (after a Redis restart), so callers see errors for about a second at
 //! most — errors they already handle by waiting.
 //!
+//! Every connection waits `[redis] response_timeout` (default 5 s) for a reply, not redis-rs's
+//! own 500 ms: on a loaded machine a command Redis executes a little late would otherwise fail,
+//! and its caller could not tell whether it ran (the worker's claims give back such a claim by
+//! a token they made; see `worker::idempotency`).
+//!
 //! With Redis Sentinel (`[redis.sentinel]`) the connections go to whichever server the Sentinels
 //! name as master, and the check asks each shared connection for its `ROLE`: a connection to a
 //! server that is no longer the master (it died, or a failover demoted it) is dropped, so the
@@ -62,13 +67,16 @@ enum Pools {
 }
 
 impl Pools {
-    async fn take(&self) -> Result<MultiplexedConnection, StoreError> {
-        Ok(match self {
+    /// A connection of its own out of the pool, waiting `response_timeout` for each reply.
+    async fn take(&self, response_timeout: Duration) -> Result<MultiplexedConnection, StoreError> {
+        let mut conn = match self {
             Pools::Direct(p) => deadpool_redis::Connection::take(p.get().await?),
             Pools::Sentinel(p) => sentinel::Connection::take(
                 p.get().await.map_err(|e| StoreError::Pool(e.to_string()))?,
             ),
-        })
+        };
+        conn.set_response_timeout(response_timeout);
+        Ok(conn)
     }
 
     fn is_sentinel(&self) -> bool {
@@ -82,11 +90,13 @@ pub struct Store {
     pool: Pools,
     prefix: String,
     vault: crate::vault::Vault,
+    response_timeout: Duration,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     slots: Vec<Mutex<Option<MultiplexedConnection>>>,
+    /// Connections handed out so far (round robin over `slots`).
     next: AtomicUsize,
     checking: Mutex<bool>,
 }
@@ -151,6 +161,7 @@ impl Store {
             pool,
             prefix: cfg.prefix.clone(),
             vault: cfg.vault(),
+            response_timeout: cfg.response_timeout,
             shared: Arc::new(Shared {
                 slots,
                 next: AtomicUsize::new(0),
@@ -185,10 +196,17 @@ impl Store {
             return Ok(c);
         }
         // Taken out of the pool for good: it is shared from now on, never recycled.
-        let conn = self.pool.take().await?;
+        let conn = self.pool.take(self.response_timeout).await?;
         *lock(&self.shared.slots[i]) = Some(conn.clone());
         self.start_health_check();
         Ok(conn)
+    }
+
+    /// How many times [`Store::conn`] handed out a connection since the store was built. Callers
+    /// that take one per command or script they send (the worker's records and conversations
+    /// do) make this their Redis round trips: what a test counts to bound a path's round trips.
+    pub fn round_trips(&self) -> u64 {
+        self.shared.next.load(Ordering::Relaxed) as u64
     }
 
     /// Starts (once) the task that drops shared connections that stopped answering.
@@ -318,6 +336,7 @@ mod tests {
             url: crate::Secret::new("redis://127.0.0.1:6379"),
             prefix: "p".into(),
             pool_size: 1,
+            response_timeout: Duration::from_secs(5),
             sentinel: None,
             encryption_key: None,
             previous_encryption_keys: Vec::new(),

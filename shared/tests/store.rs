@@ -1,6 +1,7 @@
 //! The store's shared connections survive a Redis restart: a private redis-server on its own
 //! port is killed and started again, and commands work again within a couple of seconds
-//! without anyone reconnecting by hand.
+//! without anyone reconnecting by hand. And they wait for a reply as long as
+//! `[redis] response_timeout` says, not redis-rs's own 500 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use shared::config::RedisConfig;
 use shared::store::Store;
@@ -65,6 +66,7 @@ async fn shared_connections_come_back_after_a_redis_restart() {
         url: Secret::new(format!("redis://127.0.0.1:{port}")),
         prefix: "t".into(),
         pool_size: 8,
+        response_timeout: std::time::Duration::from_secs(5),
         sentinel: None,
         encryption_key: None,
         previous_encryption_keys: Vec::new(),
@@ -79,4 +81,42 @@ async fn shared_connections_come_back_after_a_redis_restart() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// A reply 1 s late (`BLPOP` on a list nobody fills) arrives with the default response timeout
+/// (5 s; redis-rs's own, 500 ms, would fail it) and fails with a configured 200 ms.
+#[tokio::test]
+async fn a_reply_is_awaited_as_long_as_response_timeout_says() {
+    let store = |response_timeout| {
+        Store::new(&RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            prefix: "t".into(),
+            pool_size: 1,
+            response_timeout,
+            sentinel: None,
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
+        })
+        .unwrap()
+    };
+    let empty = format!("store-test-empty-{}", uuid::Uuid::now_v7());
+    let late_reply = |store: Store| {
+        let empty = empty.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            let started = Instant::now();
+            let reply: Result<Option<(String, String)>, _> = deadpool_redis::redis::cmd("BLPOP")
+                .arg(&empty)
+                .arg(1)
+                .query_async(&mut c)
+                .await;
+            (reply, started.elapsed())
+        }
+    };
+    let (reply, took) = late_reply(store(Duration::from_secs(5))).await;
+    assert_eq!(reply.unwrap(), None);
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    let (reply, took) = late_reply(store(Duration::from_millis(200))).await;
+    assert!(reply.unwrap_err().is_timeout());
+    assert!(took < Duration::from_millis(900), "{took:?}");
 }

@@ -7,11 +7,13 @@
 //! on (no head-of-line blocking). Chat, sender and thread ids are the sender's to choose: every
 //! key and the Dify `user` are built from encoded parts (`shared::store::key_part`), and the turn
 //! lock lives under its own `turn:` name rather than as a suffix of the mapping's key, so no id
-//! can name another conversation's mapping or lock.
+//! can name another conversation's mapping or lock. The turn is taken with the event's claim,
+//! and ended with its answer, in `crate::hold`'s scripts.
 use deadpool_redis::redis::{AsyncCommands, Script};
 use shared::config::GroupConversation;
 use shared::envelope::{ChatType, Conversation};
 use shared::store::{join_parts, key_part, Store, StoreError};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Which Dify conversation an event belongs to.
@@ -67,60 +69,55 @@ pub struct Conversations {
     ttl: Duration,
 }
 
-// KEYS[1] lock. ARGV: holder, ttl_ms. Takes the turn, or says how long the holder keeps it.
-const TAKE_TURN: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return -1
+/// The turn lock as Lua functions, for the scripts of `crate::hold` (which take and end a turn
+/// in the same script as the event's claim and its answer). The holder is the claim's token.
+pub(crate) const TURN_LUA: &str = r#"
+-- How long another holder keeps the turn; nil if it is free or `holder`'s.
+local function turn_busy(lock, holder)
+  local h = redis.call('GET', lock)
+  if h == false or h == holder then
+    return nil
+  end
+  local ms = redis.call('PTTL', lock)
+  if ms < 0 then
+    ms = 1000
+  end
+  return ms
 end
-return redis.call('PTTL', KEYS[1])
+
+local function take_turn(lock, holder, ttl_ms)
+  redis.call('SET', lock, holder, 'PX', ttl_ms)
+end
+
+-- Gives the turn back only if `holder` holds it.
+local function end_turn(lock, holder)
+  if redis.call('GET', lock) == holder then
+    return redis.call('DEL', lock)
+  end
+  return 0
+end
 "#;
 
 // KEYS[1] lock. ARGV: holder, ttl_ms. Extends the turn only if we hold it.
-const RENEW_TURN: &str = r#"
+static RENEW_TURN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-"#;
-
-// KEYS[1] lock. ARGV: holder. Gives the turn back only if we hold it.
-const END_TURN: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
+"#,
+    )
+});
 
 impl Conversations {
     pub fn new(store: Store, ttl: Duration) -> Self {
         Self { store, ttl }
     }
 
-    /// The stored conversation id, refreshing its idle TTL.
-    pub async fn get(&self, key: &ConversationKey) -> Result<Option<String>, StoreError> {
-        let mut c = self.store.conn().await?;
-        // GETEX reads and refreshes the idle TTL in one round trip.
-        let id: Option<String> = deadpool_redis::redis::cmd("GETEX")
-            .arg(&key.key)
-            .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .query_async(&mut c)
-            .await?;
-        Ok(id)
-    }
-
-    pub async fn set(
-        &self,
-        key: &ConversationKey,
-        conversation_id: &str,
-    ) -> Result<(), StoreError> {
-        let mut c = self.store.conn().await?;
-        let _: () = c
-            .set_ex(&key.key, conversation_id, self.ttl.as_secs().max(1))
-            .await?;
-        Ok(())
+    /// How long an idle conversation is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Drops a mapping Dify no longer knows ("Conversation Not Exists").
@@ -128,24 +125,6 @@ impl Conversations {
         let mut c = self.store.conn().await?;
         let _: () = c.del(&key.key).await?;
         Ok(())
-    }
-
-    /// Takes the conversation's turn for `holder` (the event id) for at most `ttl`; `Some(wait)`
-    /// if another event of the conversation is being answered.
-    pub async fn take_turn(
-        &self,
-        key: &ConversationKey,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<Duration>, StoreError> {
-        let mut c = self.store.conn().await?;
-        let pttl: i64 = Script::new(TAKE_TURN)
-            .key(&key.turn)
-            .arg(holder)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await?;
-        Ok((pttl >= 0).then(|| Duration::from_millis(pttl as u64)))
     }
 
     /// Extends our turn while the call runs (the turn lapses with its holder's lease).
@@ -156,23 +135,13 @@ impl Conversations {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut c = self.store.conn().await?;
-        let renewed: i64 = Script::new(RENEW_TURN)
+        let renewed: i64 = RENEW_TURN
             .key(&key.turn)
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut c)
             .await?;
         Ok(renewed == 1)
-    }
-
-    pub async fn end_turn(&self, key: &ConversationKey, holder: &str) -> Result<(), StoreError> {
-        let mut c = self.store.conn().await?;
-        let _: i64 = Script::new(END_TURN)
-            .key(&key.turn)
-            .arg(holder)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(())
     }
 }
 
@@ -185,6 +154,7 @@ mod tests {
             url: shared::Secret::new("redis://127.0.0.1:6379"),
             prefix: "p".into(),
             pool_size: 1,
+            response_timeout: std::time::Duration::from_secs(5),
             sentinel: None,
             encryption_key: None,
             previous_encryption_keys: Vec::new(),

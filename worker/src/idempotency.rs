@@ -5,10 +5,18 @@
 //! redelivered or replayed event is answered from the record (and a second copy of the platform
 //! event, kept under another event id, is recognised as one). Every transition is one Lua script, so two workers racing for one event
 //! cannot both win, and a worker whose lease was taken over cannot overwrite the new owner.
+//!
+//! A claim carries a token the worker made for it (the lease's `owner`): when a claim's reply is
+//! lost (a response timeout, a broken connection), Redis may have run it, and the worker gives
+//! back whatever that claim took by the same token ([`Idempotency::release_lost`], a
+//! compare-and-delete) instead of finding its own lease held for a whole `lease`.
+//! The transitions are Lua functions (`RECORD_LUA`) that `crate::hold` also runs together
+//! with the conversation's turn.
 use deadpool_redis::redis::{self, Script};
 use serde::{Deserialize, Serialize};
 use shared::envelope::Answer;
 use shared::store::{Store, StoreError};
+use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -46,6 +54,9 @@ pub enum Claim {
     Unreadable(String),
     /// Another live worker holds the lease; come back after this long.
     Held(Duration),
+    /// The event is free, but its conversation's turn is another event's for this long; nothing
+    /// was taken (only a claim with its turn, `crate::hold`, says this).
+    Busy(Duration),
     /// This worker holds the lease with `token`. `previous` holds the ids an earlier owner
     /// recorded (it died mid-call, or gave the claim back before calling): recover before
     /// calling again.
@@ -66,83 +77,156 @@ pub struct Idempotency {
     ttl: Duration,
 }
 
-// KEYS[1] record. ARGV: owner, lease_ms, ttl_ms.
-// Uses Redis's clock so that workers with skewed clocks agree on lease expiry.
-const ACQUIRE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then
-  return {'done', redis.call('HGET', KEYS[1], 'answer'), redis.call('HGET', KEYS[1], 'event') or ''}
+/// The record's transitions as Lua functions, for the scripts here and in `crate::hold` (which
+/// runs them with the conversation's turn in one script). Redis's clock decides leases, so
+/// that workers with skewed clocks agree on expiry. `claimant` is the token the worker made for
+/// one claim (stored as the record's `owner`); `token` is the record's fencing counter.
+pub(crate) const RECORD_LUA: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local takeovers = 0
-if state == 'leased' then
-  local until_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  -- A live lease excludes every other claim, also one from the same process: two copies of
-  -- an event handled at once by one worker must not both call Dify.
-  if until_ms > now then
-    return {'held', tostring(until_ms - now)}
+
+-- What stops a claim: {'done', answer, event} or {'held', ms}; nil if the event may be claimed.
+-- Also the fields a claim needs.
+local function look(record, now)
+  local f = redis.call('HMGET', record, 'state', 'lease_until', 'takeovers', 'ids', 'token')
+  if f[1] == 'done' then
+    local d = redis.call('HMGET', record, 'answer', 'event')
+    return {'done', d[1] or '', d[2] or ''}, f
   end
-  -- The lease lapsed with its owner still holding it: that worker died answering this event.
-  takeovers = redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
-else
-  takeovers = tonumber(redis.call('HGET', KEYS[1], 'takeovers') or '0')
+  if f[1] == 'leased' then
+    local until_ms = tonumber(f[2] or '0')
+    -- A live lease excludes every other claim, also one from the same process: two copies of
+    -- an event handled at once by one worker must not both call Dify.
+    if until_ms > now then
+      return {'held', tostring(until_ms - now)}, f
+    end
+  end
+  return nil, f
 end
--- Ids a previous owner recorded stay until a new call records its own (or a failed call
--- clears them): a claim given back before calling must not lose them.
-local previous = redis.call('HGET', KEYS[1], 'ids') or ''
-local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
-redis.call('HSET', KEYS[1], 'state', 'leased', 'owner', ARGV[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'acquired', tostring(token), previous, tostring(takeovers)}
+
+-- Claims the record `look` let through (its fields `f`) for `claimant`.
+local function acquire(record, f, now, claimant, lease_ms, ttl_ms)
+  local takeovers = tonumber(f[3] or '0')
+  if f[1] == 'leased' then
+    -- The lease lapsed with its owner still holding it: that worker died answering this event.
+    takeovers = takeovers + 1
+  end
+  local token = tonumber(f[5] or '0') + 1
+  -- Ids a previous owner recorded stay until a new call records its own (or a failed call
+  -- clears them): a claim given back before calling must not lose them.
+  redis.call('HSET', record, 'state', 'leased', 'owner', claimant, 'token', tostring(token),
+    'takeovers', tostring(takeovers), 'lease_until', tostring(now + tonumber(lease_ms)))
+  redis.call('PEXPIRE', record, ttl_ms)
+  return {'acquired', tostring(token), f[4] or '', tostring(takeovers)}
+end
+
+-- Claims the record for `claimant` unless it is answered or leased, or `gate` (if any) returns
+-- what stops the claim.
+local function claim(record, claimant, lease_ms, ttl_ms, gate)
+  local now = now_ms()
+  local seen, f = look(record, now)
+  if seen then
+    return seen
+  end
+  local stop = gate and gate()
+  if stop then
+    return stop
+  end
+  return acquire(record, f, now, claimant, lease_ms, ttl_ms)
+end
+
+-- Whether the lease is still the one `token` fenced.
+local function holds(record, token)
+  local f = redis.call('HMGET', record, 'state', 'token')
+  return f[1] == 'leased' and f[2] == token
+end
+
+-- Records the answer, and the event it answered, if `token` still holds the lease.
+local function complete(record, token, answer, ttl_ms, event)
+  if not holds(record, token) then
+    return 0
+  end
+  redis.call('HSET', record, 'state', 'done', 'answer', answer, 'event', event)
+  redis.call('HDEL', record, 'owner', 'lease_until', 'ids')
+  redis.call('PEXPIRE', record, ttl_ms)
+  return 1
+end
+
+-- Gives the lease back if its `field` ('token', or 'owner': the claimant) is `value`. `clear`
+-- ('1' after a failed call, or an event given up) also drops the run's ids and the deaths
+-- counted: the next claim starts afresh.
+local function give_back(record, field, value, clear)
+  local f = redis.call('HMGET', record, 'state', field)
+  if f[1] ~= 'leased' or f[2] ~= value then
+    return 0
+  end
+  redis.call('HSET', record, 'state', 'free')
+  redis.call('HDEL', record, 'owner', 'lease_until')
+  if clear == '1' then
+    redis.call('HDEL', record, 'ids', 'takeovers')
+  end
+  return 1
+end
 "#;
+
+/// A script made of [`RECORD_LUA`] (and any other functions) and a body; hashed once.
+pub(crate) fn script(parts: &[&str]) -> Script {
+    Script::new(&parts.concat())
+}
+
+// KEYS[1] record. ARGV: claimant, lease_ms, ttl_ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        RECORD_LUA,
+        "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])",
+    ])
+});
 
 // KEYS[1]. ARGV: token, lease_ms. Extends the lease if we still hold it.
-const RENEW: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        RECORD_LUA,
+        r#"
+if not holds(KEYS[1], ARGV[1]) then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], 'lease_until', tostring(now_ms() + tonumber(ARGV[2])))
 return 1
-"#;
+"#,
+    ])
+});
 
 // KEYS[1]. ARGV: token, ids json. Records Dify's ids under our lease.
-const RECORD_IDS: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+static RECORD_IDS: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        RECORD_LUA,
+        r#"
+if not holds(KEYS[1], ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'ids', ARGV[2])
 return 1
-"#;
+"#,
+    ])
+});
 
-// KEYS[1]. ARGV: token, answer json, ttl_ms, event id. Records the answer, and the event it
-// answered, if we still hold the lease.
-const COMPLETE: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'leased' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'done', 'answer', ARGV[2], 'event', ARGV[4])
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'ids')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"#;
+// KEYS[1]. ARGV: token, answer json, ttl_ms, event id.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        RECORD_LUA,
+        "return complete(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])",
+    ])
+});
 
-// KEYS[1]. ARGV: token, clear ('1' after a failed call: its run's ids are worthless).
-// Gives the event up so the next attempt may claim it.
-const RELEASE: &str = r#"
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'free')
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
-if ARGV[2] == '1' then
-  -- A call that failed (or an event given up) starts afresh: no ids, no crash count.
-  redis.call('HDEL', KEYS[1], 'ids', 'takeovers')
-end
-return 1
-"#;
+// KEYS[1]. ARGV: 'token' or 'owner', its value, clear.
+static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        RECORD_LUA,
+        "return give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3])",
+    ])
+});
 
 impl Idempotency {
     /// `owner` names this process (unique per process start).
@@ -159,38 +243,56 @@ impl Idempotency {
         self.lease
     }
 
+    /// How long a recorded answer is kept.
+    pub fn answer_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A new token for one claim: this process's name and a fresh id, so no other claim, in
+    /// this process or another, ever makes the same.
+    pub fn claimant(&self) -> String {
+        format!("{}/{}", self.owner, Uuid::now_v7().simple())
+    }
+
     /// The record's key for an event of `source` with the platform's `dedup_key`.
     pub fn key(&self, source: &str, dedup_key: &str) -> String {
         self.store.key(&["idem", source, dedup_key])
     }
 
-    pub async fn claim(&self, key: &str) -> Result<Claim, StoreError> {
+    /// Claims the event for `claimant` (made by [`Idempotency::claimant`]): if the reply is
+    /// lost, [`Idempotency::release_lost`] with the same claimant gives back what Redis took.
+    pub async fn claim(&self, key: &str, claimant: &str) -> Result<Claim, StoreError> {
         let mut conn = self.store.conn().await?;
-        let reply: Vec<String> = Script::new(ACQUIRE)
+        let reply: Vec<String> = CLAIM
             .key(key)
-            .arg(&self.owner)
+            .arg(claimant)
             .arg(self.lease.as_millis() as u64)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(parse_claim(&reply, |stored| {
+        Ok(self.parse_claim(key, &reply))
+    }
+
+    /// Reads a claim's reply, opening a recorded answer with the store's keys.
+    pub(crate) fn parse_claim(&self, key: &str, reply: &[String]) -> Claim {
+        parse_claim(reply, |stored| {
             self.store
                 .vault()
                 .open(key, stored)
                 .map(|a| a.into_owned())
                 .map_err(|e| e.to_string())
-        }))
+        })
     }
 
     /// Extends our lease; false if it was lost (taken over after it lapsed).
     pub async fn renew(&self, key: &str, token: i64) -> Result<bool, StoreError> {
-        self.fenced(
-            RENEW,
-            key,
-            token,
-            &[&(self.lease.as_millis() as u64).to_string()],
-        )
-        .await
+        let lease = (self.lease.as_millis() as u64).to_string();
+        self.fenced(&RENEW, key, &[&token.to_string(), &lease])
+            .await
     }
 
     pub async fn record_ids(
@@ -200,7 +302,15 @@ impl Idempotency {
         ids: &RunIds,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(ids).unwrap_or_default();
-        self.fenced(RECORD_IDS, key, token, &[&json]).await
+        self.fenced(&RECORD_IDS, key, &[&token.to_string(), &json])
+            .await
+    }
+
+    /// The answer as the record keeps it: JSON, encrypted when a key is configured (the
+    /// answer is the customer's words).
+    pub(crate) fn sealed(&self, key: &str, answer: &Answer) -> String {
+        let json = serde_json::to_string(answer).unwrap_or_default();
+        self.store.vault().seal(key, &json)
     }
 
     /// Records the answer to the event `event_id`; false if the lease was lost (the new owner
@@ -212,44 +322,42 @@ impl Idempotency {
         answer: &Answer,
         event_id: Uuid,
     ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(answer).unwrap_or_default();
-        // The answer is the customer's words: encrypted when a key is configured.
-        let json = self.store.vault().seal(key, &json);
-        self.fenced(
-            COMPLETE,
-            key,
-            token,
-            &[
-                &json,
-                &(self.ttl.as_millis() as u64).to_string(),
-                &event_id.to_string(),
-            ],
-        )
-        .await
+        let ttl = (self.ttl.as_millis() as u64).to_string();
+        let args = [
+            &token.to_string(),
+            &self.sealed(key, answer),
+            &ttl,
+            &event_id.to_string(),
+        ];
+        self.fenced(&COMPLETE, key, &args.map(String::as_str)).await
     }
 
     /// Gives the claim back before calling Dify: ids a previous owner recorded are kept for
     /// the next claim to recover.
     pub async fn release(&self, key: &str, token: i64) -> Result<bool, StoreError> {
-        self.fenced(RELEASE, key, token, &["0"]).await
+        let token = token.to_string();
+        self.fenced(&GIVE_BACK, key, &["token", &token, "0"]).await
     }
 
     /// Gives the claim back after a failed call: that run's ids are cleared.
     pub async fn release_failed(&self, key: &str, token: i64) -> Result<bool, StoreError> {
-        self.fenced(RELEASE, key, token, &["1"]).await
+        let token = token.to_string();
+        self.fenced(&GIVE_BACK, key, &["token", &token, "1"]).await
     }
 
-    async fn fenced(
-        &self,
-        script: &str,
-        key: &str,
-        token: i64,
-        args: &[&str],
-    ) -> Result<bool, StoreError> {
+    /// Gives back the claim `claimant` made, if it holds the lease: for a claim whose reply was
+    /// lost (Redis may or may not have run it). False if it does not (the claim did not run,
+    /// found the event held or answered, or someone else's claim holds it now).
+    pub async fn release_lost(&self, key: &str, claimant: &str) -> Result<bool, StoreError> {
+        self.fenced(&GIVE_BACK, key, &["owner", claimant, "0"])
+            .await
+    }
+
+    /// Runs one of the record's scripts on `key` with `args`; whether it did its work.
+    async fn fenced(&self, script: &Script, key: &str, args: &[&str]) -> Result<bool, StoreError> {
         let mut conn = self.store.conn().await?;
-        let script = Script::new(script);
         let mut inv = script.prepare_invoke();
-        inv.key(key).arg(token);
+        inv.key(key);
         for a in args {
             inv.arg(*a);
         }
@@ -275,9 +383,14 @@ fn parse_claim(reply: &[String], open: impl Fn(&str) -> Result<String, String>) 
                 Err(why) => Claim::Unreadable(why),
             }
         }
-        Some("held") => {
+        Some(wait @ ("held" | "busy")) => {
             let ms = reply.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
-            Claim::Held(Duration::from_millis(ms))
+            let ms = Duration::from_millis(ms);
+            if wait == "held" {
+                Claim::Held(ms)
+            } else {
+                Claim::Busy(ms)
+            }
         }
         _ => {
             let token = reply.get(1).and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -325,6 +438,10 @@ mod tests {
         assert_eq!(
             parse_claim(&s(&["held", "1500"])),
             Claim::Held(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_claim(&s(&["busy", "700"])),
+            Claim::Busy(Duration::from_millis(700))
         );
         assert_eq!(
             parse_claim(&s(&["acquired", "3", "", "2"])),

@@ -7,6 +7,7 @@
 pub mod cap;
 pub mod conversation;
 pub mod dify;
+pub mod hold;
 pub mod idempotency;
 pub mod process;
 

@@ -1,5 +1,6 @@
 //! The once-per-event record against the real Redis: racing claims, lease takeover with the
-//! recorded Dify ids, fencing, and the recorded answer served to later claims.
+//! recorded Dify ids, fencing, a claim whose reply was lost given back by its token, and the
+//! recorded answer served to later claims.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use shared::envelope::Answer;
 use std::time::Duration;
@@ -21,7 +22,14 @@ async fn of_many_racing_claims_exactly_one_wins() {
         })
         .collect();
     let key = workers[0].key("src", "evt-race");
-    let claims = futures_util::future::join_all(workers.iter().map(|w| w.claim(&key))).await;
+    let claimants: Vec<_> = workers.iter().map(Idempotency::claimant).collect();
+    let claims = futures_util::future::join_all(
+        workers
+            .iter()
+            .zip(&claimants)
+            .map(|(w, c)| w.claim(&key, c)),
+    )
+    .await;
     let won = claims
         .iter()
         .filter(|c| matches!(c, Ok(Claim::Acquired { .. })))
@@ -54,7 +62,7 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
         token: ta,
         previous: None,
         takeovers: 0,
-    } = a.claim(&key).await.unwrap()
+    } = a.claim(&key, &a.claimant()).await.unwrap()
     else {
         panic!()
     };
@@ -65,13 +73,13 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
     };
     assert!(a.record_ids(&key, ta, &ids).await.unwrap());
     assert!(
-        matches!(b.claim(&key).await.unwrap(), Claim::Held(_)),
+        matches!(b.claim(&key, &b.claimant()).await.unwrap(), Claim::Held(_)),
         "a live lease holds"
     );
     // a dies: its lease lapses.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let (tb, previous) = loop {
-        match b.claim(&key).await.unwrap() {
+        match b.claim(&key, &b.claimant()).await.unwrap() {
             Claim::Acquired {
                 token,
                 previous,
@@ -107,7 +115,7 @@ async fn a_lapsed_lease_is_taken_over_with_the_recorded_ids_and_the_old_owner_is
     let answering = uuid::Uuid::now_v7();
     assert!(b.complete(&key, tb, &answer, answering).await.unwrap());
     assert_eq!(
-        a.claim(&key).await.unwrap(),
+        a.claim(&key, &a.claimant()).await.unwrap(),
         Claim::Done {
             answer: Box::new(answer),
             by: Some(answering)
@@ -127,12 +135,12 @@ async fn a_released_event_can_be_claimed_again() {
         Duration::from_secs(60),
     );
     let key = a.key("src", "evt-release");
-    let Claim::Acquired { token, .. } = a.claim(&key).await.unwrap() else {
+    let Claim::Acquired { token, .. } = a.claim(&key, &a.claimant()).await.unwrap() else {
         panic!()
     };
     assert!(a.release(&key, token).await.unwrap());
     assert!(matches!(
-        a.claim(&key).await.unwrap(),
+        a.claim(&key, &a.claimant()).await.unwrap(),
         Claim::Acquired { previous: None, .. }
     ));
 }
@@ -150,10 +158,88 @@ async fn a_live_lease_holds_even_against_its_own_process() {
     );
     let key = a.key("src", "evt-self");
     assert!(matches!(
-        a.claim(&key).await.unwrap(),
+        a.claim(&key, &a.claimant()).await.unwrap(),
         Claim::Acquired { .. }
     ));
-    assert!(matches!(a.claim(&key).await.unwrap(), Claim::Held(_)));
+    assert!(matches!(
+        a.claim(&key, &a.claimant()).await.unwrap(),
+        Claim::Held(_)
+    ));
+}
+
+/// Issue 18: a claim Redis ran but whose reply was lost (a response timeout) is given back by
+/// the token its worker made, so the event can be answered at once instead of after the lease
+/// (31.8 s was seen); the same give-back by any other token frees nothing, and once the event
+/// is someone else's, the lost claim's token no longer frees it either.
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_is_given_back_by_its_token_and_no_other() {
+    let kit = Fixture::new("t");
+    let s = kit.store_with_pool(8);
+    let idem = |owner: &str| {
+        Idempotency::new(
+            s.clone(),
+            owner.into(),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+    };
+    let (a, b) = (idem("a"), idem("b"));
+    let key = a.key("src", "evt-lost");
+    let lost = a.claimant();
+    // Redis runs the claim; its reply never reaches the worker.
+    let _ = a.claim(&key, &lost).await.unwrap();
+    assert!(!a.release_lost(&key, &a.claimant()).await.unwrap());
+    assert!(!b.release_lost(&key, "b/not-the-token").await.unwrap());
+    assert!(
+        matches!(b.claim(&key, &b.claimant()).await.unwrap(), Claim::Held(_)),
+        "another token freed nothing"
+    );
+    assert!(a.release_lost(&key, &lost).await.unwrap());
+    let Claim::Acquired { token, .. } = b.claim(&key, &b.claimant()).await.unwrap() else {
+        panic!("the event is answerable at once")
+    };
+    assert!(
+        !a.release_lost(&key, &lost).await.unwrap(),
+        "the lost claim's token does not free b's claim"
+    );
+    assert!(matches!(
+        a.claim(&key, &a.claimant()).await.unwrap(),
+        Claim::Held(_)
+    ));
+    assert!(b.renew(&key, token).await.unwrap(), "b still holds it");
+}
+
+/// A give-back that comes after the answer was recorded (a stale or repeated one) never turns
+/// the answer back into a free event that would call Dify again.
+#[tokio::test]
+async fn a_recorded_answer_is_not_undone_by_a_late_give_back() {
+    let kit = Fixture::new("t");
+    let a = Idempotency::new(
+        kit.store_with_pool(4),
+        "a".into(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    );
+    let key = a.key("src", "evt-late");
+    let claimant = a.claimant();
+    let Claim::Acquired { token, .. } = a.claim(&key, &claimant).await.unwrap() else {
+        panic!()
+    };
+    let answer = Answer {
+        text: "kept".into(),
+        ..Default::default()
+    };
+    assert!(a
+        .complete(&key, token, &answer, uuid::Uuid::now_v7())
+        .await
+        .unwrap());
+    assert!(!a.release(&key, token).await.unwrap());
+    assert!(!a.release_failed(&key, token).await.unwrap());
+    assert!(!a.release_lost(&key, &claimant).await.unwrap());
+    assert!(matches!(
+        a.claim(&key, &a.claimant()).await.unwrap(),
+        Claim::Done { .. }
+    ));
 }
 
 #[tokio::test]
@@ -167,7 +253,7 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
         Duration::from_secs(60),
     );
     let key = a.key("src", "evt-keep");
-    let Claim::Acquired { token, .. } = a.claim(&key).await.unwrap() else {
+    let Claim::Acquired { token, .. } = a.claim(&key, &a.claimant()).await.unwrap() else {
         panic!()
     };
     let ids = RunIds {
@@ -178,7 +264,7 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
     assert!(a.release(&key, token).await.unwrap());
     let Claim::Acquired {
         token, previous, ..
-    } = a.claim(&key).await.unwrap()
+    } = a.claim(&key, &a.claimant()).await.unwrap()
     else {
         panic!()
     };
@@ -186,7 +272,7 @@ async fn ids_survive_a_claim_given_back_before_calling_and_not_a_failed_call() {
     assert!(a.release_failed(&key, token).await.unwrap());
     assert!(
         matches!(
-            a.claim(&key).await.unwrap(),
+            a.claim(&key, &a.claimant()).await.unwrap(),
             Claim::Acquired { previous: None, .. }
         ),
         "a failed run's ids are cleared"
@@ -211,7 +297,7 @@ async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_
         loop {
             if let Claim::Acquired {
                 takeovers, token, ..
-            } = w.claim(&key).await.unwrap()
+            } = w.claim(&key, &w.claimant()).await.unwrap()
             {
                 seen.push((takeovers, token));
                 break;
@@ -224,7 +310,7 @@ async fn every_worker_that_dies_holding_an_event_is_counted_until_a_failed_call_
     let token = seen.last().unwrap().1;
     assert!(w.release_failed(&key, token).await.unwrap());
     assert!(matches!(
-        w.claim(&key).await.unwrap(),
+        w.claim(&key, &w.claimant()).await.unwrap(),
         Claim::Acquired { takeovers: 0, .. }
     ));
 }
@@ -248,7 +334,7 @@ async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_c
     let kit = Fixture::new("t");
     let w = idem(kit.store_with_keys(Some(K1), &[]));
     let key = w.key("src", "evt-sealed");
-    let Claim::Acquired { token, .. } = w.claim(&key).await.unwrap() else {
+    let Claim::Acquired { token, .. } = w.claim(&key, &w.claimant()).await.unwrap() else {
         panic!()
     };
     let answer = Answer {
@@ -269,7 +355,7 @@ async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_c
 
     let rotated = idem(kit.store_with_keys(Some(K2), &[K1]));
     assert_eq!(
-        rotated.claim(&key).await.unwrap(),
+        rotated.claim(&key, &rotated.claimant()).await.unwrap(),
         Claim::Done {
             answer: Box::new(answer.clone()),
             by: Some(answering)
@@ -277,7 +363,7 @@ async fn a_recorded_answer_is_encrypted_survives_rotation_and_a_wrong_key_is_a_c
     );
     for (current, previous) in [(Some(K2), vec![]), (None, vec![])] {
         let wrong = idem(kit.store_with_keys(current, &previous));
-        let Claim::Unreadable(why) = wrong.claim(&key).await.unwrap() else {
+        let Claim::Unreadable(why) = wrong.claim(&key, &wrong.claimant()).await.unwrap() else {
             panic!("{current:?}")
         };
         assert!(why.contains("key"), "{why}");
@@ -291,7 +377,8 @@ async fn an_answer_recorded_before_the_key_was_set_is_still_read() {
     let kit = Fixture::new("t");
     let before = idem(kit.store());
     let key = before.key("src", "evt-plain");
-    let Claim::Acquired { token, .. } = before.claim(&key).await.unwrap() else {
+    let Claim::Acquired { token, .. } = before.claim(&key, &before.claimant()).await.unwrap()
+    else {
         panic!()
     };
     let answer = Answer {
@@ -305,7 +392,7 @@ async fn an_answer_recorded_before_the_key_was_set_is_still_read() {
         .unwrap());
     let after = idem(kit.store_with_keys(Some(K1), &[]));
     assert_eq!(
-        after.claim(&key).await.unwrap(),
+        after.claim(&key, &after.claimant()).await.unwrap(),
         Claim::Done {
             answer: Box::new(answer),
             by: Some(answering)

@@ -3,8 +3,9 @@
 //! conversation once if Dify forgot the stored one. A failure is classified and becomes an
 //! attempt on the event; [`Worker::retry_or_give_up`] then parks the event until the schedule's
 //! next try or dead-letters it. Must not publish jobs.
-use super::{Claimed, Worker};
+use super::Worker;
 use crate::dify::{self, DifyCall, DifyError, DifyIds, ErrorClass};
+use crate::hold::Held;
 use crate::idempotency::RunIds;
 use chrono::{DateTime, Utc};
 use shared::config::AppConfig;
@@ -29,7 +30,7 @@ impl Worker {
         &self,
         event: &InboundEvent,
         app: &AppConfig,
-        claimed: &Claimed,
+        claimed: &Held,
         mut conversation_id: Option<String>,
     ) -> Result<(Answer, Timings), Failed> {
         let inputs = dify::build_inputs(app, event);
@@ -126,7 +127,7 @@ impl Worker {
     async fn call_under_lease(
         &self,
         call: &DifyCall<'_>,
-        claimed: &Claimed,
+        claimed: &Held,
         started_at: DateTime<Utc>,
         text: Option<&watch::Sender<String>>,
     ) -> Result<Answer, DifyError> {
@@ -162,7 +163,7 @@ impl Worker {
                             Ok(false) => tracing::warn!("lease lost during the call (taken over)"),
                             Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
                         }
-                        let _ = conversations.renew_turn(&claimed.conv, &claimed.holder, idem.lease()).await;
+                        let _ = conversations.renew_turn(&claimed.conv, &claimed.claimant, idem.lease()).await;
                     }
                 }
             }

@@ -1,11 +1,12 @@
 //! The first step for an event: claim it in the idempotency record (or find its answer recorded
-//! there), then take its conversation's turn, so that a conversation's messages reach Dify one
-//! at a time and in order. An event that cannot be claimed or whose conversation is busy waits
+//! there) and take its conversation's turn, in one script (`crate::hold`), so that a
+//! conversation's messages reach Dify one at a time and in order. An event that cannot be claimed or whose conversation is busy waits
 //! in a delay queue; one that keeps killing its workers becomes a dead letter; a second copy of
 //! a platform event whose answer another event id recorded is acked without fanning out again
 //! ([`fans_out_recorded`]). Must not call Dify.
-use super::{Claimed, Hold, Worker, STORE_WAIT};
+use super::{Hold, Worker, STORE_WAIT};
 use crate::conversation::conversation_of;
+use crate::hold::{Begun, Held};
 use crate::idempotency::Claim;
 use shared::config::SourceConfig;
 use shared::envelope::{InboundEvent, Reason};
@@ -14,16 +15,29 @@ use std::time::Duration;
 use uuid::Uuid;
 
 impl Worker {
-    /// Claims the event and takes its conversation's turn; `Err`: the event was settled instead
-    /// (parked or dead-lettered), holding nothing.
+    /// Claims the event and takes its conversation's turn (one round trip, which also reads the
+    /// conversation's id); `Err`: the event was settled instead (parked or dead-lettered),
+    /// holding nothing.
     pub(super) async fn claim_and_turn(
         &self,
         event: &InboundEvent,
         source: &SourceConfig,
     ) -> Result<Hold, Settle> {
         let key = self.idem.key(&event.source, &event.dedup_key);
-        let claim = match self.idem.claim(&key).await {
-            Ok(c) => c,
+        let conv = conversation_of(
+            &event.source,
+            &event.conversation,
+            source.group_conversation,
+            &self.services.store,
+        );
+        // Unique per claim, so two copies of one event cannot share a turn, and a claim whose
+        // reply is lost can be given back.
+        let claimant = self.idem.claimant();
+        let Begun {
+            claim,
+            conversation_id,
+        } = match self.holds.begin(&key, &conv, &claimant).await {
+            Ok(b) => b,
             Err(e) => {
                 // Without the record we cannot promise "once": don't call Dify, come back later.
                 tracing::warn!(error = %e, "idempotency store unavailable; deferring");
@@ -60,68 +74,36 @@ impl Worker {
                     .increment(1);
                 return Err(self.defer(event, wait + Duration::from_millis(250)).await);
             }
+            Claim::Busy(wait) => {
+                tracing::debug!(?wait, "conversation busy with an earlier message; waiting");
+                return Err(self.defer(event, wait.min(Duration::from_secs(1))).await);
+            }
             Claim::Acquired {
                 token,
                 previous,
                 takeovers,
             } => (token, previous, takeovers),
         };
+        let claimed = Held {
+            key,
+            token,
+            claimant,
+            event_id: event.id,
+            conv,
+        };
         // Workers keep dying on this event: the broker's delivery limit cannot see that (a held
         // event is re-published, which resets its delivery count), so the record counts the
         // deaths and the same limit applies.
         if takeovers >= self.config.broker.delivery_limit {
-            let _ = self.idem.release_failed(&key, token).await;
+            let _ = self.holds.let_go(&claimed, true).await;
             let why = format!("{takeovers} workers died while answering this event");
             return Err(self.dead_letter(event, Reason::Poison, &why).await);
         }
-        let claimed = self.take_turn(event, source, key, token).await?;
-        Ok(Hold::Turn { claimed, previous })
-    }
-
-    /// Takes the conversation's turn for the event claimed under `key` with `token`; `Err`: the
-    /// conversation is busy or cannot be read, so the claim is released and the event parked.
-    async fn take_turn(
-        &self,
-        event: &InboundEvent,
-        source: &SourceConfig,
-        key: String,
-        token: i64,
-    ) -> Result<Claimed, Settle> {
-        let conv = conversation_of(
-            &event.source,
-            &event.conversation,
-            source.group_conversation,
-            &self.services.store,
-        );
-        // Unique per claim, so two copies of one event cannot share a turn.
-        let holder = format!("{}:{token}", event.id);
-        // The turn lasts as long as the lease and is renewed with it, so a dead worker's turn
-        // lapses with its claim.
-        let wait = match self
-            .conversations
-            .take_turn(&conv, &holder, self.idem.lease())
-            .await
-        {
-            Ok(None) => {
-                return Ok(Claimed {
-                    key,
-                    token,
-                    event_id: event.id,
-                    conv,
-                    holder,
-                })
-            }
-            Ok(Some(wait)) => {
-                tracing::debug!(?wait, "conversation busy with an earlier message; waiting");
-                wait.min(Duration::from_secs(1))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "conversation store unavailable; deferring");
-                STORE_WAIT
-            }
-        };
-        let _ = self.idem.release(&key, token).await;
-        Err(self.defer(event, wait).await)
+        Ok(Hold::Turn {
+            claimed,
+            previous,
+            conversation_id,
+        })
     }
 }
 

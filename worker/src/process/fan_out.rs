@@ -1,9 +1,10 @@
 //! The last steps for an answered event: **record** the answer (and the conversation Dify keeps
-//! it in) so that a redelivered copy is answered from the record without calling Dify again,
-//! then **fan out** one `DispatchJob` per destination — the reply into the conversation and every
+//! it in, and end the conversation's turn: one script) so that a redelivered copy is answered
+//! from the record without calling Dify again, then **fan out** one `DispatchJob` per destination — the reply into the conversation and every
 //! target of the source — each confirmed by the broker before the event is acked. Must not call
 //! Dify.
-use super::{Claimed, Worker};
+use super::Worker;
+use crate::hold::Held;
 use shared::broker::Publish;
 use shared::config::SourceConfig;
 use shared::envelope::{
@@ -16,21 +17,13 @@ impl Worker {
     /// Records the answer under the claim, with the event it answers; a record that cannot be
     /// written is logged, and the jobs still go out (their ids are derived from the platform's
     /// identity of the event, so the dispatcher dedups them).
-    pub(super) async fn record(&self, claimed: &Claimed, answer: &Answer) {
-        // Store the conversation before the next message of it may be sent (we hold its turn).
-        if let Some(cid) = &answer.conversation_id {
-            if let Err(e) = self.conversations.set(&claimed.conv, cid).await {
-                tracing::warn!(error = %e, "could not store the conversation id");
-            }
-        }
-        match self
-            .idem
-            .complete(&claimed.key, claimed.token, answer, claimed.event_id)
-            .await
-        {
+    pub(super) async fn record(&self, claimed: &Held, answer: &Answer) {
+        // With the conversation id, stored before the turn ends: the conversation's next
+        // message continues it.
+        match self.holds.finish(claimed, answer).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!("lease was taken over before the answer was recorded; dispatching anyway (job ids dedup)"),
-            Err(e) => tracing::warn!(error = %e, "could not record the answer"),
+            Err(e) => tracing::warn!(error = %e, "could not record the answer, the conversation id or the turn's end"),
         }
         metrics::counter!("switchboard_worker_events_total", "outcome" => "answered").increment(1);
     }

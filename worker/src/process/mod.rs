@@ -1,8 +1,10 @@
 //! Handling one `InboundEvent`, in named steps: **claim and turn** (claim the event in the
-//! idempotency record, or find its answer recorded there; take its conversation's turn) →
+//! idempotency record, or find its answer recorded there; take its conversation's turn and read
+//! its Dify id: one round trip, `crate::hold`) →
 //! **resume** (recover a run a dead worker left behind before considering a new call) → **call**
 //! Dify once (starting a new conversation once if Dify forgot the stored one; a streamed reply
-//! publishes its progress meanwhile) → **record** the answer → **fan out** one `DispatchJob`
+//! publishes its progress meanwhile) → **record** the answer (with the conversation id, ending
+//! the turn: one round trip) → **fan out** one `DispatchJob`
 //! per destination. A failed call becomes an attempt on the event: transient failures wait in
 //! a delay queue, permanent or exhausted ones become dead letters. The message is acked only
 //! after its outcome is durable (jobs, delay or dead letter confirmed by the broker).
@@ -18,8 +20,9 @@ mod resume;
 pub use fan_out::destinations;
 pub use progress::{preview, Due, Sent, Throttle, PREVIEW_CHARS};
 
-use crate::conversation::{ConversationKey, Conversations};
+use crate::conversation::Conversations;
 use crate::dify::DifyClient;
+use crate::hold::{Held, Holds};
 use crate::idempotency::{Idempotency, RunIds};
 use call::Failed;
 use lapin::message::Delivery;
@@ -47,19 +50,9 @@ pub struct Worker {
     dify: DifyClient,
     idem: Idempotency,
     conversations: Conversations,
+    /// The claim with the turn, and the answer with the turn's end: one round trip each.
+    holds: Holds,
     policy: RetryPolicy,
-}
-
-/// This worker's hold on an event: the idempotency claim and the conversation's turn.
-#[derive(Debug, Clone)]
-struct Claimed {
-    key: String,
-    token: i64,
-    /// The event the claim is for (recorded with its answer).
-    event_id: uuid::Uuid,
-    conv: ConversationKey,
-    /// Who holds the conversation's turn: unique per claim.
-    holder: String,
 }
 
 /// What claiming an event gave.
@@ -68,20 +61,25 @@ struct Claimed {
 enum Hold {
     /// The answer is recorded already: fan it out without calling Dify.
     Recorded(Box<Answer>),
-    /// The event is this worker's, and so is its conversation's turn; `previous` holds the ids
-    /// of the run a dead worker started, if it recorded any.
+    /// The event is this worker's, and so is its conversation's turn (until the answer is
+    /// recorded or the claim given back); `previous` holds the ids of the run a dead worker
+    /// started, if it recorded any; `conversation_id` the conversation's Dify id, if known.
     Turn {
-        claimed: Claimed,
+        claimed: Held,
         previous: Option<RunIds>,
+        conversation_id: Option<String>,
     },
 }
 
 impl Worker {
     pub fn new(config: Arc<Config>, services: Services, dify: DifyClient, owner: String) -> Self {
         let w = &config.worker;
+        let idem = Idempotency::new(services.store.clone(), owner, w.lease, w.answer_ttl);
+        let conversations = Conversations::new(services.store.clone(), w.conversation_ttl);
         Self {
-            idem: Idempotency::new(services.store.clone(), owner, w.lease, w.answer_ttl),
-            conversations: Conversations::new(services.store.clone(), w.conversation_ttl),
+            holds: Holds::new(idem.clone(), &conversations),
+            idem,
+            conversations,
             policy: RetryPolicy::new(w.retry_schedule.clone(), w.jitter),
             dify,
             services,
@@ -142,30 +140,31 @@ impl Worker {
                 self.fan_out(&event, source, &answer, Timings::default())
                     .await
             }
-            Ok(Hold::Turn { claimed, previous }) => {
-                let settle = self.answer(event, source, app, &claimed, previous).await;
-                let _ = self
-                    .conversations
-                    .end_turn(&claimed.conv, &claimed.holder)
-                    .await;
-                settle
+            Ok(Hold::Turn {
+                claimed,
+                previous,
+                conversation_id,
+            }) => {
+                self.answer(event, source, app, &claimed, previous, conversation_id)
+                    .await
             }
         }
     }
 
     /// Answers a claimed event: from the previous claim's run if it can be recovered, else by
-    /// one call; then records the answer and fans it out.
+    /// one call in the conversation `conversation_id`; then records the answer (which ends the
+    /// turn) and fans it out. Every way out gives the turn back.
     async fn answer(
         &self,
         mut event: InboundEvent,
         source: &SourceConfig,
         app: &AppConfig,
-        claimed: &Claimed,
+        claimed: &Held,
         previous: Option<RunIds>,
+        conversation_id: Option<String>,
     ) -> Settle {
-        let (key, token) = (claimed.key.as_str(), claimed.token);
         if let Some(prev) = previous.filter(RunIds::identifies_run) {
-            match self.resume(app, key, token, &prev).await {
+            match self.resume(app, &claimed.key, claimed.token, &prev).await {
                 Resume::Answer(mut answer) => {
                     self.cap(&mut answer);
                     self.record(claimed, &answer).await;
@@ -177,20 +176,12 @@ impl Worker {
                     // The run may still be going in Dify: don't start a second one. The ids
                     // stay recorded for the next claim, which asks Dify again.
                     tracing::info!("the previous run may still be going in Dify; waiting for it");
-                    let _ = self.idem.release(key, token).await;
+                    let _ = self.holds.let_go(claimed, false).await;
                     return self.defer(&event, RUN_WAIT).await;
                 }
                 Resume::CallAgain => {}
             }
         }
-        let conversation_id = match self.conversations.get(&claimed.conv).await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.idem.release(key, token).await;
-                tracing::warn!(error = %e, "conversation store unavailable; deferring");
-                return self.defer(&event, STORE_WAIT).await;
-            }
-        };
         match self.call(&event, app, claimed, conversation_id).await {
             Ok((mut answer, timings)) => {
                 self.cap(&mut answer);
@@ -202,7 +193,7 @@ impl Worker {
                 class,
                 attempt,
             }) => {
-                let _ = self.idem.release_failed(key, token).await;
+                let _ = self.holds.let_go(claimed, true).await;
                 event.attempts.push(attempt);
                 self.retry_or_give_up(&event, &error, class).await
             }

@@ -7,7 +7,8 @@
 //! best-effort: a failed publish is logged and the next update carries the text; the final
 //! answer still goes out as the reply job (`fan_out`). The throttle's decision is pure
 //! ([`Throttle::decide`]); this module never calls Dify.
-use super::{Claimed, Worker};
+use super::Worker;
+use crate::hold::Held;
 use shared::broker::{Broker, Publish};
 use shared::config::SourceConfig;
 use shared::envelope::{encode, Answer, AnswerPayload, Destination, DispatchJob, InboundEvent};
@@ -112,7 +113,7 @@ impl Progress {
 impl Worker {
     /// Starts publishing progress for the event's reply, if its source streams and the event
     /// has a conversation to reply into.
-    pub(super) fn progress_for(&self, event: &InboundEvent, claimed: &Claimed) -> Option<Progress> {
+    pub(super) fn progress_for(&self, event: &InboundEvent, claimed: &Held) -> Option<Progress> {
         let source = self.config.source(&event.source)?;
         if !(source.stream && source.reply) {
             return None;
