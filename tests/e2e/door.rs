@@ -4,6 +4,7 @@
 //! marker landed, a marker that cannot be written fails no request, and a source whose captured
 //! requests stay valid forever (GitHub) still has its markers written before the answer.
 use crate::common::*;
+use crate::forged::work_queue_holds;
 use crate::kit::*;
 use crate::platforms::{sources, GITHUB_SECRET};
 use deadpool_redis::redis;
@@ -12,7 +13,6 @@ use ingress::platform::sender::SignedRequest;
 use ingress::platform::{github, NewEvent};
 use shared::envelope::{ChatType, Conversation};
 use shared::store::Store;
-use shared::topology::Stage;
 use standins::platforms::PlatformStandin;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -41,19 +41,13 @@ async fn another_ingress(app: &TestApp) -> (String, CancellationToken) {
         stop.clone(),
     );
     tokio::spawn(async move { run.await.expect("second ingress") });
+    let b = base.clone();
+    wait_for("the second ingress answers", T, || {
+        let url = format!("{b}/healthz");
+        async move { app.http.get(url).send().await.is_ok() }
+    })
+    .await;
     (base, stop)
-}
-
-async fn send_to(app: &TestApp, base: &str, source: &str, req: &SignedRequest) -> u16 {
-    let url = format!("{base}{}", req.path_and_query(&format!("/hooks/{source}")));
-    let mut builder = app
-        .http
-        .request(req.method.clone(), url)
-        .body(req.body.clone());
-    for (k, v) in &req.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    builder.send().await.expect("request").status().as_u16()
 }
 
 async fn redis_get(store: &Store, key: &str) -> Option<String> {
@@ -63,21 +57,6 @@ async fn redis_get(store: &Store, key: &str) -> Option<String> {
         .query_async(&mut conn)
         .await
         .expect("GET")
-}
-
-/// Waits until the work queue holds `n` events, then checks it stays so.
-async fn work_queue_holds(app: &TestApp, n: u32) {
-    let work = app.services.broker.topology().stage_queue(Stage::Work);
-    let (a, w) = (app, work.clone());
-    wait_for(&format!("{n} event(s) in the work queue"), T, || {
-        let w = w.clone();
-        async move { a.queue_len(&w).await == n }
-    })
-    .await;
-    let until = std::time::Instant::now() + QUIET;
-    while std::time::Instant::now() < until {
-        assert_eq!(app.queue_len(&work).await, n, "an extra event was enqueued");
-    }
 }
 
 #[tokio::test]
@@ -109,15 +88,7 @@ async fn a_retry_is_a_duplicate_here_at_once_and_at_another_process_once_the_mar
         .with_header("webhook-timestamp", ts.to_string())
         .with_header("webhook-signature", key.sign("door-1", ts, body.as_bytes()))
         .with_header("content-type", "application/json");
-    wait_for("the second ingress answers", T, || async {
-        app.http
-            .get(format!("{other}/healthz"))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await;
-    assert_eq!(send_to(&app, &other, "hooks", &retry).await, 202);
+    assert_eq!(send_at(&app, &other, "hooks", &retry).await.status, 202);
     work_queue_holds(&app, 1).await;
     stop.cancel();
     app.shutdown().await;
@@ -130,14 +101,6 @@ async fn a_github_body_replayed_at_another_process_right_after_the_answer_is_a_r
     let p = PlatformStandin::start().await.expect("platform stand-in");
     let app = TestApp::spawn(door_only(sources(&p))).await;
     let (other, stop) = another_ingress(&app).await;
-    wait_for("the second ingress answers", T, || async {
-        app.http
-            .get(format!("{other}/healthz"))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await;
     for n in 0..5 {
         let issue = serde_json::json!({
             "action": "opened",
@@ -147,9 +110,9 @@ async fn a_github_body_replayed_at_another_process_right_after_the_answer_is_a_r
         })
         .to_string();
         let first = github::request(GITHUB_SECRET, "issues", &format!("a-{n}"), &issue);
-        assert_eq!(send_to(&app, &app.base, "github", &first).await, 202);
+        assert_eq!(send(&app, "github", &first).await.status, 202);
         let replay = github::request(GITHUB_SECRET, "issues", &format!("b-{n}"), &issue);
-        assert_eq!(send_to(&app, &other, "github", &replay).await, 202);
+        assert_eq!(send_at(&app, &other, "github", &replay).await.status, 202);
     }
     work_queue_holds(&app, 5).await;
     stop.cancel();
