@@ -162,13 +162,20 @@ mod tests {
             let first = marker(&store, i).seen.first(&store).await.expect("redis");
             assert_eq!(first, Some(format!("e-{i}")));
         }
+        // And each event's record under its id, for the console.
         let mut conn = store.conn().await.expect("redis");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut conn)
-            .await
-            .expect("keys");
-        assert_eq!(keys.len(), 6, "a seen key and an event record per event");
+        let mut keys = Vec::new();
+        for i in 0..3 {
+            let event = store.key(&["event", &format!("e-{i}")]);
+            let record: Option<String> = redis::cmd("GET")
+                .arg(&event)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            assert!(record.is_some_and(|r| r.contains(&format!("d-{i}"))));
+            keys.push(event);
+            keys.extend(marker(&store, i).seen.keys().iter().cloned());
+        }
         let _: () = redis::cmd("DEL")
             .arg(&keys)
             .query_async(&mut conn)
