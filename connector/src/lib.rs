@@ -153,6 +153,7 @@ pub async fn run(
     while slots.join_next().await.is_some() {}
     hold_stop.cancel();
     while holds.join_next().await.is_some() {}
+    keeper.settle().await;
     tracing::info!("connector stopped");
     Ok(())
 }

@@ -38,6 +38,11 @@ impl SeenKeys {
         Ok(found.into_iter().flatten().next())
     }
 
+    /// The door keys themselves.
+    pub fn keys(&self) -> &[String] {
+        &self.0
+    }
+
     /// Remembers the event under every key for `ttl`, and its origin under its id.
     pub async fn remember(
         &self,
@@ -47,22 +52,28 @@ impl SeenKeys {
     ) -> Result<(), StoreError> {
         let mut conn = store.conn().await?;
         let mut pipe = redis::pipe();
+        self.add_to(&mut pipe, store, event_id, ttl);
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Adds what `remember` writes to `pipe` (the door writer puts many events in one).
+    pub fn add_to(&self, pipe: &mut redis::Pipeline, store: &Store, event_id: &str, ttl: Duration) {
+        let secs = ttl.as_secs().max(1);
         for key in &self.0 {
             pipe.cmd("SET")
                 .arg(key)
                 .arg(event_id)
                 .arg("EX")
-                .arg(ttl.as_secs().max(1))
+                .arg(secs)
                 .ignore();
         }
         pipe.cmd("SET")
             .arg(store.key(&["event", event_id]))
             .arg(&self.1)
             .arg("EX")
-            .arg(ttl.as_secs().max(1))
+            .arg(secs)
             .ignore();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
     }
 }
 

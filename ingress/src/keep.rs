@@ -1,17 +1,26 @@
 //! Keeping a verified event, the one path every door shares (the ingress's HTTP callbacks and
 //! the connector's pushed events): credentials taken out of the event (`shared::reply_credentials`:
 //! the reply URL kept aside in Redis, verification tokens dropped), door dedup (has the platform
-//! sent this before?), publish with
-//! the broker's confirm, then remember it as kept. Nothing here answers the platform: the
-//! outcome says what happened, and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack
-//! frame); `NotKept` must not be, so that the platform delivers the event again.
+//! sent this before? this process's `Recent` first, then Redis), publish with
+//! the broker's confirm, then remember it as kept: in `Recent` at once, in Redis behind the
+//! answer (`DoorWriter`), except for a source whose captured requests stay valid forever, whose
+//! markers are a defence against replays and are written before the answer. Nothing here
+//! answers the platform: the outcome says what happened, and only `New` or `Duplicate` may be
+//! acknowledged (a 2xx, an ack frame); `NotKept` must not be, so that the platform delivers the
+//! event again.
 use crate::door::SeenKeys;
+use crate::door_writer::{DoorWriter, Marker};
 use crate::platform::NewEvent;
+use crate::recent::{self, Recent};
 use shared::envelope::{encode, InboundEvent};
 use shared::reply_credentials;
 use shared::topology::Stage;
 use shared::Services;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a stopping door waits for its queued markers.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What became of an event at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +54,12 @@ impl Door {
             Door::Connector => "switchboard_connector_not_kept_total",
         }
     }
+    fn markers_lost(self) -> &'static str {
+        match self {
+            Door::Ingress => "switchboard_ingress_markers_lost_total",
+            Door::Connector => "switchboard_connector_markers_lost_total",
+        }
+    }
     fn accepted(self) -> &'static str {
         match self {
             Door::Ingress => "switchboard_ingress_accepted_total",
@@ -60,16 +75,29 @@ pub struct Keeper {
     work_queue: String,
     dedup_ttl: Duration,
     door: Door,
+    recent: Arc<Mutex<Recent>>,
+    writer: Arc<DoorWriter>,
 }
 
 impl Keeper {
     pub fn new(services: Services, dedup_ttl: Duration, door: Door) -> Self {
         Self {
             work_queue: services.broker.topology().stage_queue(Stage::Work),
+            recent: Arc::new(Mutex::new(Recent::new(recent::CAPACITY, dedup_ttl))),
+            writer: Arc::new(DoorWriter::new(
+                services.store.clone(),
+                dedup_ttl,
+                door.markers_lost(),
+            )),
             services,
             dedup_ttl,
             door,
         }
+    }
+
+    /// Waits (a few seconds at most) for the door markers still queued: for a graceful stop.
+    pub async fn settle(&self) {
+        self.writer.settle(SETTLE_LIMIT).await;
     }
 
     pub fn services(&self) -> &Services {
@@ -86,9 +114,9 @@ impl Keeper {
         by_body: Option<&[u8]>,
     ) -> KeepOutcome {
         let store = &self.services.store;
+        let replayable = by_body.is_some();
         let seen = SeenKeys::of(store, source_id, &new.dedup_key, by_body);
-        // A Redis failure here only loses the door dedup; the worker's idempotency still holds.
-        if let Ok(Some(first)) = seen.first(store).await {
+        if let Some(first) = self.kept_before(&seen).await {
             tracing::info!(dedup_key = %new.dedup_key, first_event_id = %first, "platform retry of a kept event; not enqueued again");
             metrics::counter!(self.door.duplicates(), "source" => source_id.to_owned())
                 .increment(1);
@@ -144,10 +172,50 @@ impl Keeper {
             return KeepOutcome::NotKept;
         }
         metrics::counter!(self.door.accepted(), "source" => source_id.to_owned()).increment(1);
-        tracing::info!(dedup_key = %event.dedup_key, "event kept");
-        let _ = seen
-            .remember(store, &event.id.to_string(), self.dedup_ttl)
-            .await;
+        tracing::debug!(dedup_key = %event.dedup_key, "event kept");
+        self.remember(seen, event.id.to_string(), replayable).await;
         KeepOutcome::New
+    }
+
+    /// The id of the event first kept under any of `seen`'s keys: this process's memory first,
+    /// then Redis (a retry may come back to another process). A Redis failure here only loses
+    /// the door dedup; the worker's idempotency still holds.
+    async fn kept_before(&self, seen: &SeenKeys) -> Option<String> {
+        let here = self.recent().first(seen.keys(), Instant::now());
+        if here.is_some() {
+            return here;
+        }
+        let first = seen.first(&self.services.store).await.ok().flatten()?;
+        self.recent().remember(seen.keys(), &first, Instant::now());
+        Some(first)
+    }
+
+    /// Remembers a kept event: here at once, in Redis behind the answer, or before it when the
+    /// markers guard against replays (`replayable`) or the writer's queue is full.
+    async fn remember(&self, seen: SeenKeys, event_id: String, replayable: bool) {
+        self.recent()
+            .remember(seen.keys(), &event_id, Instant::now());
+        let marker = Marker { seen, event_id };
+        let marker = if replayable {
+            marker
+        } else {
+            match self.writer.queue(marker) {
+                Ok(()) => return,
+                Err(full) => full,
+            }
+        };
+        let store = &self.services.store;
+        if let Err(e) = marker
+            .seen
+            .remember(store, &marker.event_id, self.dedup_ttl)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the door's markers; this event loses its door dedup");
+            metrics::counter!(self.door.markers_lost()).increment(1);
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod door;
+pub mod door_writer;
 pub mod keep;
 pub mod platform;
+pub mod recent;
 pub mod serve;
 pub mod server;
 pub mod tls;
@@ -39,8 +41,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ingress = server::Ingress::new(&config, services).map_err(ConfigError)?;
-    let app = server::app(Arc::new(ingress));
+    let ingress = Arc::new(server::Ingress::new(&config, services).map_err(ConfigError)?);
+    let app = server::app(ingress.clone());
     let tls = match &config.ingress.tls {
         Some(tls) => Some(tls::Tls::start(tls, shutdown.child_token()).context("ingress.tls")?),
         None => None,
@@ -56,6 +58,7 @@ pub async fn run(
         "ingress listening"
     );
     serve::serve(listener, app, limits, tls, shutdown).await;
+    ingress.settle().await;
     tracing::info!("ingress stopped");
     Ok(())
 }

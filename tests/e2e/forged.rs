@@ -47,7 +47,7 @@ fn door_only() -> Options {
 }
 
 /// Waits until the work queue holds `n` events, then checks it stays so.
-async fn work_queue_holds(app: &TestApp, n: u32) {
+pub(crate) async fn work_queue_holds(app: &TestApp, n: u32) {
     let work = app.services.broker.topology().stage_queue(Stage::Work);
     let (a, w) = (app, work.clone());
     wait_for(&format!("{n} event(s) in the work queue"), T, || {

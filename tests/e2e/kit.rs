@@ -44,11 +44,12 @@ impl Answered {
 
 /// Sends a request as the platform built it to `/hooks/<source>` of the app's ingress.
 pub async fn send(app: &TestApp, source: &str, req: &SignedRequest) -> Answered {
-    let url = format!(
-        "{}{}",
-        app.base,
-        req.path_and_query(&format!("/hooks/{source}"))
-    );
+    send_at(app, &app.base, source, req).await
+}
+
+/// `send`, to the ingress at `base` (another process than the app's own).
+pub async fn send_at(app: &TestApp, base: &str, source: &str, req: &SignedRequest) -> Answered {
+    let url = format!("{base}{}", req.path_and_query(&format!("/hooks/{source}")));
     let mut builder = app
         .http
         .request(req.method.clone(), url)

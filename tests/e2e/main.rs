@@ -7,6 +7,7 @@ mod connectors;
 mod crash;
 mod discord;
 mod discord_gateway;
+mod door;
 mod feishu_ws;
 mod forged;
 mod gateways;

@@ -38,8 +38,9 @@ pub(super) async fn hook(
         return refused_at_door("unknown", StatusCode::NOT_FOUND, "unknown_source");
     };
     let span = tracing::info_span!("hook", source = %source_id, platform = source.platform.name(), event_id = tracing::field::Empty);
-    let response = st
-        .receive(&source_id, source, request)
+    // Boxed: the request's future is several kilobytes, and every layer that takes it by value
+    // (the span, the timeout, axum's and tower's wrappers) would copy it again.
+    let response = Box::pin(st.receive(&source_id, source, request))
         .instrument(span)
         .await;
     metrics::histogram!("switchboard_ingress_request_seconds", "source" => source_id.clone())
@@ -82,8 +83,8 @@ impl Ingress {
             body,
             now: chrono::Utc::now(),
         };
-        match tokio::time::timeout(self.request_timeout, self.admit(source_id, source, &req)).await
-        {
+        let admit = Box::pin(self.admit(source_id, source, &req));
+        match tokio::time::timeout(self.request_timeout, admit).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!("request timed out before the event was kept");

@@ -111,6 +111,13 @@ impl Ingress {
     }
 }
 
+impl Ingress {
+    /// Waits for what the door still writes behind its answers: for a graceful stop.
+    pub async fn settle(&self) {
+        self.keeper.settle().await;
+    }
+}
+
 /// The router, without a socket: tests can drive it with `oneshot`.
 pub fn app(ingress: Arc<Ingress>) -> Router {
     Router::new()
