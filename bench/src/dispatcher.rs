@@ -1,10 +1,14 @@
-//! Scenario `dispatcher` (issue 5, "Measured"). Throughput: N webhook jobs are pre-loaded into
-//! the deliver queue twice; first a bare lapin consumer drains them, acking each (the broker's
-//! own consume-and-ack rate, with the dispatcher's prefetch), then one `switchboard dispatcher`
-//! process delivers them to a fast local receiver; both rates are taken over the steady middle
-//! (10 %–90 %) of their arrivals and compared. Accuracy: jobs for one target with a scaled-down
-//! limit (`5/2s` by default) go through two dispatcher processes sharing it; the busiest window
-//! of the limit's length at the receiver must hold no more than the limit.
+//! Scenario `dispatcher` (issues 5 and 18, "Measured"). Throughput: N webhook jobs are
+//! pre-loaded into the deliver queue three times; first a bare lapin consumer in this process
+//! drains them, acking each (the broker's own consume-and-ack rate, with the dispatcher's
+//! prefetch); then the ceiling (`bench post-ceiling`, its own process: consume with the same
+//! prefetch, POST each job signed to a receiver like the fast one, ack after the 2xx; see
+//! `post_ceiling`); then one `switchboard dispatcher` process delivers them to the fast local
+//! receiver. Each rate is taken over the steady middle (10 %–90 %) of its arrivals; the
+//! dispatcher is compared with the ceiling (the goal) and with the bare consumer. Accuracy: jobs
+//! for one target with a scaled-down limit (`5/2s` by default) go through two dispatcher
+//! processes sharing it; the busiest window of the limit's length at the receiver must hold no
+//! more than the limit.
 use super::fixture::{
     collect_arrivals, commands_between, redis_commands, Arrival, Common, ConfigSpec, Fixture,
     OUT_SECRET,
@@ -26,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatcherArgs {
-    /// Jobs of the throughput part (each pre-loaded twice: baseline, then dispatcher).
+    /// Jobs of the throughput part (each pre-loaded three times: bare consumer, ceiling,
+    /// dispatcher).
     #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
-    /// `dispatcher.concurrency` (its prefetch), also the baseline consumer's prefetch.
+    /// `dispatcher.concurrency` (its prefetch), also the bare consumer's and the ceiling's.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// The scaled-down limit of the accuracy part (`N/<duration>`).
@@ -181,6 +186,17 @@ async fn measure(
     let bare_rate = stats::steady_rate(&bare, 0.1, 0.9).unwrap_or(0.0);
     eprintln!("bench dispatcher: bare consume-and-ack {bare_rate:.0}/s");
 
+    // The ceiling: consume, POST, ack, in a process of its own.
+    eprintln!("bench dispatcher: pre-loading {n} jobs for the POST-and-ack ceiling");
+    fixture
+        .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
+        .await?;
+    let ceiling = post_ceiling_part(common, args, fixture, &deliver, ticks).await?;
+    eprintln!(
+        "bench dispatcher: POST-and-ack ceiling {:.0}/s",
+        ceiling.rate
+    );
+
     // One dispatcher process (or `--processes` of them).
     let procs_n = args.processes.max(1);
     eprintln!("bench dispatcher: pre-loading {n} jobs for {procs_n} dispatcher process(es)");
@@ -223,6 +239,7 @@ async fn measure(
     let delivered = offsets(fast.received().into_iter().map(|r| r.at).collect());
     let rate = stats::steady_rate(&delivered, 0.1, 0.9).unwrap_or(0.0);
     let ratio = stats::ratio(rate, bare_rate);
+    let to_ceiling = stats::ratio(rate, ceiling.rate);
     let deliveries = stats::per_item(n, fast.accepted_per_id().into_values().map(u64::from));
     eprintln!("bench dispatcher: {procs_n} dispatcher process(es) {rate:.0}/s");
 
@@ -280,6 +297,7 @@ async fn measure(
         &[
             "consumer",
             "per second, steady (10–90 %)",
+            "× ceiling",
             "× bare",
             "CPU %",
             "RSS MB (end / peak)",
@@ -288,9 +306,21 @@ async fn measure(
     t.row(vec![
         "bare lapin consume + ack (in the bench process)".into(),
         report::count(bare_rate),
+        report::ratio(stats::ratio(bare_rate, ceiling.rate)),
         "1.00".into(),
         "–".into(),
         "–".into(),
+    ]);
+    let ceiling_usage = ceiling.usage.first().and_then(|(_, u)| *u);
+    t.row(vec![
+        "ceiling: consume + signed POST + ack (`bench post-ceiling`)".into(),
+        report::count(ceiling.rate),
+        "1.00".into(),
+        report::ratio(stats::ratio(ceiling.rate, bare_rate)),
+        ceiling_usage.map_or("–".into(), |u| format!("{:.0}", u.cpu_percent)),
+        ceiling_usage.map_or("–".into(), |u| {
+            format!("{:.0} / {:.0}", u.rss_mb, u.peak_rss_mb)
+        }),
     ]);
     t.row(vec![
         match procs_n {
@@ -298,6 +328,7 @@ async fn measure(
             k => format!("{k} switchboard dispatcher processes (CPU, RSS: the first)"),
         },
         report::count(rate),
+        report::ratio(to_ceiling),
         report::ratio(ratio),
         usage.map_or("–".into(), |u| format!("{:.0}", u.cpu_percent)),
         usage.map_or("–".into(), |u| {
@@ -331,6 +362,10 @@ async fn measure(
         &bare_usage,
     ));
     report.sections.push(report::resources(
+        "Resources while the ceiling delivered",
+        &ceiling.usage,
+    ));
+    report.sections.push(report::resources(
         "Resources while the dispatcher(s) delivered",
         &one_usage,
     ));
@@ -345,6 +380,10 @@ async fn measure(
         &["", "expected", "seen", "total", "repeated", "per item"],
     );
     once.row(per_item_row(
+        "deliveries per job (ceiling)",
+        &ceiling.deliveries,
+    ));
+    once.row(per_item_row(
         "deliveries per job (throughput part)",
         &deliveries,
     ));
@@ -353,6 +392,12 @@ async fn measure(
         &limited_once,
     ));
     report.sections.push(once);
+    report.check(
+        "dispatcher rate / POST-and-ack ceiling's rate",
+        "≥ 0.70",
+        report::ratio(to_ceiling),
+        to_ceiling.is_some_and(|r| r >= 0.7) && deliveries.seen == n,
+    );
     report.check(
         "dispatcher rate / broker consume-and-ack rate",
         "≥ 0.50",
@@ -386,6 +431,11 @@ async fn measure(
         "bare_consume_ack_per_sec": bare_rate,
         "dispatcher_per_sec": rate,
         "ratio": ratio,
+        "post_ceiling_per_sec": ceiling.rate,
+        "ratio_to_ceiling": to_ceiling,
+        "post_ceiling": ceiling_usage,
+        "resources_ceiling": report::resources_json(&ceiling.usage),
+        "ceiling_deliveries": ceiling.deliveries,
         "dispatcher": usage,
         "resources_bare": report::resources_json(&bare_usage),
         "resources_dispatcher": report::resources_json(&one_usage),
@@ -404,4 +454,61 @@ async fn measure(
         .await
         .context("deliver queue")?;
     Ok(report)
+}
+
+/// What the ceiling did with one batch.
+struct CeilingRun {
+    rate: f64,
+    usage: Vec<(String, Option<Usage>)>,
+    deliveries: stats::PerItem,
+}
+
+/// Drains the jobs waiting in `queue` with `bench post-ceiling` to a receiver of its own (the
+/// fast receiver's code and secret; its own so that the counts stay apart).
+async fn post_ceiling_part(
+    common: &Common,
+    args: &DispatcherArgs,
+    fixture: &Fixture,
+    queue: &str,
+    ticks: u64,
+) -> anyhow::Result<CeilingRun> {
+    let n = args.jobs;
+    let receiver = Receiver::start(Some(OUT_SECRET)).await?;
+    let ceiling_args = vec![
+        "post-ceiling".to_owned(),
+        "--amqp".into(),
+        common.amqp.clone(),
+        "--queue".into(),
+        queue.to_owned(),
+        "--prefetch".into(),
+        args.concurrency.min(u16::MAX as usize).to_string(),
+        "--url".into(),
+        receiver.url("/answers"),
+        "--secret".into(),
+        OUT_SECRET.to_owned(),
+    ];
+    let (ceiling, _) = procs::spawn_self(
+        "post ceiling",
+        &ceiling_args,
+        fixture.file("post-ceiling.log"),
+        Duration::from_secs(20),
+    )
+    .await?;
+    let mut watched = vec![
+        ("post ceiling".to_owned(), ceiling.pid().to_string()),
+        ("bench (receiver)".to_owned(), "self".to_owned()),
+    ];
+    watched.extend(common.servers());
+    let watch = procs::Watch::start(&watched);
+    wait_count(|| receiver.accepted(), n, args.timeout).await;
+    let usage = watch.finish(ticks);
+    ceiling.stop(Duration::from_secs(5)).await;
+    let at = offsets(receiver.received().into_iter().map(|r| r.at).collect());
+    let deliveries = stats::per_item(n, receiver.accepted_per_id().into_values().map(u64::from));
+    receiver.shutdown();
+    Ok(CeilingRun {
+        rate: stats::steady_rate(&at, 0.1, 0.9).unwrap_or(0.0),
+        usage,
+        deliveries,
+    })
 }

@@ -15,6 +15,7 @@ mod fixture;
 mod ingress;
 mod load;
 mod pipeline;
+mod post_ceiling;
 mod procs;
 mod report;
 mod stats;
@@ -44,7 +45,8 @@ pub enum Scenario {
     Pipeline(pipeline::PipelineArgs),
     /// One worker process against a Dify that answers after 1 s: events/s, memory, calls/event.
     Worker(worker::WorkerArgs),
-    /// One dispatcher against the broker's own consume-and-ack rate; the rate limiter's accuracy.
+    /// One dispatcher against a consume-POST-ack ceiling and the broker's own consume-and-ack
+    /// rate; the rate limiter's accuracy.
     Dispatcher(dispatcher::DispatcherArgs),
     /// DingTalk Stream mode through a connector: ack latency on the connection vs the
     /// ingress's, and the pipeline's overhead per pushed event.
@@ -55,6 +57,10 @@ pub enum Scenario {
     /// The ceiling service alone (started by the `ingress` scenario as its own process).
     #[command(hide = true)]
     CeilingServer(ceiling::CeilingArgs),
+    /// The dispatcher's ceiling alone: consume, POST, ack (started by the `dispatcher`
+    /// scenario as its own process).
+    #[command(hide = true)]
+    PostCeiling(post_ceiling::PostCeilingArgs),
 }
 
 /// A scenario with its default arguments (when `bench` is run without one).
@@ -75,6 +81,7 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let common = cmd.common;
     let scenarios = match cmd.scenario {
         Some(Scenario::CeilingServer(args)) => return ceiling::serve(args).await,
+        Some(Scenario::PostCeiling(args)) => return post_ceiling::serve(args).await,
         Some(s) => vec![s],
         None => [
             "ingress",
@@ -97,7 +104,7 @@ async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Scenario::Dispatcher(a) => ("dispatcher", dispatcher::run(&common, a).await),
             Scenario::Connector(a) => ("connector", connector::run(&common, a).await),
             Scenario::Streaming(a) => ("streaming", streaming::run(&common, a).await),
-            Scenario::CeilingServer(_) => continue,
+            Scenario::CeilingServer(_) | Scenario::PostCeiling(_) => continue,
         };
         match result {
             Ok(report) => {

@@ -12,7 +12,8 @@
 //! a success closes the circuit, a failure re-opens it for a longer cool-down.
 //!
 //! This module never sleeps or sends; the delivery loop asks [`Breaker::gate`] before an attempt
-//! and reports the attempt's outcome with [`Breaker::record`].
+//! (or reads the state itself, as a [`Reading`], and asks [`Breaker::gate_on`]) and reports the
+//! attempt's outcome with [`Breaker::record`].
 use deadpool_redis::redis;
 use shared::store::{Store, StoreError};
 use std::time::Duration;
@@ -94,6 +95,41 @@ pub enum Gate {
     Probe,
     /// Park the job for `wait` without counting an attempt.
     Open { wait: Duration },
+}
+
+/// A target's state as read from Redis, with Redis' clock at the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    pub now_ms: u64,
+    pub state: State,
+}
+
+impl Reading {
+    /// From Redis' `TIME` (seconds, microseconds) and the stored value of `key` (empty: absent,
+    /// healthy; unreadable: healthy, with a warning).
+    pub fn of(secs: u64, micros: u64, raw: &str, key: &str) -> Reading {
+        let state = if raw.is_empty() {
+            State::HEALTHY
+        } else {
+            decode(raw).unwrap_or_else(|| {
+                tracing::warn!(
+                    key,
+                    "unreadable breaker state; treating the target as healthy"
+                );
+                State::HEALTHY
+            })
+        };
+        Reading {
+            now_ms: secs * 1000 + micros / 1000,
+            state,
+        }
+    }
+
+    /// Closed with no failure counted: a success recorded now would change nothing (see
+    /// [`next`]), so a caller may skip writing it.
+    pub fn clean(&self) -> bool {
+        self.state == State::HEALTHY
+    }
 }
 
 /// The cool-down after the `trips`-th consecutive opening (1-based).
@@ -227,6 +263,12 @@ impl Breaker {
         )
     }
 
+    /// The Redis key of `target`'s state, for a caller that reads it in a round trip of its own
+    /// (the dispatcher reads it with the job's marks) and decides with [`Breaker::gate_on`].
+    pub fn state_key(&self, target: &str) -> String {
+        self.keys(target).0
+    }
+
     /// Redis' clock and the stored state (raw and decoded), in one round trip.
     async fn read(
         &self,
@@ -240,30 +282,30 @@ impl Breaker {
             .query_async(conn)
             .await?;
         let raw = raw.unwrap_or_default();
-        let state = if raw.is_empty() {
-            State::HEALTHY
-        } else {
-            decode(&raw).unwrap_or_else(|| {
-                tracing::warn!(
-                    key,
-                    "unreadable breaker state; treating the target as healthy"
-                );
-                State::HEALTHY
-            })
-        };
-        Ok((secs * 1000 + micros / 1000, raw, state))
+        let reading = Reading::of(secs, micros, &raw, key);
+        Ok((reading.now_ms, raw, reading.state))
     }
 
     /// May a job for `target` be attempted now?
     pub async fn gate(&self, target: &str) -> Result<Gate, StoreError> {
-        let (key, probe) = self.keys(target);
+        let (key, _) = self.keys(target);
         let mut conn = self.store.conn().await?;
-        let (now, _, state) = self.read(&mut conn, &key).await?;
-        let phase = phase(state, now);
+        let (now_ms, _, state) = self.read(&mut conn, &key).await?;
+        drop(conn);
+        self.gate_on(target, Reading { now_ms, state }).await
+    }
+
+    /// [`Breaker::gate`] on a state already read: only a half-open circuit goes to Redis again
+    /// (for the probe).
+    pub async fn gate_on(&self, target: &str, reading: Reading) -> Result<Gate, StoreError> {
+        let (_, probe) = self.keys(target);
+        let now = reading.now_ms;
+        let phase = phase(reading.state, now);
         let gate = match phase {
             Phase::Closed => Gate::Pass,
             Phase::Open { wait } => Gate::Open { wait },
             Phase::HalfOpen => {
+                let mut conn = self.store.conn().await?;
                 // One process wins the probe; the lease frees it if that process dies.
                 let won: Option<String> = redis::cmd("SET")
                     .arg(&probe)
@@ -379,6 +421,39 @@ mod tests {
         }
         for bad in ["", "x:1:2", "c:1", "o:a:1", "c:1:2:3"] {
             assert_eq!(decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_reading_is_clean_only_when_closed_without_failures() {
+        let cases = [
+            ("", State::HEALTHY, true),
+            ("c:0:0", State::HEALTHY, true),
+            ("garbled", State::HEALTHY, true),
+            (
+                "c:1:500",
+                State::Closed {
+                    failures: 1,
+                    since_ms: 500,
+                },
+                false,
+            ),
+            (
+                "o:9000:1",
+                State::Open {
+                    until_ms: 9_000,
+                    trips: 1,
+                },
+                false,
+            ),
+        ];
+        for (raw, state, clean) in cases {
+            let r = Reading::of(7, 123_456, raw, "k");
+            assert_eq!(
+                (r.now_ms, r.state, r.clean()),
+                (7_123, state, clean),
+                "{raw}"
+            );
         }
     }
 

@@ -1,11 +1,14 @@
-//! Admission of one job: its target's circuit breaker, then its rate limit. A job that is not
-//! admitted waits in a delay queue without counting an attempt. The breaker may pick the job as
+//! Admission of one job: its target's circuit breaker (on the state read with the job's marks),
+//! then its rate limit. A job that is not admitted waits in a delay queue without counting an
+//! attempt. A success is not written to a breaker that was clean when the job was admitted
+//! ([`breaker_news`]): it would change nothing, and it would cost a round trip per delivery. The
+//! breaker may pick the job as
 //! its one probe; [`Admitted`] holds that probe until the attempt's verdict is reported and gives
 //! it back when dropped unreported (the job was parked after all, another dispatcher held its
 //! lock, the token was refused), so that another process may probe at once instead of after the
 //! probe's lease. This module never sends, parks or acks.
 use super::{Dispatcher, Route, STORE_WAIT};
-use crate::breaker::{Breaker, Gate};
+use crate::breaker::{Breaker, Gate, Reading};
 use crate::ratelimit::Admission;
 use crate::target::{Outcome, Verdict};
 use shared::envelope::{Destination, DispatchJob};
@@ -18,13 +21,15 @@ pub(super) struct Admitted<'a> {
     target: String,
     /// This job is the breaker's probe and its verdict has not been reported yet.
     probe: bool,
+    /// The breaker was closed with no failure counted when the job was admitted.
+    clean: bool,
 }
 
 impl Admitted<'_> {
-    /// Tells the breaker what the attempt said about the receiver (see [`receiver_alive`]); an
+    /// Tells the breaker what the attempt said about the receiver (see [`breaker_news`]); an
     /// outcome that says nothing leaves the breaker alone and gives a probe back.
     pub(super) async fn report(mut self, outcome: &Outcome) {
-        if let Some(alive) = receiver_alive(outcome) {
+        if let Some(alive) = breaker_news(receiver_alive(outcome), self.clean) {
             self.probe = false;
             let _ = self.breaker.record(&self.target, alive).await;
         }
@@ -67,6 +72,19 @@ pub(super) fn receiver_alive(outcome: &Outcome) -> Option<bool> {
     }
 }
 
+/// What the breaker must be told of an attempt (pure): what it says about the receiver, except a
+/// success when the breaker was clean at admission — recording it would write nothing. A success
+/// after failures (a breaker that was not clean) is always told: it closes the circuit and clears
+/// the streak. The one thing skipped is a success overlapping failures other jobs recorded since
+/// this job's read; the next success admitted after them clears them, and a streak opens the
+/// circuit only over `span` (30 s by default), far longer than one delivery.
+pub(super) fn breaker_news(alive: Option<bool>, clean: bool) -> Option<bool> {
+    match alive {
+        Some(true) if clean => None,
+        news => news,
+    }
+}
+
 /// The name a job's target goes by in the breaker and the limiter: a target's id, or
 /// `reply:<source>` for a source's reply channel.
 pub(super) fn target_name(job: &DispatchJob) -> String {
@@ -82,17 +100,19 @@ pub(super) fn name_of(destination: &Destination, source: &str) -> String {
 }
 
 impl Dispatcher {
-    /// Asks the breaker, then the limiter; `Err(wait)`: park the job for `wait` without
-    /// counting an attempt. A breaker that cannot be read lets the job through (it protects the
-    /// receiver, not a promise); a limiter that cannot be read parks it (the platform's limit
-    /// is a promise: a robot that sends too fast is muted).
+    /// Asks the breaker (on `breaker`, the state of `target`'s breaker read with the job's
+    /// marks), then the limiter; `Err(wait)`: park the job for `wait` without counting an
+    /// attempt. A breaker that cannot be asked lets the job through (it protects the receiver,
+    /// not a promise); a limiter that cannot be read parks it (the platform's limit is a promise:
+    /// a robot that sends too fast is muted).
     pub(super) async fn admit(
         &self,
         job: &DispatchJob,
         route: &Route,
+        target: String,
+        breaker: Reading,
     ) -> Result<Admitted<'_>, Duration> {
-        let target = target_name(job);
-        let probe = match self.breaker.gate(&target).await {
+        let probe = match self.breaker.gate_on(&target, breaker).await {
             Ok(Gate::Open { wait }) => {
                 tracing::info!(?wait, "target paused by its circuit breaker");
                 return Err(wait);
@@ -108,6 +128,7 @@ impl Dispatcher {
             breaker: &self.breaker,
             target,
             probe,
+            clean: breaker.clean(),
         };
         // A streamed reply's final answer is one more edit in its chat: the chat's limit too.
         let chat = super::progress::chat_limit(route, &job.destination, &job.payload);
@@ -148,6 +169,22 @@ mod tests {
     use super::*;
 
     use crate::target::parts::local_outcome;
+
+    #[test]
+    fn a_success_on_a_clean_breaker_is_not_written() {
+        let cases = [
+            // (what the attempt says, breaker clean at admission) → what is recorded
+            ((Some(true), true), None),
+            ((Some(true), false), Some(true)),
+            ((Some(false), true), Some(false)),
+            ((Some(false), false), Some(false)),
+            ((None, true), None),
+            ((None, false), None),
+        ];
+        for ((alive, clean), want) in cases {
+            assert_eq!(breaker_news(alive, clean), want, "{alive:?} {clean}");
+        }
+    }
 
     #[test]
     fn what_verdicts_tell_the_breaker() {

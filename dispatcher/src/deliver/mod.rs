@@ -1,18 +1,19 @@
-//! Delivering one `DispatchJob`, in named steps: **already delivered?** (a broker redelivery is
-//! acked without posting) → **admit** (the target's circuit breaker and rate limit; a job not
-//! admitted waits in a delay queue without counting an attempt) → **lock** (one dispatcher at a
-//! time per job) → **attempt** (one delivery through the target's kind) → **settle** (mark it
-//! delivered, schedule a retry with jitter, or dead-letter it with its whole history). The job
-//! is acked only after that outcome is durable.
+//! Delivering one `DispatchJob`, in named steps: **enter** (already delivered? — a broker
+//! redelivery is acked without posting; else the per-job lock, one dispatcher at a time per job,
+//! and the target's circuit-breaker state, all in one round trip) → **admit** (the breaker's
+//! gate on that state, then the rate limit; a job not admitted waits in a delay queue without
+//! counting an attempt, its lock released) → **attempt** (one delivery through the target's
+//! kind) → **settle** (mark it delivered, schedule a retry with jitter, or dead-letter it with
+//! its whole history). The job is acked only after that outcome is durable.
 //!
 //! When Redis fails, each step decides once what that means:
 //!
 //! | step | on a Redis error | why |
 //! |---|---|---|
-//! | already delivered? | the job waits 5 s | a copy arriving after its delivery is common (every redelivery after a crash): posting it unchecked would repeat the delivery |
-//! | admit: breaker | the job goes on | the breaker protects the receiver; it promises nothing |
+//! | enter (delivered? + lock + breaker read) | the job waits 5 s, its lock released if the script took it | a copy arriving after its delivery is common (every redelivery after a crash): posting it unchecked would repeat the delivery; releasing the lock (only if it holds this attempt's token) keeps a reply lost after the script ran from locking the job out for `lock_ttl` by its own lock |
+//! | admit: breaker (a half-open circuit's probe) | the job goes on | the breaker protects the receiver; it promises nothing |
 //! | admit: rate limit | the job waits 5 s | the platform's limit is a promise: a robot that sends too fast is muted |
-//! | lock | the job goes on | see `marks::Lock::from_reply`: the lock guards a rare race the delivered check mostly covers, and waiting could lock a job out by its own lock |
+//! | settle: breaker record | nothing | advice; a clean breaker is not written on success at all (`admit::breaker_news`) |
 //! | settle: mark delivered | the job is acked | it was delivered; a redelivered copy would be posted again (the window in docs/GUARANTEES.md) |
 //! | settle: unlock | nothing | the lock lapses after `lock_ttl` |
 //!
@@ -34,7 +35,7 @@ use crate::target::parts::Pace;
 use crate::target::{Context, Outcome};
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
-use marks::{Lock, Marks};
+use marks::{Entry, Marks};
 use shared::config::Config;
 use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
 use shared::progress::ReplyProgress;
@@ -142,33 +143,40 @@ impl Dispatcher {
     /// One job, step by step; a step that does not let the job through settles it.
     async fn process(&self, job: DispatchJob) -> Settle {
         let marks = Marks::of(&self.services.store, &job);
-        match marks.is_delivered().await {
-            Ok(false) => {}
-            Ok(true) => {
+        let target = admit::target_name(&job);
+        // This attempt's own: a lock that failed to answer is released only if it is ours.
+        let token = format!("{:016x}", rand::random::<u64>());
+        let breaker = self.breaker.state_key(&target);
+        let reading = match marks.enter(&breaker, &token, self.lock_ttl).await {
+            Ok(Entry::Held(reading)) => reading,
+            Ok(Entry::Delivered) => {
                 tracing::info!("already delivered; not posting again");
                 metrics::counter!("switchboard_dispatch_total", "outcome" => "duplicate_suppressed").increment(1);
                 return Settle::Ack;
             }
+            // One dispatcher at a time per job: a redelivery while the first is still posting waits.
+            Ok(Entry::Busy) => return self.defer(&job, STORE_WAIT).await,
             Err(e) => {
                 tracing::warn!(error = %e, "Redis unavailable; job waits");
+                marks.release(&token).await;
                 return self.defer(&job, STORE_WAIT).await;
             }
-        }
+        };
         let Some(route) = self.route(&job) else {
-            return self
+            let settle = self
                 .dead_letter(&job, Reason::Permanent, "the target is not configured")
                 .await;
+            marks.unlock().await;
+            return settle;
         };
-        let admitted = match self.admit(&job, route).await {
+        let admitted = match self.admit(&job, route, target, reading).await {
             Ok(admitted) => admitted,
-            Err(wait) => return self.defer(&job, wait).await,
+            Err(wait) => {
+                let settle = self.defer(&job, wait).await;
+                marks.unlock().await;
+                return settle;
+            }
         };
-        // One dispatcher at a time per job: a redelivery while the first is still posting waits.
-        if marks.lock(self.lock_ttl).await == Lock::Busy {
-            // The job is not sent: a probe goes back before it is parked.
-            drop(admitted);
-            return self.defer(&job, STORE_WAIT).await;
-        }
         let outcome = self.attempt(&job, route).await;
         self.settle(job, route, admitted, outcome, &marks).await
     }

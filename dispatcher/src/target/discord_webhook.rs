@@ -6,6 +6,7 @@
 //! Messages hold 2 000 characters. Discord's own limits for the webhook are read from its
 //! answers and kept in Redis (`discord::buckets`); the shared limiter paces the target at
 //! Discord's documented 5 requests per 2 s per webhook and 30 messages a minute per channel.
+use super::address::TargetUrl;
 use super::discord::buckets::Route;
 use super::discord::{digest, message_body, send_limited, LIMIT, MENTION_KINDS};
 use super::parts::deliver_parts;
@@ -17,14 +18,13 @@ use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
 use shared::keys::Keys;
 use shared::units::Rate;
-use shared::Secret;
 use std::time::Duration;
 
 pub const KIND: &str = "discord_webhook";
 
 #[derive(Debug)]
 pub struct DiscordWebhook {
-    url: Secret,
+    url: TargetUrl,
     username: Option<String>,
     avatar_url: Option<String>,
     thread_id: Option<String>,
@@ -41,7 +41,7 @@ impl DiscordWebhook {
             "thread_id",
             "allowed_mentions",
         ]);
-        let url = k.secret_url("url");
+        let url = TargetUrl::read(&mut k, "url");
         let username = k.str("username");
         let avatar_url = k.str("avatar_url");
         let thread_id = k.id("thread_id");
@@ -80,7 +80,7 @@ impl DiscordWebhook {
     }
 
     fn route(&self) -> Route {
-        let webhook = digest(self.url.expose());
+        let webhook = digest(self.url.as_str());
         Route {
             template: "POST /webhooks/{webhook_id}/{webhook_token}",
             major: webhook.clone(),
@@ -122,7 +122,7 @@ impl Target for DiscordWebhook {
         deliver_parts(job, ctx, parts, |_, part| {
             let request = ctx
                 .http
-                .post(self.url.expose())
+                .post(self.url.get())
                 .query(&query)
                 .json(&self.render(&part));
             let route = &route;

@@ -3,6 +3,7 @@
 //! body then carries `timestamp` and `sign`), `msg_type` (`text` | `post` | `interactive`) and
 //! `title` (post and card title). Limits: 5 messages a second and 100 a minute per bot; a body
 //! of at most 20 KB, so long answers are split until every rendered body fits.
+use super::address::TargetUrl;
 use super::errcode::Errcodes;
 use super::parts::deliver_parts;
 use super::{send, Answer, Context, Outcome, Target, Verdict};
@@ -27,7 +28,7 @@ pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct FeishuBot {
     kind: &'static str,
-    url: Secret,
+    url: TargetUrl,
     secret: Option<Secret>,
     msg_type: &'static str,
     title: Option<String>,
@@ -48,7 +49,7 @@ impl FeishuBot {
     pub fn from_config(t: &TargetConfig, kind: &'static str) -> Result<Self, Vec<ConfigIssue>> {
         let mut k = Keys::target(t);
         k.only(&["url", "secret", "msg_type", "title"]);
-        let url = k.secret_url("url");
+        let url = TargetUrl::read(&mut k, "url");
         let secret = k.secret("secret");
         let msg_type = k.choice("msg_type", &["text", "post", "interactive"]);
         let title = k.str("title");
@@ -166,7 +167,7 @@ impl Target for FeishuBot {
         deliver_parts(job, ctx, parts, |_, part| {
             // Each part is signed at its own send time: Feishu refuses stale timestamps.
             let body = self.render(&part, chrono::Utc::now().timestamp());
-            let request = ctx.http.post(self.url.expose()).json(&body);
+            let request = ctx.http.post(self.url.get()).json(&body);
             Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await

@@ -17,6 +17,7 @@ use shared::units::Rate;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod address;
 pub mod dingtalk_robot;
 pub mod discord;
 pub mod discord_webhook;

@@ -2,6 +2,7 @@
 //! URL is the credential, so it is a secret). Keys: `url`, `alias` (the name shown as sender),
 //! `emoji` (the avatar, `:robot:`). Rocket.Chat refuses messages over its default
 //! `Message_MaxAllowedSize` of 5 000 characters, so longer answers are split.
+use super::address::TargetUrl;
 use super::parts::deliver_parts;
 use super::{classify_http, send, Answer, Context, Outcome, Target, Verdict};
 use crate::split::Limit;
@@ -10,14 +11,13 @@ use serde_json::{json, Value};
 use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
 use shared::keys::Keys;
-use shared::Secret;
 
 pub const KIND: &str = "rocketchat";
 pub const LIMIT: Limit = Limit::chars(5_000);
 
 #[derive(Debug)]
 pub struct RocketChat {
-    url: Secret,
+    url: TargetUrl,
     alias: Option<String>,
     emoji: Option<String>,
 }
@@ -26,7 +26,7 @@ impl RocketChat {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut k = Keys::target(t);
         k.only(&["url", "alias", "emoji"]);
-        let url = k.secret_url("url");
+        let url = TargetUrl::read(&mut k, "url");
         let alias = k.str("alias");
         let emoji = k.str("emoji");
         k.finish(url.map(|url| Self { url, alias, emoji }))
@@ -70,7 +70,7 @@ impl Target for RocketChat {
     async fn deliver(&self, job: &DispatchJob, ctx: &Context) -> Outcome {
         let parts = self.parts_of(job);
         deliver_parts(job, ctx, parts, |_, part| {
-            let request = ctx.http.post(self.url.expose()).json(&self.render(&part));
+            let request = ctx.http.post(self.url.get()).json(&self.render(&part));
             Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await

@@ -4,6 +4,7 @@
 //! `headers` (extra static headers), `template` (a body template instead of the answer payload,
 //! see [`super::template`]; still signed) and `content_type` (of a templated body, default
 //! `application/json`).
+use super::address::TargetUrl;
 use super::template::BodyTemplate;
 use super::{classify_http, send, Context, Outcome, Target, Verdict};
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ pub type Rendered = (Vec<u8>, Vec<(String, String)>);
 
 #[derive(Debug)]
 pub struct Webhook {
-    url: Secret,
+    url: TargetUrl,
     keys: Vec<SigningKey>,
     headers: Vec<(String, String)>,
     template: Option<BodyTemplate>,
@@ -45,7 +46,7 @@ impl Webhook {
         let content_type = k
             .str("content_type")
             .unwrap_or_else(|| "application/json".to_owned());
-        let url = k.secret_url("url");
+        let url = TargetUrl::read(&mut k, "url");
         let mut refs: Vec<String> = k.str("secret").into_iter().collect();
         refs.extend(k.list("secrets"));
         let mut keys = Vec::new();
@@ -138,7 +139,7 @@ impl Target for Webhook {
                 }
             }
         };
-        let mut req = ctx.http.post(self.url.expose()).body(body);
+        let mut req = ctx.http.post(self.url.get()).body(body);
         for (k, v) in headers {
             req = req.header(k, v);
         }

@@ -4,6 +4,7 @@
 //! `mentioned_mobile_list` (text only: the platform ignores them elsewhere). WeCom answers
 //! HTTP 200 whatever happened; the outcome is the body's `errcode` (see [`classify`]). Limits:
 //! 20 messages a minute per robot, failed sends included; text 2048 bytes, markdown 4096 bytes.
+use super::address::TargetUrl;
 use super::errcode::{Errcodes, ERRCODE_KEYS};
 use super::parts::deliver_parts;
 use super::{send, Answer, Context, Outcome, Target, Verdict};
@@ -14,7 +15,6 @@ use shared::config::{ConfigIssue, TargetConfig};
 use shared::envelope::DispatchJob;
 use shared::keys::Keys;
 use shared::units::Rate;
-use shared::Secret;
 use std::time::Duration;
 
 pub const KIND: &str = "wecom_robot";
@@ -24,7 +24,7 @@ const RATE_LIMITED_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct WecomRobot {
-    url: Secret,
+    url: TargetUrl,
     msgtype: &'static str,
     mentioned: Vec<String>,
     mentioned_mobiles: Vec<String>,
@@ -34,7 +34,7 @@ impl WecomRobot {
     pub fn from_config(t: &TargetConfig) -> Result<Self, Vec<ConfigIssue>> {
         let mut k = Keys::target(t);
         k.only(&["url", "msgtype", "mentioned_list", "mentioned_mobile_list"]);
-        let url = k.secret_url("url");
+        let url = TargetUrl::read(&mut k, "url");
         let msgtype = k.choice("msgtype", &["text", "markdown", "markdown_v2"]);
         let mentioned = k.list("mentioned_list");
         let mentioned_mobiles = k.list("mentioned_mobile_list");
@@ -126,7 +126,7 @@ impl Target for WecomRobot {
         let parts = self.parts_of(job);
         deliver_parts(job, ctx, parts, |i, part| {
             let body = self.render(&part, i == 0);
-            let request = ctx.http.post(self.url.expose()).json(&body);
+            let request = ctx.http.post(self.url.get()).json(&body);
             Box::pin(async move { send(ctx, request, classify).await.0 })
         })
         .await
