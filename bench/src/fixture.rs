@@ -422,13 +422,27 @@ impl Fixture {
             let _ = ch.close(200, "ok".into()).await;
         }
         if let Ok(mut c) = self.services.store.conn().await {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
+            // SCAN, not KEYS: an ingress run leaves hundreds of thousands of door markers, and
+            // one KEYS over them outlasts the reply timeout (the keys then stayed for good).
+            let pattern = format!("{}:*", self.prefix);
+            let mut cursor = 0u64;
+            loop {
+                let page: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(5_000)
+                    .query_async(&mut c)
+                    .await;
+                let Ok((next, keys)) = page else { break };
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
         }
         let _ = std::fs::remove_file(&self.config_path);
