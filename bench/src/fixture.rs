@@ -437,7 +437,8 @@ impl Fixture {
                     .await;
                 let Ok((next, keys)) = page else { break };
                 if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await;
+                    let _: Result<(), _> =
+                        redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await;
                 }
                 if next == 0 {
                     break;

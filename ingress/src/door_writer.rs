@@ -138,6 +138,7 @@ mod tests {
             sentinel: None,
             encryption_key: None,
             previous_encryption_keys: Vec::new(),
+            response_timeout: std::time::Duration::from_secs(5),
         })
         .expect("store")
     }
