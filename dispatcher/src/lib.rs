@@ -19,7 +19,13 @@ use shared::consumer::{consume, ConsumerSpec};
 use shared::topology::Stage;
 use shared::Services;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How long a job (or the rest of a split answer) waits when Redis cannot answer a question it
+/// must have answered: whether it was delivered, whether a streamed message exists, what the
+/// rate limiter allows. Every step that defers for Redis waits this long.
+pub(crate) const STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Every problem in the targets' and reply channels' settings.
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {

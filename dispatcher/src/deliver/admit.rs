@@ -7,10 +7,11 @@
 //! it back when dropped unreported (the job was parked after all, another dispatcher held its
 //! lock, the token was refused), so that another process may probe at once instead of after the
 //! probe's lease. This module never sends, parks or acks.
-use super::{Dispatcher, Route, STORE_WAIT};
+use super::{Dispatcher, Route};
 use crate::breaker::{Breaker, Gate, Reading};
 use crate::ratelimit::Admission;
 use crate::target::{Outcome, Verdict};
+use crate::STORE_WAIT;
 use shared::envelope::{Destination, DispatchJob};
 use std::time::Duration;
 

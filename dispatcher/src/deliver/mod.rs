@@ -33,6 +33,7 @@ use crate::breaker::Breaker;
 use crate::ratelimit::RateLimiter;
 use crate::target::parts::Pace;
 use crate::target::{Context, Outcome, Verdict};
+use crate::STORE_WAIT;
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
 use marks::{Entry, Marks};
@@ -46,9 +47,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// How long a job waits when Redis cannot answer a question it must have answered.
-const STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// The dispatcher of one process.
 pub struct Dispatcher {

@@ -9,14 +9,14 @@
 use super::{Grow, Record, Reply};
 use crate::target::parts::{deliver_parts, local_outcome};
 use crate::target::{Context, Outcome, Target, Verdict};
+// When Redis cannot say whether a message exists it waits (sending blind could leave a second
+// message).
+use crate::STORE_WAIT;
 use shared::envelope::{AttemptOutcome, DispatchJob};
 use std::time::Duration;
 
 /// How long the final answer waits when an update holds the reply's lock (one request).
 const BUSY_WAIT: Duration = Duration::from_millis(200);
-/// How long it waits when Redis cannot say whether a message exists (sending blind could
-/// leave a second message).
-const STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Delivers the final answer of a streamed reply job; `lock_ttl` bounds how long a crashed
 /// holder keeps the reply's lock.

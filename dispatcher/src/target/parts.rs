@@ -17,9 +17,6 @@ use std::time::Duration;
 /// How long progress is remembered: longer than any retry schedule runs.
 pub const PROGRESS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How long the rest of an answer waits when the rate limiter cannot be asked.
-const LIMITER_WAIT: Duration = Duration::from_secs(5);
-
 /// The parts one delivery sends, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parts {
@@ -55,7 +52,7 @@ impl Pace {
             Ok(Admission::Wait(wait)) => Err(wait),
             Err(e) => {
                 tracing::warn!(error = %e, "rate limiter unavailable; the answer's other parts wait");
-                Err(LIMITER_WAIT)
+                Err(crate::STORE_WAIT)
             }
         }
     }
