@@ -3,8 +3,11 @@
 //! (task, message, conversation, workflow run) so they can be recorded before the answer is
 //! complete, appends `message`/`agent_message` chunks, honours `message_replace`, takes usage
 //! from `message_end` and outputs from `workflow_finished`, and turns an `error` event into
-//! [`DifyError::Stream`]. Pure: the client feeds it parsed events and asks for the result.
+//! [`DifyError::Stream`]. Each event is read as only the fields it needs (`stream_event`); the
+//! rare ones whose nested content is kept are read whole. Pure: the client feeds it parsed
+//! events and asks for the result.
 use super::error::DifyError;
+use super::stream_event::StreamEvent;
 use super::DifyIds;
 use serde_json::{Map, Value};
 use shared::config::AppKind;
@@ -60,58 +63,56 @@ impl Assembler {
 
     /// Takes one event's data. Returns whether it revealed a new id.
     pub(crate) fn on_event(&mut self, data: &str) -> Result<bool, DifyError> {
-        let v: Value = serde_json::from_str(data)
+        let v: StreamEvent<'_> = serde_json::from_str(data)
             .map_err(|e| DifyError::Protocol(format!("a stream event is not JSON: {e}")))?;
-        let event = str_of(&v, "event").unwrap_or_default();
-        let before = self.ids.clone();
-        self.take_ids(event, &v);
+        let event = v.event.as_str().unwrap_or_default();
+        let revealed = self.take_ids(event, &v);
         match event {
             "message" | "agent_message" => {
-                push_bounded(&mut self.text, str_of(&v, "answer").unwrap_or_default());
+                push_bounded(&mut self.text, v.answer.as_str().unwrap_or_default());
             }
             "message_replace" => {
-                self.text = str_of(&v, "answer").unwrap_or_default().to_owned();
+                self.text = v.answer.as_str().unwrap_or_default().to_owned();
             }
             "message_end" => {
                 self.message_ended = true;
-                self.usage = v.pointer("/metadata/usage").cloned();
+                self.usage = whole(data).pointer("/metadata/usage").cloned();
             }
             "text_chunk" => {
-                let text = v.pointer("/data/text").and_then(Value::as_str);
-                push_bounded(&mut self.streamed, text.unwrap_or_default());
+                push_bounded(&mut self.streamed, v.data.text.as_str().unwrap_or_default());
             }
             "workflow_finished" => {
-                self.workflow = Some(v.get("data").cloned().unwrap_or(Value::Null));
+                self.workflow = Some(whole(data).get("data").cloned().unwrap_or(Value::Null));
             }
             // After the answer is complete Dify has recorded it; a late error must not make us
             // call again.
             "error" if self.is_complete() => {
                 tracing::warn!(error = %data_excerpt(data), "Dify sent an error after the answer; keeping the answer");
             }
-            "error" => return Err(stream_error(&v)),
+            "error" => return Err(stream_error(&whole(data))),
             // ping, workflow_started, node_*, agent_thought, message_file, tts_*: nothing to keep.
             _ => {}
         }
-        Ok(self.ids != before)
+        Ok(revealed)
     }
 
-    fn take_ids(&mut self, event: &str, v: &Value) {
-        set_id(&mut self.ids.task_id, str_of(v, "task_id"));
-        set_id(&mut self.ids.workflow_run_id, str_of(v, "workflow_run_id"));
-        set_id(&mut self.ids.conversation_id, str_of(v, "conversation_id"));
+    /// Takes the ids `v` reveals; says whether one was new.
+    fn take_ids(&mut self, event: &str, v: &StreamEvent<'_>) -> bool {
+        let ids = &mut self.ids;
+        let mut revealed = set_id(&mut ids.task_id, v.task_id.as_str());
+        revealed |= set_id(&mut ids.workflow_run_id, v.workflow_run_id.as_str());
+        revealed |= set_id(&mut ids.conversation_id, v.conversation_id.as_str());
         // A top-level `id` is the message's only in message events (elsewhere it may be a
         // thought's or a file's).
-        let message_id = str_of(v, "message_id").or(match event {
-            "message" | "agent_message" | "message_end" | "message_replace" => str_of(v, "id"),
+        let message_id = v.message_id.as_str().or(match event {
+            "message" | "agent_message" | "message_end" | "message_replace" => v.id.as_str(),
             _ => None,
         });
-        set_id(&mut self.ids.message_id, message_id);
+        revealed |= set_id(&mut ids.message_id, message_id);
         if event == "workflow_started" {
-            set_id(
-                &mut self.ids.workflow_run_id,
-                v.pointer("/data/id").and_then(Value::as_str),
-            );
+            revealed |= set_id(&mut ids.workflow_run_id, v.data.id.as_str());
         }
+        revealed
     }
 
     /// The answer, once the stream has ended.
@@ -151,12 +152,21 @@ fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn set_id(slot: &mut Option<String>, value: Option<&str>) {
-    if let Some(id) = value.filter(|s| !s.is_empty()) {
-        if slot.as_deref() != Some(id) {
+/// Keeps a non-empty id; says whether it was new.
+fn set_id(slot: &mut Option<String>, value: Option<&str>) -> bool {
+    match value.filter(|s| !s.is_empty()) {
+        Some(id) if slot.as_deref() != Some(id) => {
             *slot = Some(id.to_owned());
+            true
         }
+        _ => false,
     }
+}
+
+/// An event read whole, for the rare ones whose nested content is kept. `data` has been read
+/// as JSON already, so this cannot fail; an impossible failure reads as `null`.
+fn whole(data: &str) -> Value {
+    serde_json::from_str(data).unwrap_or_default()
 }
 
 fn stream_error(v: &Value) -> DifyError {

@@ -259,9 +259,11 @@ async fn read_stream(
     let key = app.api_key.expose();
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
     let mut assembler = Assembler::new(app.kind);
-    let mut events = Vec::new();
     let mut body = response.bytes_stream();
-    let mut deadline = deadline;
+    // One timer for the whole stream, moved only when the answer completes: a timer per chunk
+    // would be set and cancelled twenty times in a usual answer.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     let mut complete = false;
     loop {
         if !complete && assembler.is_complete() {
@@ -269,13 +271,22 @@ async fn read_stream(
             // Read on briefly after the answer (a chatflow sends `workflow_finished` after
             // `message_end`; reading to the end lets the connection be reused), but never
             // hold a finished answer for long.
-            deadline = deadline.min(Instant::now() + AFTER_ANSWER_GRACE);
+            let grace = Instant::now() + AFTER_ANSWER_GRACE;
+            if grace < timer.deadline() {
+                timer.as_mut().reset(grace);
+            }
         }
         // Once the answer is complete, a timeout or a broken connection no longer matters.
-        let next = match timeout_at(deadline, body.next()).await {
-            Ok(next) => next,
-            Err(_) if assembler.is_complete() => break,
-            Err(_) => return Err(DifyError::Timeout),
+        let next = tokio::select! {
+            // What has arrived is read before the timer is looked at, as `timeout_at` does.
+            biased;
+            next = body.next() => next,
+            () = &mut timer => {
+                if assembler.is_complete() {
+                    break;
+                }
+                return Err(DifyError::Timeout);
+            }
         };
         let chunk = match next {
             None => break,
@@ -288,18 +299,14 @@ async fn read_stream(
                 )))
             }
         };
-        parser
-            .feed(&chunk, &mut events)
-            .map_err(|e| DifyError::Protocol(e.to_string()))?;
-        for event in events.drain(..) {
-            let revealed = assembler
-                .on_event(&event.data)
-                .map_err(|e| redact(e, key))?;
+        parser.feed(&chunk, |event| {
+            let revealed = assembler.on_event(event.data).map_err(|e| redact(e, key))?;
             if let (true, Some(tx)) = (revealed, ids) {
                 // The receiver may be gone (the caller stopped listening); the call goes on.
                 let _ = tx.send(assembler.ids().clone());
             }
-        }
+            Ok::<_, DifyError>(())
+        })?;
         if let Some(tx) = text {
             // Once per chunk, not per event: the watcher only ever wants the latest text.
             tx.send_if_modified(|seen| {

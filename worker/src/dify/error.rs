@@ -50,6 +50,12 @@ pub enum DifyError {
     Request(String),
 }
 
+impl From<super::sse::SseError> for DifyError {
+    fn from(e: super::sse::SseError) -> Self {
+        DifyError::Protocol(e.to_string())
+    }
+}
+
 fn code_suffix(code: &Option<String>) -> String {
     code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
 }

@@ -11,6 +11,7 @@ mod error;
 mod inputs;
 mod recover;
 pub mod sse;
+mod stream_event;
 
 pub use classify::{classify, parse_retry_after, ErrorClass};
 pub use client::{validate_trace_id, DifyClient};

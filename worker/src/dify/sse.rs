@@ -1,15 +1,17 @@
 //! An incremental parser for server-sent events (the `text/event-stream` format Dify streams
 //! answers in). Bytes go in as they arrive, split anywhere — inside a line, between `\r` and
-//! `\n`, inside a multi-byte character — and complete events come out. Lines may end in `\n`,
-//! `\r\n` or `\r`; `data:` lines of one event are joined with `\n`; comments (`:`) and events
-//! without data (Dify's `event: ping`) produce nothing. Memory is bounded: one event may hold at
-//! most `limit` bytes. This module does no I/O and knows nothing about Dify's JSON.
+//! `\n`, inside a multi-byte character — and each complete event is handed to the caller as it
+//! completes, borrowing the parser's buffers (reading an event allocates nothing). Lines may end
+//! in `\n`, `\r\n` or `\r`; `data:` lines of one event are joined with `\n`; comments (`:`) and
+//! events without data (Dify's `event: ping`) produce nothing. Memory is bounded: one event may
+//! hold at most `limit` bytes. This module does no I/O and knows nothing about Dify's JSON.
 
-/// One dispatched event: its `event:` name, if any, and its data lines joined by `\n`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
+/// One dispatched event: its `event:` name, if any, and its data lines joined by `\n`. It borrows
+/// the parser's buffers, so reading an event allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseEvent<'a> {
+    pub event: Option<&'a str>,
+    pub data: &'a str,
 }
 
 /// Why the stream could not be parsed.
@@ -19,16 +21,19 @@ pub enum SseError {
     TooLarge { limit: usize },
 }
 
-/// The parser's state between two pieces of input.
+/// The parser's state between two pieces of input. Its buffers are kept from event to event.
 #[derive(Debug)]
 pub struct SseParser {
-    /// The line being read, without its end.
+    /// The start of a line whose end has not arrived yet.
     line: Vec<u8>,
     /// The last byte seen was `\r`: a `\n` that follows belongs to the same line end.
     after_cr: bool,
     /// No line has been completed yet (a leading byte-order mark is dropped from it).
     first_line: bool,
-    event: Option<String>,
+    /// The `event:` name of the event being read; meaningful only with `has_event`.
+    event: String,
+    has_event: bool,
+    /// The data lines of the event being read, each followed by `\n`.
     data: String,
     has_data: bool,
     limit: usize,
@@ -43,15 +48,21 @@ impl SseParser {
             line: Vec::new(),
             after_cr: false,
             first_line: true,
-            event: None,
+            event: String::new(),
+            has_event: false,
             data: String::new(),
             has_data: false,
             limit,
         }
     }
 
-    /// Reads the next piece of the stream and appends every event it completes to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    /// Reads the next piece of the stream and hands every event it completes to `on_event`, in
+    /// order. The first error, the parser's or `on_event`'s, stops the reading and is returned.
+    pub fn feed<E: From<SseError>>(
+        &mut self,
+        bytes: &[u8],
+        mut on_event: impl FnMut(SseEvent<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut rest = bytes;
         if self.after_cr && !rest.is_empty() {
             // `\r` ended the previous piece; a `\n` here completes the same `\r\n`.
@@ -61,12 +72,19 @@ impl SseParser {
             self.after_cr = false;
         }
         while let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-            self.push_line_bytes(&rest[..i])?;
-            let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out);
-            // Keep the line buffer's allocation for the next line.
-            self.line = line;
-            self.line.clear();
+            if self.line.is_empty() {
+                // The whole line is in this piece: read it where it lies.
+                self.check_room(i)?;
+                self.process_line(&rest[..i], &mut on_event)?;
+            } else {
+                self.push_line_bytes(&rest[..i])?;
+                let line = std::mem::take(&mut self.line);
+                let processed = self.process_line(&line, &mut on_event);
+                // Keep the line buffer's allocation for the next line.
+                self.line = line;
+                self.line.clear();
+                processed?;
+            }
             if rest[i] == b'\r' {
                 match rest.get(i + 1) {
                     Some(b'\n') => rest = &rest[i + 2..],
@@ -80,7 +98,7 @@ impl SseParser {
                 rest = &rest[i + 1..];
             }
         }
-        self.push_line_bytes(rest)
+        self.push_line_bytes(rest).map_err(E::from)
     }
 
     /// True when the stream stopped in the middle of an event (it is discarded, as the format
@@ -89,26 +107,35 @@ impl SseParser {
         self.has_data || !self.line.is_empty()
     }
 
-    fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), SseError> {
-        if self.line.len() + self.data.len() + bytes.len() > self.limit {
+    /// Refuses a line of `more` bytes that would take the event over the limit.
+    fn check_room(&self, more: usize) -> Result<(), SseError> {
+        if self.line.len() + self.data.len() + more > self.limit {
             return Err(SseError::TooLarge { limit: self.limit });
         }
+        Ok(())
+    }
+
+    fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+        self.check_room(bytes.len())?;
         self.line.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    fn process_line<E>(
+        &mut self,
+        line: &[u8],
+        on_event: &mut impl FnMut(SseEvent<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut line = line;
         if self.first_line {
             self.first_line = false;
             line = line.strip_prefix(BOM).unwrap_or(line);
         }
         if line.is_empty() {
-            self.dispatch(out);
-            return;
+            return self.dispatch(on_event);
         }
         if line[0] == b':' {
-            return;
+            return Ok(());
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(i) => {
@@ -125,21 +152,34 @@ impl SseParser {
                 self.data.push('\n');
                 self.has_data = true;
             }
-            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => {
+                self.event.clear();
+                self.event.push_str(&String::from_utf8_lossy(value));
+                self.has_event = true;
+            }
             // `id` and `retry` matter to browsers reconnecting; a Dify call is never resumed.
             _ => {}
         }
+        Ok(())
     }
 
-    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
-        let event = self.event.take();
-        if !self.has_data {
-            return;
+    fn dispatch<E>(
+        &mut self,
+        on_event: &mut impl FnMut(SseEvent<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let has_event = std::mem::take(&mut self.has_event);
+        if !std::mem::take(&mut self.has_data) {
+            return Ok(());
         }
-        self.has_data = false;
-        let mut data = std::mem::take(&mut self.data);
-        data.pop(); // the `\n` after the last data line
-        out.push(SseEvent { event, data });
+        // Without the `\n` after the last data line.
+        let data = &self.data[..self.data.len() - 1];
+        let event = SseEvent {
+            event: has_event.then_some(self.event.as_str()),
+            data,
+        };
+        let handled = on_event(event);
+        self.data.clear();
+        handled
     }
 }
 
@@ -159,11 +199,11 @@ data\n\n\
 id: 7\nretry: 100\ndata: last\n\n\
 data: cut off";
 
-    fn expected() -> Vec<SseEvent> {
-        let ev = |event: Option<&str>, data: &str| SseEvent {
-            event: event.map(str::to_owned),
-            data: data.to_owned(),
-        };
+    /// An event as the tests keep it: its name and data, owned.
+    type Owned = (Option<String>, String);
+
+    fn expected() -> Vec<Owned> {
+        let ev = |event: Option<&str>, data: &str| (event.map(str::to_owned), data.to_owned());
         vec![
             ev(None, "{\"event\": \"message\", \"answer\": \"hé\"}"),
             ev(None, "{\"event\": \"message\",\n\"answer\": \"lo\"}"),
@@ -173,11 +213,19 @@ data: cut off";
         ]
     }
 
-    fn parse_in_pieces(pieces: &[&[u8]]) -> (Vec<SseEvent>, bool) {
+    /// Feeds `bytes` and keeps every event it completes.
+    fn feed(parser: &mut SseParser, bytes: &[u8], out: &mut Vec<Owned>) -> Result<(), SseError> {
+        parser.feed(bytes, |e: SseEvent<'_>| {
+            out.push((e.event.map(str::to_owned), e.data.to_owned()));
+            Ok::<_, SseError>(())
+        })
+    }
+
+    fn parse_in_pieces(pieces: &[&[u8]]) -> (Vec<Owned>, bool) {
         let mut parser = SseParser::new(1 << 20);
         let mut out = Vec::new();
         for piece in pieces {
-            parser.feed(piece, &mut out).unwrap();
+            feed(&mut parser, piece, &mut out).unwrap();
         }
         (out, parser.has_partial_event())
     }
@@ -212,15 +260,34 @@ data: cut off";
     }
 
     #[test]
+    fn the_callers_error_stops_the_reading() {
+        let mut parser = SseParser::new(1 << 20);
+        let mut seen = 0;
+        let result = parser.feed(b"data: 1\n\ndata: 2\n\ndata: 3\n\n", |_| {
+            seen += 1;
+            if seen == 2 {
+                Err(SseError::TooLarge { limit: 0 })
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(result, Err(SseError::TooLarge { limit: 0 }));
+        assert_eq!(seen, 2, "the third event is not read");
+    }
+
+    #[test]
     fn an_event_larger_than_the_limit_is_refused() {
         let mut parser = SseParser::new(16);
         let mut out = Vec::new();
-        parser.feed(b"data: 0123456789\n", &mut out).unwrap();
+        feed(&mut parser, b"data: 0123456789\n", &mut out).unwrap();
         assert_eq!(
-            parser.feed(b"data: 0123456789\n", &mut out),
+            feed(&mut parser, b"data: 0123456789\n", &mut out),
             Err(SseError::TooLarge { limit: 16 })
         );
         let mut parser = SseParser::new(16);
-        assert!(parser.feed(&[b'x'; 17], &mut out).is_err());
+        assert!(feed(&mut parser, &[b'x'; 17], &mut out).is_err());
+        // A whole line in one piece is held to the same limit.
+        let mut parser = SseParser::new(16);
+        assert!(feed(&mut parser, b"data: 0123456789abcdef\n", &mut out).is_err());
     }
 }
