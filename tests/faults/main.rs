@@ -7,6 +7,11 @@
 //! acknowledged (else "lost 0" says nothing), and every duplicate must fall in a window that
 //! docs/GUARANTEES.md names. Results: docs/RELIABILITY.md.
 //!
+//! Beside them, the connector faults (`connector`, over the platforms in `gateway`): the broker,
+//! or Redis, down under a DingTalk Stream, Slack Socket Mode or Feishu long-connection
+//! connector; each checks what was acknowledged during the outage and that every pushed event
+//! was answered exactly once after it.
+//!
 //! Every fault gets its own RabbitMQ node and Redis on free ports (`env`), so restarting or
 //! wiping them cannot disturb any other test or the machine's own broker. The tests take
 //! minutes and start servers, so they are `#[ignore]`d in the ordinary `cargo test` run:
@@ -24,6 +29,7 @@ mod account;
 mod connector;
 mod env;
 mod failover;
+mod gateway;
 mod load;
 mod pipeline;
 mod rabbit;
@@ -32,6 +38,8 @@ mod roles;
 mod scenarios;
 mod tap;
 
+use crate::connector::Outage;
+use crate::gateway::Platform;
 use account::{Fault, Outcome};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -144,9 +152,8 @@ fn a_redis_master_killed_under_sentinel_loses_nothing() {
     run(Fault::SentinelFailover);
 }
 
-#[test]
-#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
-fn a_broker_down_under_a_connector_acks_nothing_then_answers_everything_once() {
+/// One connector outage (`connector`): its own assertions, no accounting table.
+fn run_connector(platform: Platform, outage: Outage) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -154,8 +161,52 @@ fn a_broker_down_under_a_connector_acks_nothing_then_answers_everything_once() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        tokio::time::timeout(FAULT_TIMEOUT, connector::broker_down_under_a_connector())
-            .await
-            .expect("the connector fault did not finish in time")
+        tokio::time::timeout(
+            FAULT_TIMEOUT,
+            connector::outage_under_a_connector(platform, outage),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the connector fault ({}, {outage:?}) did not finish within {FAULT_TIMEOUT:?}",
+                platform.name()
+            )
+        })
     });
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_broker_down_under_a_dingtalk_stream_connector_acks_nothing_then_answers_everything_once() {
+    run_connector(Platform::Dingtalk, Outage::Broker);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_broker_down_under_a_slack_socket_connector_acks_nothing_then_answers_everything_once() {
+    run_connector(Platform::Slack, Outage::Broker);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_broker_down_under_a_feishu_ws_connector_acks_nothing_then_answers_everything_once() {
+    run_connector(Platform::Feishu, Outage::Broker);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_redis_down_under_a_dingtalk_stream_connector_acks_nothing_then_answers_everything_once() {
+    run_connector(Platform::Dingtalk, Outage::Redis);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_redis_down_under_a_slack_socket_connector_acks_at_once_then_answers_everything_once() {
+    run_connector(Platform::Slack, Outage::Redis);
+}
+
+#[test]
+#[ignore = "the fault suite: cargo test --test faults -- --ignored --test-threads=1"]
+fn a_redis_down_under_a_feishu_ws_connector_acks_at_once_then_answers_everything_once() {
+    run_connector(Platform::Feishu, Outage::Redis);
 }
