@@ -97,7 +97,8 @@ impl DoorWriter {
 async fn drain(store: Store, ttl: Duration, lost: &'static str, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
+        // Two or three commands an event.
+        let mut pipe = redis::Pipeline::with_capacity(3 * jobs.len());
         let mut events = 0usize;
         for job in &jobs {
             if let Job::Write(m) = job {
