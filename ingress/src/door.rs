@@ -145,23 +145,28 @@ pub async fn claim_signature(
     })
 }
 
+/// A store for tests: Redis at `url`, keys under `prefix` (connections are made lazily).
+#[cfg(test)]
+pub(crate) fn test_store(url: &str, prefix: &str) -> Store {
+    Store::new(&shared::config::RedisConfig {
+        url: shared::Secret::new(url),
+        prefix: prefix.to_owned(),
+        pool_size: 4,
+        sentinel: None,
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
+        response_timeout: Duration::from_secs(5),
+    })
+    .expect("store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::config::RedisConfig;
 
     #[tokio::test]
     async fn the_event_record_names_its_source_and_platform_id_as_json() {
-        let store = Store::new(&RedisConfig {
-            url: shared::Secret::new("redis://127.0.0.1:6379"),
-            prefix: "test-door".to_owned(),
-            pool_size: 1,
-            sentinel: None,
-            encryption_key: None,
-            previous_encryption_keys: Vec::new(),
-            response_timeout: Duration::from_secs(5),
-        })
-        .expect("store");
+        let store = test_store("redis://127.0.0.1:6379", "test-door");
         for (source, key) in [("hooks", "d-1"), ("s\"1", "k:\\\n\u{1F600}")] {
             let seen = SeenKeys::of(&store, source, key, None);
             // What the console reads; byte for byte what `json!` wrote before.

@@ -1,21 +1,19 @@
 use super::*;
+use crate::door::test_store as store;
 use futures_util::future::join_all;
-use shared::config::RedisConfig;
 
 /// Long enough for a loaded machine; a read that waited for a batch to fill would never finish.
 const T: Duration = Duration::from_secs(10);
 
-fn store(url: &str, prefix: &str) -> Store {
-    Store::new(&RedisConfig {
-        url: shared::Secret::new(url),
-        prefix: prefix.to_owned(),
-        pool_size: 4,
-        sentinel: None,
-        encryption_key: None,
-        previous_encryption_keys: Vec::new(),
-        response_timeout: Duration::from_secs(5),
-    })
-    .expect("store")
+/// A store under a prefix of its own where event 1 was kept, as `e-1`.
+async fn with_one_kept() -> Store {
+    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
+    let store = store("redis://127.0.0.1:6379", &prefix);
+    seen(&store, 1)
+        .remember(&store, "e-1", Duration::from_secs(60))
+        .await
+        .expect("redis");
+    store
 }
 
 fn seen(store: &Store, i: usize) -> SeenKeys {
@@ -69,12 +67,7 @@ async fn concurrent_reads_share_one_round_trip_and_each_gets_its_own_answer() {
 
 #[tokio::test]
 async fn a_read_alone_is_sent_at_once_in_a_batch_of_its_own() {
-    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
-    let store = store("redis://127.0.0.1:6379", &prefix);
-    seen(&store, 1)
-        .remember(&store, "e-1", Duration::from_secs(60))
-        .await
-        .expect("redis");
+    let store = with_one_kept().await;
     let reader = DoorReader::new(store.clone());
     // Twice: the first read also starts the reader's task.
     for _ in 0..2 {
@@ -106,12 +99,7 @@ async fn a_round_trips_error_reaches_every_waiter_as_a_direct_read_gives_it() {
 
 #[tokio::test]
 async fn a_commands_own_error_reaches_its_request_only() {
-    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
-    let store = store("redis://127.0.0.1:6379", &prefix);
-    seen(&store, 1)
-        .remember(&store, "e-1", Duration::from_secs(60))
-        .await
-        .expect("redis");
+    let store = with_one_kept().await;
     // An MGET without keys: Redis refuses that one command.
     let mut conn = store.conn().await.expect("redis");
     let direct = redis::cmd("MGET")
