@@ -15,27 +15,50 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenKeys(Vec<String>, String);
 
+/// What `event:{id}` says of a kept event: where it came from and under which platform id.
+#[derive(serde::Serialize)]
+struct Origin<'a> {
+    dedup_key: &'a str,
+    source: &'a str,
+}
+
 impl SeenKeys {
     /// The event's own dedup key, and, when `by_body`, the body's hash too: the same signed body
     /// under another delivery id is then a retry.
     pub fn of(store: &Store, source_id: &str, dedup_key: &str, by_body: Option<&[u8]>) -> Self {
-        let mut keys = vec![store.key(&["seen", source_id, dedup_key])];
+        let mut keys = Vec::with_capacity(1 + usize::from(by_body.is_some()));
+        keys.push(store.key(&["seen", source_id, dedup_key]));
         if let Some(body) = by_body {
             let hash = hex::encode(Sha256::digest(body));
             keys.push(store.key(&["seen-body", source_id, &hash]));
         }
-        let origin = serde_json::json!({"source": source_id, "dedup_key": dedup_key});
-        Self(keys, origin.to_string())
+        let origin = Origin {
+            dedup_key,
+            source: source_id,
+        };
+        // Two strings: nothing in them can fail to serialize.
+        let origin = serde_json::to_string(&origin).unwrap_or_default();
+        Self(keys, origin)
     }
 
-    /// The id of the event first kept under any of these keys.
+    /// The id of the event first kept under any of these keys (one round trip of its own;
+    /// `crate::door_reader` shares one among many requests).
     pub async fn first(&self, store: &Store) -> Result<Option<String>, StoreError> {
         let mut conn = store.conn().await?;
-        let found: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&self.0)
-            .query_async(&mut conn)
-            .await?;
-        Ok(found.into_iter().flatten().next())
+        let found: Vec<Option<String>> = self.mget().query_async(&mut conn).await?;
+        Ok(Self::first_found(found))
+    }
+
+    /// The command `first` sends: one MGET of every key.
+    pub fn mget(&self) -> redis::Cmd {
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&self.0);
+        mget
+    }
+
+    /// What `first` answers from the MGET's reply.
+    pub fn first_found(found: Vec<Option<String>>) -> Option<String> {
+        found.into_iter().flatten().next()
     }
 
     /// The door keys themselves.
@@ -61,20 +84,18 @@ impl SeenKeys {
     pub fn add_to(&self, pipe: &mut redis::Pipeline, store: &Store, event_id: &str, ttl: Duration) {
         let secs = ttl.as_secs().max(1);
         for key in &self.0 {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(event_id)
-                .arg("EX")
-                .arg(secs)
-                .ignore();
+            pipe.add_command(set_ex(key, event_id, secs));
         }
-        pipe.cmd("SET")
-            .arg(store.key(&["event", event_id]))
-            .arg(&self.1)
-            .arg("EX")
-            .arg(secs)
-            .ignore();
+        pipe.add_command(set_ex(&store.key(&["event", event_id]), &self.1, secs));
     }
+}
+
+/// `SET key value EX secs`, sized once. Its reply (`OK`) is read and dropped with the pipeline's.
+fn set_ex(key: &str, value: &str, secs: u64) -> redis::Cmd {
+    // "SET", "EX" and up to 20 digits.
+    let mut set = redis::Cmd::with_capacity(5, key.len() + value.len() + 25);
+    set.arg("SET").arg(key).arg(value).arg("EX").arg(secs);
+    set
 }
 
 /// What a body-free signature was to the door.
@@ -122,4 +143,35 @@ pub async fn claim_signature(
         // Expired in between: the signature is no longer valid by the platform's window either.
         None => Claim::OtherBody,
     })
+}
+
+/// A store for tests: Redis at `url`, keys under `prefix` (connections are made lazily).
+#[cfg(test)]
+pub(crate) fn test_store(url: &str, prefix: &str) -> Store {
+    Store::new(&shared::config::RedisConfig {
+        url: shared::Secret::new(url),
+        prefix: prefix.to_owned(),
+        pool_size: 4,
+        sentinel: None,
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
+        response_timeout: Duration::from_secs(5),
+    })
+    .expect("store")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_event_record_names_its_source_and_platform_id_as_json() {
+        let store = test_store("redis://127.0.0.1:6379", "test-door");
+        for (source, key) in [("hooks", "d-1"), ("s\"1", "k:\\\n\u{1F600}")] {
+            let seen = SeenKeys::of(&store, source, key, None);
+            // What the console reads; byte for byte what `json!` wrote before.
+            let record = serde_json::json!({"source": source, "dedup_key": key}).to_string();
+            assert_eq!(seen.1, record);
+        }
+    }
 }

@@ -97,7 +97,8 @@ impl DoorWriter {
 async fn drain(store: Store, ttl: Duration, lost: &'static str, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
+        // Two or three commands an event.
+        let mut pipe = redis::Pipeline::with_capacity(3 * jobs.len());
         let mut events = 0usize;
         for job in &jobs {
             if let Job::Write(m) = job {
@@ -128,20 +129,7 @@ async fn write(store: &Store, pipe: &redis::Pipeline) -> Result<(), shared::stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::config::RedisConfig;
-
-    fn store(url: &str, prefix: &str) -> Store {
-        Store::new(&RedisConfig {
-            url: shared::Secret::new(url),
-            prefix: prefix.to_owned(),
-            pool_size: 4,
-            sentinel: None,
-            encryption_key: None,
-            previous_encryption_keys: Vec::new(),
-            response_timeout: std::time::Duration::from_secs(5),
-        })
-        .expect("store")
-    }
+    use crate::door::test_store as store;
 
     fn marker(store: &Store, i: usize) -> Marker {
         Marker {

@@ -1,14 +1,15 @@
 //! Keeping a verified event, the one path every door shares (the ingress's HTTP callbacks and
 //! the connector's pushed events): credentials taken out of the event (`shared::reply_credentials`:
 //! the reply URL kept aside in Redis, verification tokens dropped), door dedup (has the platform
-//! sent this before? this process's `Recent` first, then Redis), publish with
-//! the broker's confirm, then remember it as kept: in `Recent` at once, in Redis behind the
-//! answer (`DoorWriter`), except for a source whose captured requests stay valid forever, whose
-//! markers are a defence against replays and are written before the answer. Nothing here
-//! answers the platform: the outcome says what happened, and only `New` or `Duplicate` may be
-//! acknowledged (a 2xx, an ack frame); `NotKept` must not be, so that the platform delivers the
-//! event again.
+//! sent this before? this process's `Recent` first, then Redis, in one pipeline with other
+//! requests' reads: `DoorReader`), publish with the broker's confirm, then remember it as kept:
+//! in `Recent` at once, in Redis behind the answer (`DoorWriter`), except for a source whose
+//! captured requests stay valid forever, whose markers are a defence against replays and are
+//! written before the answer. Nothing here answers the platform: the outcome says what happened,
+//! and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack frame); `NotKept` must not
+//! be, so that the platform delivers the event again.
 use crate::door::SeenKeys;
+use crate::door_reader::DoorReader;
 use crate::door_writer::{DoorWriter, Marker};
 use crate::platform::NewEvent;
 use crate::recent::{self, Recent};
@@ -76,6 +77,7 @@ pub struct Keeper {
     dedup_ttl: Duration,
     door: Door,
     recent: Arc<Mutex<Recent>>,
+    reader: Arc<DoorReader>,
     writer: Arc<DoorWriter>,
 }
 
@@ -84,6 +86,7 @@ impl Keeper {
         Self {
             work_queue: services.broker.topology().stage_queue(Stage::Work),
             recent: Arc::new(Mutex::new(Recent::new(recent::CAPACITY, dedup_ttl))),
+            reader: Arc::new(DoorReader::new(services.store.clone())),
             writer: Arc::new(DoorWriter::new(
                 services.store.clone(),
                 dedup_ttl,
@@ -156,9 +159,11 @@ impl Keeper {
             attempts: Vec::new(),
             replay_of: None,
         };
-        tracing::Span::current().record("event_id", tracing::field::display(event.id));
+        // Named in the request's span only if it is not kept (see `NamedUnlessKept`).
+        let unkept = NamedUnlessKept(Some(event.id));
+        let event_id = event.id.to_string();
         let publish = shared::broker::Publish {
-            message_id: Some(event.id.to_string()),
+            message_id: Some(event_id.clone()),
             ..Default::default()
         };
         if let Err(e) = self
@@ -167,25 +172,28 @@ impl Keeper {
             .publish(&self.work_queue, &encode(&event), publish)
             .await
         {
+            drop(unkept);
             tracing::warn!(error = %e, "event not kept by the broker; not acknowledged");
             metrics::counter!(self.door.not_kept(), "source" => source_id.to_owned()).increment(1);
             return KeepOutcome::NotKept;
         }
+        unkept.kept();
         metrics::counter!(self.door.accepted(), "source" => source_id.to_owned()).increment(1);
-        tracing::debug!(dedup_key = %event.dedup_key, "event kept");
-        self.remember(seen, event.id.to_string(), replayable).await;
+        tracing::debug!(%event_id, dedup_key = %event.dedup_key, "event kept");
+        self.remember(seen, event_id, replayable).await;
         KeepOutcome::New
     }
 
     /// The id of the event first kept under any of `seen`'s keys: this process's memory first,
-    /// then Redis (a retry may come back to another process). A Redis failure here only loses
-    /// the door dedup; the worker's idempotency still holds.
+    /// then Redis (a retry may come back to another process), in a batch with other requests'
+    /// reads (`DoorReader`). A Redis failure here only loses the door dedup; the worker's
+    /// idempotency still holds.
     async fn kept_before(&self, seen: &SeenKeys) -> Option<String> {
         let here = self.recent().first(seen.keys(), Instant::now());
         if here.is_some() {
             return here;
         }
-        let first = seen.first(&self.services.store).await.ok().flatten()?;
+        let first = self.reader.first(seen).await.ok().flatten()?;
         self.recent().remember(seen.keys(), &first, Instant::now());
         Some(first)
     }
@@ -210,12 +218,32 @@ impl Keeper {
             .remember(store, &marker.event_id, self.dedup_ttl)
             .await
         {
-            tracing::warn!(error = %e, "cannot write the door's markers; this event loses its door dedup");
+            tracing::warn!(error = %e, event_id = %marker.event_id, "cannot write the door's markers; this event loses its door dedup");
             metrics::counter!(self.door.markers_lost()).increment(1);
         }
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Records an event's id in the current span (the request's `hook`, the connector's `pushed`)
+/// when dropped, unless the event was kept: every line after a failure names the event (also
+/// the request's timeout, which drops this with the publish in flight), while a kept event, whose
+/// request logs nothing more at `info`, does not pay for formatting it there.
+struct NamedUnlessKept(Option<uuid::Uuid>);
+
+impl NamedUnlessKept {
+    fn kept(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NamedUnlessKept {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            tracing::Span::current().record("event_id", tracing::field::display(id));
+        }
     }
 }

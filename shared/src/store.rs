@@ -44,8 +44,8 @@ const SHARED_CONNECTIONS: usize = 4;
 /// How often the shared connections are checked, and how long a check may take.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-/// Why Redis could not be used.
-#[derive(Debug, thiserror::Error)]
+/// Why Redis could not be used (clonable: one round trip's error may answer many callers).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("redis pool: {0}")]
     Pool(String),
@@ -172,7 +172,10 @@ impl Store {
 
     /// `prefix:part:part…`, every part encoded by [`key_part`].
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut k = self.prefix.clone();
+        // Sized once: the parts without escapes, the usual case, fit without growing.
+        let size = self.prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut k = String::with_capacity(size);
+        k.push_str(&self.prefix);
         for p in parts {
             k.push(':');
             k.push_str(&key_part(p));

@@ -1,7 +1,9 @@
 //! Logs and metrics. Tracing goes to stderr as human text or JSON lines, filtered by `RUST_LOG`
-//! (default `info`); every log line about an event carries its `event_id` through the span the
-//! roles open per message. Metrics are Prometheus text on `/metrics`: the ingress serves it on
-//! its own listener, worker and dispatcher on a small admin listener ([`admin_router`]).
+//! (default `info`); every log line about an event carries its `event_id`, through the span the
+//! roles open per message (the door records it there only for an event it did not keep; its
+//! lines about a kept event name it themselves). Metrics are Prometheus text on `/metrics`: the
+//! ingress serves it on its own listener, worker and dispatcher on a small admin listener
+//! ([`admin_router`]).
 use crate::config::LogFormat;
 use axum::extract::State;
 use axum::http::StatusCode;

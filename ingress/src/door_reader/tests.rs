@@ -1,0 +1,142 @@
+use super::*;
+use crate::door::test_store as store;
+use futures_util::future::join_all;
+
+/// Long enough for a loaded machine; a read that waited for a batch to fill would never finish.
+const T: Duration = Duration::from_secs(10);
+
+/// A store under a prefix of its own where event 1 was kept, as `e-1`.
+async fn with_one_kept() -> Store {
+    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
+    let store = store("redis://127.0.0.1:6379", &prefix);
+    seen(&store, 1)
+        .remember(&store, "e-1", Duration::from_secs(60))
+        .await
+        .expect("redis");
+    store
+}
+
+fn seen(store: &Store, i: usize) -> SeenKeys {
+    SeenKeys::of(store, "src", &format!("d-{i}"), None)
+}
+
+/// Deletes what `remember` wrote for events `ids`.
+async fn clean(store: &Store, ids: impl Iterator<Item = usize>) {
+    let mut keys = Vec::new();
+    for i in ids {
+        keys.extend(seen(store, i).keys().iter().cloned());
+        keys.push(store.key(&["event", &format!("e-{i}")]));
+    }
+    let mut conn = store.conn().await.expect("redis");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+}
+
+#[tokio::test]
+async fn concurrent_reads_share_one_round_trip_and_each_gets_its_own_answer() {
+    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
+    let store = store("redis://127.0.0.1:6379", &prefix);
+    // Every other event was kept before, under an id of its own.
+    for i in (0..200).step_by(2) {
+        seen(&store, i)
+            .remember(&store, &format!("e-{i}"), Duration::from_secs(60))
+            .await
+            .expect("redis");
+    }
+    let reader = DoorReader::new(store.clone());
+    let all: Vec<SeenKeys> = (0..200).map(|i| seen(&store, i)).collect();
+    let before = store.round_trips();
+    // On this current-thread runtime every read is queued before the reader's task runs.
+    let answers = tokio::time::timeout(T, join_all(all.iter().map(|s| reader.first(s))))
+        .await
+        .expect("answered");
+    assert_eq!(
+        store.round_trips() - before,
+        1,
+        "one pipeline for 200 reads"
+    );
+    for (i, answer) in answers.into_iter().enumerate() {
+        let expected = (i % 2 == 0).then(|| format!("e-{i}"));
+        assert_eq!(answer.expect("redis"), expected, "read {i}");
+    }
+    clean(&store, (0..200).step_by(2)).await;
+}
+
+#[tokio::test]
+async fn a_read_alone_is_sent_at_once_in_a_batch_of_its_own() {
+    let store = with_one_kept().await;
+    let reader = DoorReader::new(store.clone());
+    // Twice: the first read also starts the reader's task.
+    for _ in 0..2 {
+        let before = store.round_trips();
+        let answer = tokio::time::timeout(T, reader.first(&seen(&store, 1)))
+            .await
+            .expect("a lone read does not wait for company");
+        assert_eq!(answer.expect("redis").as_deref(), Some("e-1"));
+        assert_eq!(store.round_trips() - before, 1);
+    }
+    clean(&store, 1..2).await;
+}
+
+#[tokio::test]
+async fn a_round_trips_error_reaches_every_waiter_as_a_direct_read_gives_it() {
+    // Nothing listens on port 1.
+    let store = store("redis://127.0.0.1:1", "test-door-reader-away");
+    let direct = seen(&store, 0).first(&store).await.expect_err("no Redis");
+    let reader = DoorReader::new(store.clone());
+    let all: Vec<SeenKeys> = (0..20).map(|i| seen(&store, i)).collect();
+    let answers = tokio::time::timeout(T, join_all(all.iter().map(|s| reader.first(s))))
+        .await
+        .expect("answered");
+    for answer in answers {
+        let batched = answer.expect_err("no Redis");
+        assert_eq!(batched.to_string(), direct.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_commands_own_error_reaches_its_request_only() {
+    let store = with_one_kept().await;
+    // An MGET without keys: Redis refuses that one command.
+    let mut conn = store.conn().await.expect("redis");
+    let direct = redis::cmd("MGET")
+        .query_async::<Vec<Option<String>>>(&mut conn)
+        .await
+        .expect_err("refused");
+    let reader = DoorReader::new(store.clone());
+    let (answer, refused) = oneshot::channel();
+    let bad = Read {
+        mget: redis::cmd("MGET"),
+        answer,
+    };
+    reader.sender().try_send(bad).expect("queued");
+    let good_seen = seen(&store, 1);
+    let good = reader.first(&good_seen);
+    let (good, refused) = tokio::time::timeout(T, async { tokio::join!(good, refused) })
+        .await
+        .expect("answered");
+    assert_eq!(good.expect("redis").as_deref(), Some("e-1"));
+    let refused = refused.expect("answered").expect_err("refused");
+    assert_eq!(refused.to_string(), StoreError::from(direct).to_string());
+    clean(&store, 1..2).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_turns_reads_into_direct_ones() {
+    let store = store("redis://127.0.0.1:1", "test-door-reader-full");
+    let reader = DoorReader::new(store.clone());
+    // On this current-thread runtime the reader's task does not run before this loop yields.
+    let mut waiting = Vec::new();
+    let mut direct = 0;
+    for i in 0..QUEUE + 5 {
+        match reader.ask(&seen(&store, i)) {
+            Some(w) => waiting.push(w),
+            None => direct += 1,
+        }
+    }
+    assert_eq!(direct, 5);
+    assert_eq!(waiting.len(), QUEUE);
+}
