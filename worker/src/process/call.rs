@@ -142,8 +142,6 @@ impl Worker {
             started_ms: Some(started_at.timestamp_millis()),
             ..Default::default()
         };
-        // The keeper lives as long as the call and mostly waits: its Redis steps are boxed
-        // while they run, so that waiting holds only the channel and the timer.
         let keeper = tokio::spawn(async move {
             let mut ids = base;
             let mut renew = tokio::time::interval(idem.lease() / 3);
@@ -153,20 +151,19 @@ impl Worker {
                     got = rx.recv() => match got {
                         Some(new) => {
                             merge(&mut ids, new);
-                            if let Err(e) = Box::pin(idem.record_ids(&key_owned, token, &ids)).await {
+                            if let Err(e) = idem.record_ids(&key_owned, token, &ids).await {
                                 tracing::warn!(error = %e, "could not record Dify's ids");
                             }
                         }
                         None => break,
                     },
                     _ = renew.tick() => {
-                        match Box::pin(idem.renew(&key_owned, token)).await {
+                        match idem.renew(&key_owned, token).await {
                             Ok(true) => {}
                             Ok(false) => tracing::warn!("lease lost during the call (taken over)"),
                             Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
                         }
-                        let turn = conversations.renew_turn(&claimed.conv, &claimed.claimant, idem.lease());
-                        let _ = Box::pin(turn).await;
+                        let _ = conversations.renew_turn(&claimed.conv, &claimed.claimant, idem.lease()).await;
                     }
                 }
             }
