@@ -54,18 +54,51 @@ pub fn encode<T: Envelope>(msg: &T) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Decodes an envelope, checking kind and version first.
+/// Decodes an envelope, checking kind and version first. A message as [`encode`] writes it
+/// names both at its very start, read there without a pass of their own ([`written_head`]): the
+/// body is then parsed once. Any other layout (another writer's field order, whitespace) has its
+/// head parsed first, as a whole document.
 pub fn decode<T: Envelope>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let head: WireHead = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
-    if head.envelope != T::KIND || head.v != T::VERSION {
+    let (kind, v) = match written_head(bytes) {
+        Some((kind, v)) => (std::borrow::Cow::Borrowed(kind), v),
+        None => {
+            let head: WireHead = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+            (std::borrow::Cow::Owned(head.envelope), head.v)
+        }
+    };
+    if kind != T::KIND || v != T::VERSION {
         return Err(DecodeError::WrongKind {
             expected: T::KIND,
             version: T::VERSION,
-            kind: head.envelope,
-            v: head.v,
+            kind: kind.into_owned(),
+            v,
         });
     }
     serde_json::from_slice(bytes).map_err(DecodeError::Body)
+}
+
+/// The kind and version a message starts with when [`encode`] wrote it:
+/// `{"envelope":"<kind>","v":<v>,` (or `}`), the kind without escapes, `v` in plain digits; `None`
+/// for anything else, which is then parsed (pure; it reads only the head, so whether the rest is
+/// JSON is the body parse's to say).
+pub fn written_head(bytes: &[u8]) -> Option<(&str, u16)> {
+    let rest = bytes.strip_prefix(br#"{"envelope":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (kind, rest) = rest.split_at(end);
+    if kind.contains(&b'\\') {
+        return None;
+    }
+    let rest = rest.strip_prefix(br#"","v":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    // JSON numbers have no leading zeros; a version beyond u16 is the head parse's to refuse.
+    if digits == 0 || digits > 5 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    if !matches!(rest.get(digits), Some(b',' | b'}')) {
+        return None;
+    }
+    let v = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some((std::str::from_utf8(kind).ok()?, v))
 }
 
 /// Single or group conversation.
@@ -589,6 +622,60 @@ mod tests {
             decode::<InboundEvent>(b"{}"),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn what_encode_writes_names_its_kind_and_version_at_the_start() {
+        assert_eq!(
+            written_head(&encode(&event())),
+            Some((InboundEvent::KIND, InboundEvent::VERSION))
+        );
+        let job: DispatchJob = decode(OLD_JOB.as_bytes()).unwrap();
+        assert_eq!(
+            written_head(&encode(&job)),
+            Some((DispatchJob::KIND, DispatchJob::VERSION))
+        );
+        assert_eq!(written_head(br#"{"envelope":"x","v":12}"#), Some(("x", 12)));
+        // Anything else is left to the parse of the whole head.
+        for other in [
+            &br#"{"v":1,"envelope":"inbound_event","id":1}"#[..],
+            br#"{ "envelope":"inbound_event","v":1,"id":1}"#,
+            br#"{"envelope":"inbound\u005fevent","v":1,"id":1}"#,
+            br#"{"envelope":"inbound_event","v":01,"id":1}"#,
+            br#"{"envelope":"inbound_event","v":1.0,"id":1}"#,
+            br#"{"envelope":"inbound_event","v":123456,"id":1}"#,
+            br#"{"envelope":"inbound_event","v":"#,
+            b"",
+        ] {
+            assert_eq!(
+                written_head(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_in_another_layout_decodes_the_same_and_a_broken_body_is_refused() {
+        let e = event();
+        let bytes = encode(&e);
+        // The same fields, the head last and spaced out: read by parsing the head.
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).unwrap();
+        let (kind, version) = (v.remove("envelope").unwrap(), v.remove("v").unwrap());
+        v.insert("v".into(), version);
+        v.insert("envelope".into(), kind);
+        let reordered = serde_json::to_vec_pretty(&v).unwrap();
+        assert_eq!(written_head(&reordered), None);
+        assert_eq!(decode::<InboundEvent>(&reordered).unwrap(), e);
+        // A head read at the start vouches for nothing after it.
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            decode::<InboundEvent>(cut),
+            Err(DecodeError::Body(_))
+        ));
+        assert!(decode::<InboundEvent>(br#"{"envelope":"inbound_event","v":1}"#).is_err());
     }
 
     /// A job as this version's predecessor wrote it to the deliver queue, attempts as words.

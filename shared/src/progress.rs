@@ -36,11 +36,15 @@ impl ReplyProgress {
     }
 }
 
-/// Whether `bytes` are a [`ReplyProgress`] envelope (only its name is read).
+/// Whether `bytes` are a [`ReplyProgress`] envelope (only its name is read: at the start of a
+/// message as `encode` wrote it, else by parsing the message's head).
 pub fn is_progress(bytes: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Head {
         envelope: String,
+    }
+    if let Some((kind, _)) = crate::envelope::written_head(bytes) {
+        return kind == ReplyProgress::KIND;
     }
     serde_json::from_slice::<Head>(bytes).is_ok_and(|h| h.envelope == ReplyProgress::KIND)
 }
@@ -79,6 +83,14 @@ mod tests {
         };
         assert!(!is_progress(&encode(&job)));
         assert!(!is_progress(b"not json"));
+        // Another writer's field order is told apart by parsing the head.
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).unwrap();
+        let kind = v.remove("envelope").unwrap();
+        v.insert("envelope".into(), kind);
+        let reordered = serde_json::to_vec(&v).unwrap();
+        assert!(crate::envelope::written_head(&reordered).is_none());
+        assert!(is_progress(&reordered));
         let later = ReplyProgress {
             epoch: 4,
             seq: 1,
