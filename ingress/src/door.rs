@@ -8,6 +8,7 @@ use crate::platform::BodyFreeSignature;
 use deadpool_redis::redis;
 use sha2::{Digest, Sha256};
 use shared::store::{Store, StoreError};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The keys under which a kept event is remembered at the door, and what its event id's own
@@ -45,20 +46,11 @@ impl SeenKeys {
     /// `crate::door_reader` shares one among many requests).
     pub async fn first(&self, store: &Store) -> Result<Option<String>, StoreError> {
         let mut conn = store.conn().await?;
-        let found: Vec<Option<String>> = self.mget().query_async(&mut conn).await?;
-        Ok(Self::first_found(found))
-    }
-
-    /// The command `first` sends: one MGET of every key.
-    pub fn mget(&self) -> redis::Cmd {
-        let mut mget = redis::cmd("MGET");
-        mget.arg(&self.0);
-        mget
-    }
-
-    /// What `first` answers from the MGET's reply.
-    pub fn first_found(found: Vec<Option<String>>) -> Option<String> {
-        found.into_iter().flatten().next()
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&self.0)
+            .query_async(&mut conn)
+            .await?;
+        Ok(found.into_iter().flatten().next())
     }
 
     /// The door keys themselves.
@@ -73,29 +65,40 @@ impl SeenKeys {
         event_id: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = store.conn().await?;
-        let mut pipe = redis::pipe();
-        self.add_to(&mut pipe, store, event_id, ttl);
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Adds what `remember` writes to `pipe` (the door writer puts many events in one).
-    pub fn add_to(&self, pipe: &mut redis::Pipeline, store: &Store, event_id: &str, ttl: Duration) {
-        let secs = ttl.as_secs().max(1);
-        for key in &self.0 {
-            pipe.add_command(set_ex(key, event_id, secs));
-        }
-        pipe.add_command(set_ex(&store.key(&["event", event_id]), &self.1, secs));
+        remember_all(store, [(self, event_id)], ttl).await
     }
 }
 
-/// `SET key value EX secs`, sized once. Its reply (`OK`) is read and dropped with the pipeline's.
-fn set_ex(key: &str, value: &str, secs: u64) -> redis::Cmd {
-    // "SET", "EX" and up to 20 digits.
-    let mut set = redis::Cmd::with_capacity(5, key.len() + value.len() + 25);
-    set.arg("SET").arg(key).arg(value).arg("EX").arg(secs);
-    set
+/// KEYS: the markers' keys; ARGV[1] their ttl in seconds, ARGV[i + 1] the value of KEYS[i].
+/// Sets them all; answers how many.
+const REMEMBER: &str = r#"
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"#;
+
+static REMEMBER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REMEMBER));
+
+/// Remembers many kept events (each its door keys and its `event:{id}` record, as
+/// [`SeenKeys::remember`]) in one command: one reply for them all, where a pipeline of SETs had
+/// two or three an event for this process to read (the door writer's batches).
+pub async fn remember_all<'a>(
+    store: &Store,
+    events: impl IntoIterator<Item = (&'a SeenKeys, &'a str)>,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let mut write = REMEMBER_SCRIPT.prepare_invoke();
+    write.arg(ttl.as_secs().max(1));
+    for (seen, event_id) in events {
+        for key in &seen.0 {
+            write.key(key).arg(event_id);
+        }
+        write.key(store.key(&["event", event_id])).arg(&seen.1);
+    }
+    let mut conn = store.conn().await?;
+    write.invoke_async::<i64>(&mut conn).await?;
+    Ok(())
 }
 
 /// What a body-free signature was to the door.

@@ -1,15 +1,17 @@
 //! Reading the door's markers for many requests at once: every request that is not answered by
 //! this process's memory (`crate::recent`) asks Redis which event was first kept under its door
 //! keys (`crate::door::SeenKeys::first`, one MGET). Here one task takes whatever reads are queued
-//! and sends them as one pipeline of MGETs, then hands each request its own answer, so that
-//! concurrent requests share one round trip, one write and one read of the socket.
+//! and sends all their keys as one MGET, then hands each request the answer its own keys got, so
+//! that concurrent requests share one command, one round trip, one write and one read of the
+//! socket (what that saves is measured in docs/PERFORMANCE.md, "Issue 18, fourth round").
 //!
 //! It never waits to fill a batch: a read queued while nothing is in flight goes at once, alone.
 //! Reads queued while a batch is in flight go together when it is answered, or after `PATIENCE`
 //! if it is still out then (a Redis that stalls delays a read by that much, not by another whole
-//! round trip). Each answer is exactly what the direct read would have given the request: its
-//! own MGET's reply or error, or the round trip's error (the connection, the pool). What an error
-//! means is the caller's business, as it is for the direct read.
+//! round trip). Each answer is exactly what the direct read would have given the request: the
+//! first event found under its own keys, or the batch's error (the connection, the pool, Redis
+//! refusing the MGET, which it would have refused for the request alone too). What an error means
+//! is the caller's business, as it is for the direct read.
 //!
 //! Bounded: at most `QUEUE` reads wait; past that (and if the task is gone) a request reads
 //! directly. The task ends when the reader is dropped and every batch in flight was answered;
@@ -25,7 +27,7 @@ use tokio::time::Instant;
 
 /// Reads that may wait for a batch.
 pub const QUEUE: usize = 4_096;
-/// Reads in one pipeline at most.
+/// Reads in one MGET at most (each has one or two keys).
 pub const BATCH: usize = 256;
 /// How long reads queued behind a batch in flight wait for it before they go in one of their own.
 pub const PATIENCE: Duration = Duration::from_millis(2);
@@ -33,10 +35,10 @@ pub const PATIENCE: Duration = Duration::from_millis(2);
 /// The answer of one read: the id of the event first kept under its keys.
 pub type Answer = Result<Option<String>, StoreError>;
 
-/// One request's read: its MGET and where its answer goes.
+/// One request's read: its door keys and where its answer goes.
 #[derive(Debug)]
 struct Read {
-    mget: redis::Cmd,
+    keys: Vec<String>,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -71,7 +73,7 @@ impl DoorReader {
     fn ask(&self, seen: &SeenKeys) -> Option<oneshot::Receiver<Answer>> {
         let (answer, answered) = oneshot::channel();
         let read = Read {
-            mget: seen.mget(),
+            keys: seen.keys().to_vec(),
             answer,
         };
         self.sender().try_send(read).ok().map(|()| answered)
@@ -99,15 +101,8 @@ async fn batch(store: Store, mut rx: mpsc::Receiver<Read>) {
     let mut open = true;
     loop {
         if !queued.is_empty() && (in_flight.is_empty() || sent_at + PATIENCE <= Instant::now()) {
-            let mut pipe = redis::Pipeline::with_capacity(queued.len());
-            // Each MGET's own error goes to its own request, as a direct read would give it.
-            pipe.ignore_errors();
-            let mut answers = Vec::with_capacity(queued.len());
-            for read in queued.drain(..) {
-                pipe.add_command(read.mget);
-                answers.push(read.answer);
-            }
-            in_flight.push(answer(&store, pipe, answers));
+            let (mget, answers) = one_mget(queued.drain(..));
+            in_flight.push(answer(&store, mget, answers));
             sent_at = Instant::now();
         }
         if !open && queued.is_empty() && in_flight.is_empty() {
@@ -130,28 +125,46 @@ async fn batch(store: Store, mut rx: mpsc::Receiver<Read>) {
     }
 }
 
-/// One batch's round trip: every read gets its own MGET's reply or error, or the round trip's.
-async fn answer(store: &Store, pipe: redis::Pipeline, answers: Vec<oneshot::Sender<Answer>>) {
-    match round_trip(store, &pipe).await {
-        Ok(replies) => {
-            // A reply missing (never, from Redis) drops its sender: that request reads directly.
-            for (answer, reply) in answers.into_iter().zip(replies) {
-                let _ = answer.send(reply.map(SeenKeys::first_found).map_err(StoreError::from));
+/// The reads' keys in one MGET, in order, and each read's answer with how many keys it has.
+fn one_mget(
+    reads: impl Iterator<Item = Read>,
+) -> (redis::Cmd, Vec<(usize, oneshot::Sender<Answer>)>) {
+    let mut mget = redis::cmd("MGET");
+    let mut answers = Vec::with_capacity(reads.size_hint().0);
+    for read in reads {
+        mget.arg(&read.keys);
+        answers.push((read.keys.len(), read.answer));
+    }
+    (mget, answers)
+}
+
+/// One batch's round trip: every read gets the first event found under its own keys (its slice
+/// of the reply, which has a value or nil per key, in order), or the round trip's error.
+async fn answer(store: &Store, mget: redis::Cmd, answers: Vec<(usize, oneshot::Sender<Answer>)>) {
+    match round_trip(store, &mget).await {
+        Ok(found) => {
+            let mut found = found.into_iter();
+            for (keys, answer) in answers {
+                // Its own slice, read whole so the next read starts at its own (a reply shorter
+                // than the keys, never from Redis, answers what it has).
+                let first = found
+                    .by_ref()
+                    .take(keys)
+                    .fold(None, |first, value| first.or(value));
+                let _ = answer.send(Ok(first));
             }
         }
         Err(e) => {
-            for answer in answers {
+            for (_, answer) in answers {
                 let _ = answer.send(Err(e.clone()));
             }
         }
     }
 }
 
-type Replies = Vec<redis::RedisResult<Vec<Option<String>>>>;
-
-async fn round_trip(store: &Store, pipe: &redis::Pipeline) -> Result<Replies, StoreError> {
+async fn round_trip(store: &Store, mget: &redis::Cmd) -> Result<Vec<Option<String>>, StoreError> {
     let mut conn = store.conn().await?;
-    Ok(pipe.query_async(&mut conn).await?)
+    Ok(mget.query_async(&mut conn).await?)
 }
 
 #[cfg(test)]

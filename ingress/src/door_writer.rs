@@ -1,7 +1,7 @@
 //! Writing the door's markers behind the answer: once the broker confirmed an event, its door
 //! keys and its `event:{id}` record (`crate::door::SeenKeys::remember`) go to a queue, and one
-//! task writes whatever is queued as one Redis pipeline, so no request waits for that round trip
-//! and many events share one. A marker that is never written (Redis down, the process killed
+//! task writes whatever is queued in one Redis command (`crate::door::remember_all`), so no
+//! request waits for that round trip and many events share one. A marker that is never written (Redis down, the process killed
 //! with markers queued) only loses a door dedup: a retry that reaches another process before the
 //! marker did is enqueued again and the worker's idempotency record answers it; this process
 //! still knows the event (`crate::recent`).
@@ -9,8 +9,7 @@
 //! Bounded: at most `QUEUE` events wait; past that, `queue` hands the marker back and the caller
 //! writes it itself (the answer waits, as it did before). `settle` waits for what is queued, for a
 //! graceful stop.
-use crate::door::SeenKeys;
-use deadpool_redis::redis;
+use crate::door::{self, SeenKeys};
 use shared::store::Store;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Events whose markers may wait unwritten.
 pub const QUEUE: usize = 4_096;
-/// Events written in one pipeline at most.
+/// Events written in one command at most.
 pub const BATCH: usize = 512;
 
 /// One kept event's markers.
@@ -93,21 +92,17 @@ impl DoorWriter {
     }
 }
 
-/// Writes the queue's markers, up to `BATCH` events per pipeline, until every sender is gone.
+/// Writes the queue's markers, up to `BATCH` events per command, until every sender is gone.
 async fn drain(store: Store, ttl: Duration, lost: &'static str, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
-        // Two or three commands an event.
-        let mut pipe = redis::Pipeline::with_capacity(3 * jobs.len());
-        let mut events = 0usize;
-        for job in &jobs {
-            if let Job::Write(m) = job {
-                m.seen.add_to(&mut pipe, &store, &m.event_id, ttl);
-                events += 1;
-            }
-        }
+        let markers = jobs.iter().filter_map(|job| match job {
+            Job::Write(m) => Some((&m.seen, m.event_id.as_str())),
+            Job::Settle(_) => None,
+        });
+        let events = markers.clone().count();
         if events > 0 {
-            if let Err(e) = write(&store, &pipe).await {
+            if let Err(e) = door::remember_all(&store, markers, ttl).await {
                 tracing::warn!(error = %e, events, "cannot write the door's markers; those events lose their door dedup");
                 metrics::counter!(lost).increment(events as u64);
             }
@@ -120,16 +115,11 @@ async fn drain(store: Store, ttl: Duration, lost: &'static str, mut rx: mpsc::Re
     }
 }
 
-async fn write(store: &Store, pipe: &redis::Pipeline) -> Result<(), shared::store::StoreError> {
-    let mut conn = store.conn().await?;
-    pipe.query_async::<()>(&mut conn).await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::door::test_store as store;
+    use deadpool_redis::redis;
 
     fn marker(store: &Store, i: usize) -> Marker {
         Marker {

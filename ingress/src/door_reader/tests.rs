@@ -27,6 +27,10 @@ async fn clean(store: &Store, ids: impl Iterator<Item = usize>) {
         keys.extend(seen(store, i).keys().iter().cloned());
         keys.push(store.key(&["event", &format!("e-{i}")]));
     }
+    delete(store, keys).await;
+}
+
+async fn delete(store: &Store, keys: Vec<String>) {
     let mut conn = store.conn().await.expect("redis");
     let _: () = redis::cmd("DEL")
         .arg(&keys)
@@ -98,30 +102,53 @@ async fn a_round_trips_error_reaches_every_waiter_as_a_direct_read_gives_it() {
 }
 
 #[tokio::test]
-async fn a_commands_own_error_reaches_its_request_only() {
-    let store = with_one_kept().await;
-    // An MGET without keys: Redis refuses that one command.
-    let mut conn = store.conn().await.expect("redis");
-    let direct = redis::cmd("MGET")
-        .query_async::<Vec<Option<String>>>(&mut conn)
-        .await
-        .expect_err("refused");
+async fn each_read_is_answered_from_its_own_keys_in_a_batch_of_one_and_two_key_reads() {
+    let prefix = format!("test-door-reader-{}", uuid::Uuid::now_v7());
+    let store = store("redis://127.0.0.1:6379", &prefix);
+    // Reads of two keys (a body-keyed source) between reads of one. Of the two-key reads, some
+    // were kept under their body only (another delivery id, the same signed body), some under
+    // both keys (the first is the answer), some not at all; every third one-key read was kept.
+    let body = |i: usize| format!("body-{i}");
+    let two = |i: usize, dedup: &str| SeenKeys::of(&store, "src", dedup, Some(body(i).as_bytes()));
+    let mut kept = Vec::new();
+    for i in 0..60 {
+        let keys = match i % 6 {
+            0 => two(i, &format!("other-{i}")),
+            2 => two(i, &format!("d-{i}")),
+            3 => seen(&store, i),
+            _ => continue,
+        };
+        keys.remember(&store, &format!("e-{i}"), Duration::from_secs(60))
+            .await
+            .expect("redis");
+        kept.push(keys);
+    }
+    let reads: Vec<SeenKeys> = (0..60)
+        .map(|i| match i % 2 {
+            0 => two(i, &format!("d-{i}")),
+            _ => seen(&store, i),
+        })
+        .collect();
+    assert!(reads.iter().any(|r| r.keys().len() == 2) && reads.iter().any(|r| r.keys().len() == 1));
     let reader = DoorReader::new(store.clone());
-    let (answer, refused) = oneshot::channel();
-    let bad = Read {
-        mget: redis::cmd("MGET"),
-        answer,
-    };
-    reader.sender().try_send(bad).expect("queued");
-    let good_seen = seen(&store, 1);
-    let good = reader.first(&good_seen);
-    let (good, refused) = tokio::time::timeout(T, async { tokio::join!(good, refused) })
+    let before = store.round_trips();
+    let answers = tokio::time::timeout(T, join_all(reads.iter().map(|s| reader.first(s))))
         .await
         .expect("answered");
-    assert_eq!(good.expect("redis").as_deref(), Some("e-1"));
-    let refused = refused.expect("answered").expect_err("refused");
-    assert_eq!(refused.to_string(), StoreError::from(direct).to_string());
-    clean(&store, 1..2).await;
+    assert_eq!(store.round_trips() - before, 1, "one MGET for 60 reads");
+    for (i, answer) in answers.into_iter().enumerate() {
+        let expected = matches!(i % 6, 0 | 2 | 3).then(|| format!("e-{i}"));
+        assert_eq!(answer.expect("redis"), expected, "read {i}");
+        // The same as the read alone.
+        assert_eq!(
+            reads[i].first(&store).await.expect("redis"),
+            expected,
+            "direct read {i}"
+        );
+    }
+    let mut keys: Vec<String> = kept.iter().flat_map(|k| k.keys().to_vec()).collect();
+    keys.extend((0..60).map(|i| store.key(&["event", &format!("e-{i}")])));
+    delete(&store, keys).await;
 }
 
 #[tokio::test]
