@@ -8,7 +8,6 @@ use crate::platform::BodyFreeSignature;
 use deadpool_redis::redis;
 use sha2::{Digest, Sha256};
 use shared::store::{Store, StoreError};
-use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The keys under which a kept event is remembered at the door, and what its event id's own
@@ -69,36 +68,34 @@ impl SeenKeys {
     }
 }
 
-/// KEYS: the markers' keys; ARGV[1] their ttl in seconds, ARGV[i + 1] the value of KEYS[i].
-/// Sets them all; answers how many.
-const REMEMBER: &str = r#"
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
-end
-return #KEYS
-"#;
-
-static REMEMBER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REMEMBER));
-
 /// Remembers many kept events (each its door keys and its `event:{id}` record, as
-/// [`SeenKeys::remember`]) in one command: one reply for them all, where a pipeline of SETs had
-/// two or three an event for this process to read (the door writer's batches).
+/// [`SeenKeys::remember`]) in one pipeline of `SET … EX`, one round trip for them all (the door
+/// writer's batches). Not one script: Redis spent about a fifth more CPU per request running
+/// the same SETs from Lua than from a pipeline (docs/PERFORMANCE.md, "Issue 18, fourth round").
 pub async fn remember_all<'a>(
     store: &Store,
     events: impl IntoIterator<Item = (&'a SeenKeys, &'a str)>,
     ttl: Duration,
 ) -> Result<(), StoreError> {
-    let mut write = REMEMBER_SCRIPT.prepare_invoke();
-    write.arg(ttl.as_secs().max(1));
+    let secs = ttl.as_secs().max(1);
+    let mut pipe = redis::pipe();
     for (seen, event_id) in events {
         for key in &seen.0 {
-            write.key(key).arg(event_id);
+            pipe.add_command(set_ex(key, event_id, secs));
         }
-        write.key(store.key(&["event", event_id])).arg(&seen.1);
+        pipe.add_command(set_ex(&store.key(&["event", event_id]), &seen.1, secs));
     }
     let mut conn = store.conn().await?;
-    write.invoke_async::<i64>(&mut conn).await?;
+    pipe.query_async::<()>(&mut conn).await?;
     Ok(())
+}
+
+/// `SET key value EX secs`, sized once. Its reply (`OK`) is read and dropped with the pipeline's.
+fn set_ex(key: &str, value: &str, secs: u64) -> redis::Cmd {
+    // "SET", "EX" and up to 20 digits.
+    let mut set = redis::Cmd::with_capacity(5, key.len() + value.len() + 25);
+    set.arg("SET").arg(key).arg(value).arg("EX").arg(secs);
+    set
 }
 
 /// What a body-free signature was to the door.

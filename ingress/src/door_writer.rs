@@ -1,10 +1,10 @@
 //! Writing the door's markers behind the answer: once the broker confirmed an event, its door
 //! keys and its `event:{id}` record (`crate::door::SeenKeys::remember`) go to a queue, and one
-//! task writes whatever is queued in one Redis command (`crate::door::remember_all`), so no
-//! request waits for that round trip and many events share one. A marker that is never written (Redis down, the process killed
-//! with markers queued) only loses a door dedup: a retry that reaches another process before the
-//! marker did is enqueued again and the worker's idempotency record answers it; this process
-//! still knows the event (`crate::recent`).
+//! task writes whatever is queued as one Redis pipeline (`crate::door::remember_all`), so no
+//! request waits for that round trip and many events share one. A marker that is never written
+//! (Redis down, the process killed with markers queued) only loses a door dedup: a retry that
+//! reaches another process before the marker did is enqueued again and the worker's idempotency
+//! record answers it; this process still knows the event (`crate::recent`).
 //!
 //! Bounded: at most `QUEUE` events wait; past that, `queue` hands the marker back and the caller
 //! writes it itself (the answer waits, as it did before). `settle` waits for what is queued, for a
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Events whose markers may wait unwritten.
 pub const QUEUE: usize = 4_096;
-/// Events written in one command at most.
+/// Events written in one pipeline at most.
 pub const BATCH: usize = 512;
 
 /// One kept event's markers.
@@ -92,7 +92,7 @@ impl DoorWriter {
     }
 }
 
-/// Writes the queue's markers, up to `BATCH` events per command, until every sender is gone.
+/// Writes the queue's markers, up to `BATCH` events per pipeline, until every sender is gone.
 async fn drain(store: Store, ttl: Duration, lost: &'static str, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
