@@ -1,14 +1,14 @@
-//! Scenario `dispatcher` (issues 5 and 18, "Measured"). Throughput: N webhook jobs are
-//! pre-loaded into the deliver queue three times; first a bare lapin consumer in this process
-//! drains them, acking each (the broker's own consume-and-ack rate, with the dispatcher's
-//! prefetch); then the ceiling (`bench post-ceiling`, its own process: consume with the same
-//! prefetch, POST each job signed to a receiver like the fast one, ack after the 2xx; see
-//! `post_ceiling`); then one `switchboard dispatcher` process delivers them to the fast local
-//! receiver. Each rate is taken over the steady middle (10 %–90 %) of its arrivals; the
-//! dispatcher is compared with the ceiling (the goal) and with the bare consumer. Accuracy: jobs
-//! for one target with a scaled-down limit (`5/2s` by default) go through two dispatcher
-//! processes sharing it; the busiest window of the limit's length at the receiver must hold no
-//! more than the limit.
+//! Scenario `dispatcher` (issues 5 and 18, "Measured"). Throughput: first a bare lapin consumer
+//! in this process drains N pre-loaded webhook jobs from the deliver queue, acking each (the
+//! broker's own consume-and-ack rate, with the dispatcher's prefetch); then, `--rounds` times,
+//! the ceiling (`bench post-ceiling`, its own process: consume with the same prefetch, POST each
+//! job signed to a receiver like the fast one, ack after the 2xx; see `post_ceiling`) and one
+//! `switchboard dispatcher` process each deliver N fresh jobs to a fast local receiver,
+//! alternating. Each rate is taken over the steady middle (10 %–90 %) of its arrivals; the
+//! rounds' rates are averaged, and each round's pair is reported too. The dispatcher is compared
+//! with the ceiling (the goal) and with the bare consumer. Accuracy: jobs for one target with a
+//! scaled-down limit (`5/2s` by default) go through two dispatcher processes sharing it; the
+//! busiest window of the limit's length at the receiver must hold no more than the limit.
 use super::fixture::{
     collect_arrivals, commands_between, redis_commands, Arrival, Common, ConfigSpec, Fixture,
     OUT_SECRET,
@@ -52,6 +52,11 @@ pub struct DispatcherArgs {
     /// Give up waiting for deliveries after this long (each part).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The ceiling and the dispatcher each run this many times, alternating, each on fresh
+    /// jobs; their rates are averaged: a single pair moves by tens of percent with the machine's
+    /// load (docs/PERFORMANCE.md), and drift then weighs on both alike.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
 }
 
 pub async fn run(common: &Common, args: &DispatcherArgs) -> anyhow::Result<Report> {
@@ -186,62 +191,61 @@ async fn measure(
     let bare_rate = stats::steady_rate(&bare, 0.1, 0.9).unwrap_or(0.0);
     eprintln!("bench dispatcher: bare consume-and-ack {bare_rate:.0}/s");
 
-    // The ceiling: consume, POST, ack, in a process of its own.
-    eprintln!("bench dispatcher: pre-loading {n} jobs for the POST-and-ack ceiling");
-    fixture
-        .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
-        .await?;
-    let ceiling = post_ceiling_part(common, args, fixture, &deliver, ticks).await?;
-    eprintln!(
-        "bench dispatcher: POST-and-ack ceiling {:.0}/s",
-        ceiling.rate
-    );
-
-    // One dispatcher process (or `--processes` of them).
+    // The ceiling (consume, POST, ack, in a process of its own) and the dispatcher, alternating.
     let procs_n = args.processes.max(1);
-    eprintln!("bench dispatcher: pre-loading {n} jobs for {procs_n} dispatcher process(es)");
-    fixture
-        .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
-        .await?;
-    let mut delivering = Vec::new();
-    for i in 0..procs_n {
-        let log = match i {
-            0 => fixture.file("dispatcher.log"),
-            _ => fixture.file(&format!("dispatcher-{i}.log")),
-        };
-        delivering.push(procs::spawn_role(
-            binary,
-            &fixture.config_path,
-            "dispatcher",
-            &common.log_level,
-            log,
-        )?);
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut ceiling_once: Option<stats::PerItem> = None;
+    let (mut ceiling_usage_last, mut one_usage, mut commands) = (Vec::new(), Vec::new(), None);
+    for round in 1..=args.rounds.max(1) {
+        eprintln!(
+            "bench dispatcher: round {round}: pre-loading {n} jobs for the POST-and-ack ceiling"
+        );
+        fixture
+            .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
+            .await?;
+        let ceiling = post_ceiling_part(common, args, fixture, &deliver, ticks, round).await?;
+        eprintln!(
+            "bench dispatcher: round {round}: POST-and-ack ceiling {:.0}/s",
+            ceiling.rate
+        );
+        match &mut ceiling_once {
+            Some(once) => once.add(&ceiling.deliveries),
+            None => ceiling_once = Some(ceiling.deliveries),
+        }
+        eprintln!(
+            "bench dispatcher: round {round}: pre-loading {n} jobs for {procs_n} dispatcher process(es)"
+        );
+        fixture
+            .publish_all(&deliver, jobs(&fixture.prefix, "crm", n), 256)
+            .await?;
+        let one = dispatcher_part(common, args, fixture, binary, fast, ticks, round).await?;
+        eprintln!(
+            "bench dispatcher: round {round}: {procs_n} dispatcher process(es) {:.0}/s",
+            one.rate
+        );
+        rounds.push(Round {
+            ceiling_rate: ceiling.rate,
+            ceiling_cpu: cpu_of(&ceiling.usage[..1.min(ceiling.usage.len())]),
+            rate: one.rate,
+            cpu: cpu_of(&one.usage[..procs_n.min(one.usage.len())]),
+        });
+        ceiling_usage_last = ceiling.usage;
+        one_usage = one.usage;
+        // The first round's: the commands per delivery do not change from round to round.
+        commands.get_or_insert(one.commands);
     }
-    let mut watched: Vec<(String, String)> = delivering
-        .iter()
-        .enumerate()
-        .map(|(i, d)| match i {
-            0 => ("dispatcher".to_owned(), d.pid().to_string()),
-            _ => (format!("dispatcher {}", i + 1), d.pid().to_string()),
-        })
-        .collect();
-    watched.push(("bench (receiver)".to_owned(), "self".to_owned()));
-    watched.extend(common.servers());
-    let redis_before = redis_commands(&common.redis).await;
-    let watch = procs::Watch::start(&watched);
-    wait_count(|| fast.accepted(), n, args.timeout).await;
-    let one_usage = watch.finish(ticks);
-    let commands = commands_between(&redis_before, &redis_commands(&common.redis).await);
-    let usage: Option<Usage> = one_usage.first().and_then(|(_, u)| *u);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let alive = stop_all(delivering).await;
-    anyhow::ensure!(alive, "a dispatcher exited during the run");
-    let delivered = offsets(fast.received().into_iter().map(|r| r.at).collect());
-    let rate = stats::steady_rate(&delivered, 0.1, 0.9).unwrap_or(0.0);
+    let commands = commands.unwrap_or_default();
+    let ceiling_rate = mean(rounds.iter().map(|r| r.ceiling_rate));
+    let rate = mean(rounds.iter().map(|r| r.rate));
     let ratio = stats::ratio(rate, bare_rate);
-    let to_ceiling = stats::ratio(rate, ceiling.rate);
-    let deliveries = stats::per_item(n, fast.accepted_per_id().into_values().map(u64::from));
-    eprintln!("bench dispatcher: {procs_n} dispatcher process(es) {rate:.0}/s");
+    let to_ceiling = stats::ratio(rate, ceiling_rate);
+    let ceiling_once = ceiling_once.unwrap_or_else(|| stats::per_item(0, []));
+    let deliveries = stats::per_item(
+        n * rounds.len(),
+        fast.accepted_per_id().into_values().map(u64::from),
+    );
+    let usage: Option<Usage> = one_usage.first().and_then(|(_, u)| *u);
+    let ceiling_usage = ceiling_usage_last.first().and_then(|(_, u)| *u);
 
     // Two dispatchers sharing one limited target, on a queue with nothing left of the first part.
     fixture.purge_stage(Stage::Deliver).await?;
@@ -290,9 +294,10 @@ async fn measure(
     let mut report = Report::new("dispatcher", machine);
     let mut t = Section::new(
         &format!(
-            "Throughput: {} webhook jobs to a fast local receiver (prefetch {} for both)",
+            "Throughput: {} webhook jobs to a fast local receiver (prefetch {} for both; ceiling and dispatcher: mean of {} rounds, CPU and RSS of the last)",
             report::count(n as f64),
-            args.concurrency
+            args.concurrency,
+            rounds.len()
         ),
         &[
             "consumer",
@@ -306,17 +311,16 @@ async fn measure(
     t.row(vec![
         "bare lapin consume + ack (in the bench process)".into(),
         report::count(bare_rate),
-        report::ratio(stats::ratio(bare_rate, ceiling.rate)),
+        report::ratio(stats::ratio(bare_rate, ceiling_rate)),
         "1.00".into(),
         "–".into(),
         "–".into(),
     ]);
-    let ceiling_usage = ceiling.usage.first().and_then(|(_, u)| *u);
     t.row(vec![
         "ceiling: consume + signed POST + ack (`bench post-ceiling`)".into(),
-        report::count(ceiling.rate),
+        report::count(ceiling_rate),
         "1.00".into(),
-        report::ratio(stats::ratio(ceiling.rate, bare_rate)),
+        report::ratio(stats::ratio(ceiling_rate, bare_rate)),
         ceiling_usage.map_or("–".into(), |u| format!("{:.0}", u.cpu_percent)),
         ceiling_usage.map_or("–".into(), |u| {
             format!("{:.0} / {:.0}", u.rss_mb, u.peak_rss_mb)
@@ -336,6 +340,7 @@ async fn measure(
         }),
     ]);
     report.sections.push(t);
+    report.sections.push(rounds_section(&rounds));
     let mut acc = Section::new(
         &format!(
             "Rate limit accuracy: {m} jobs, {} dispatcher processes, limit {} per {} ms",
@@ -362,27 +367,24 @@ async fn measure(
         &bare_usage,
     ));
     report.sections.push(report::resources(
-        "Resources while the ceiling delivered",
-        &ceiling.usage,
+        "Resources while the ceiling delivered (last round)",
+        &ceiling_usage_last,
     ));
     report.sections.push(report::resources(
-        "Resources while the dispatcher(s) delivered",
+        "Resources while the dispatcher(s) delivered (last round)",
         &one_usage,
     ));
     report.sections.push(report::redis_commands(
-        "Redis commands while one dispatcher delivered (all clients of this Redis)",
+        "Redis commands while one dispatcher delivered (first round; all clients of this Redis)",
         &commands,
-        deliveries.seen,
+        n,
         "delivery",
     ));
     let mut once = Section::new(
         "Once per job (the receivers' counts)",
         &["", "expected", "seen", "total", "repeated", "per item"],
     );
-    once.row(per_item_row(
-        "deliveries per job (ceiling)",
-        &ceiling.deliveries,
-    ));
+    once.row(per_item_row("deliveries per job (ceiling)", &ceiling_once));
     once.row(per_item_row(
         "deliveries per job (throughput part)",
         &deliveries,
@@ -396,13 +398,13 @@ async fn measure(
         "dispatcher rate / POST-and-ack ceiling's rate",
         "≥ 0.70",
         report::ratio(to_ceiling),
-        to_ceiling.is_some_and(|r| r >= 0.7) && deliveries.seen == n,
+        to_ceiling.is_some_and(|r| r >= 0.7) && deliveries.seen == deliveries.expected,
     );
     report.check(
         "dispatcher rate / broker consume-and-ack rate",
         "≥ 0.50",
         report::ratio(ratio),
-        ratio.is_some_and(|r| r >= 0.5) && deliveries.seen == n,
+        ratio.is_some_and(|r| r >= 0.5) && deliveries.seen == deliveries.expected,
     );
     report.check(
         "busiest window at the receiver",
@@ -431,11 +433,12 @@ async fn measure(
         "bare_consume_ack_per_sec": bare_rate,
         "dispatcher_per_sec": rate,
         "ratio": ratio,
-        "post_ceiling_per_sec": ceiling.rate,
+        "post_ceiling_per_sec": ceiling_rate,
         "ratio_to_ceiling": to_ceiling,
+        "rounds": rounds.iter().map(Round::json).collect::<Vec<_>>(),
         "post_ceiling": ceiling_usage,
-        "resources_ceiling": report::resources_json(&ceiling.usage),
-        "ceiling_deliveries": ceiling.deliveries,
+        "resources_ceiling": report::resources_json(&ceiling_usage_last),
+        "ceiling_deliveries": ceiling_once,
         "dispatcher": usage,
         "resources_bare": report::resources_json(&bare_usage),
         "resources_dispatcher": report::resources_json(&one_usage),
@@ -456,6 +459,131 @@ async fn measure(
     Ok(report)
 }
 
+/// One round: the ceiling's and the dispatcher's rates and CPU, each on its own batch.
+struct Round {
+    ceiling_rate: f64,
+    /// The ceiling's CPU, percent of one core.
+    ceiling_cpu: Option<f64>,
+    rate: f64,
+    /// The dispatcher processes' CPU together, percent of one core.
+    cpu: Option<f64>,
+}
+
+impl Round {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "post_ceiling_per_sec": self.ceiling_rate,
+            "post_ceiling_cpu_us_per_delivery": cpu_per(self.ceiling_cpu, self.ceiling_rate),
+            "dispatcher_per_sec": self.rate,
+            "dispatcher_cpu_us_per_delivery": cpu_per(self.cpu, self.rate),
+            "ratio_to_ceiling": stats::ratio(self.rate, self.ceiling_rate),
+        })
+    }
+}
+
+/// Microseconds of CPU per delivery: CPU (percent of one core) over the rate.
+fn cpu_per(cpu_percent: Option<f64>, rate: f64) -> Option<f64> {
+    let cpu = cpu_percent?;
+    (rate > 0.0).then(|| cpu * 10_000.0 / rate)
+}
+
+/// The CPU of these processes together (none if any was not measured).
+fn cpu_of(processes: &[(String, Option<Usage>)]) -> Option<f64> {
+    processes
+        .iter()
+        .map(|(_, u)| u.map(|u| u.cpu_percent))
+        .sum()
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (sum, k) = xs.fold((0.0, 0usize), |(s, k), x| (s + x, k + 1));
+    if k == 0 {
+        0.0
+    } else {
+        sum / k as f64
+    }
+}
+
+/// Each round's pair: how far one pair can be from another is what a single run cannot tell.
+fn rounds_section(rounds: &[Round]) -> Section {
+    let mut t = Section::new(
+        "Rounds (ceiling, then dispatcher, each on fresh jobs)",
+        &[
+            "round",
+            "ceiling /s",
+            "ceiling CPU µs per delivery",
+            "dispatcher /s",
+            "dispatcher CPU µs per delivery",
+            "× ceiling",
+        ],
+    );
+    let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+    for (i, r) in rounds.iter().enumerate() {
+        t.row(vec![
+            (i + 1).to_string(),
+            report::count(r.ceiling_rate),
+            us(cpu_per(r.ceiling_cpu, r.ceiling_rate)),
+            report::count(r.rate),
+            us(cpu_per(r.cpu, r.rate)),
+            report::ratio(stats::ratio(r.rate, r.ceiling_rate)),
+        ]);
+    }
+    t
+}
+
+/// What the dispatcher(s) did with one batch.
+struct DispatcherRun {
+    rate: f64,
+    usage: Vec<(String, Option<Usage>)>,
+    commands: Vec<(String, u64)>,
+}
+
+/// Starts `--processes` dispatchers on the `args.jobs` jobs waiting in the deliver queue, waits
+/// until the fast receiver accepted them all, and stops them (round `round` of `--rounds`).
+async fn dispatcher_part(
+    common: &Common,
+    args: &DispatcherArgs,
+    fixture: &Fixture,
+    binary: &std::path::Path,
+    fast: &Receiver,
+    ticks: u64,
+    round: usize,
+) -> anyhow::Result<DispatcherRun> {
+    let n = args.jobs;
+    // Each round's logs of its own: `dispatcher.log` for the first, `dispatcher-round2.log`, …
+    let log = match round {
+        1 => "dispatcher".to_owned(),
+        r => format!("dispatcher-round{r}"),
+    };
+    let already = fast.received().len();
+    let accepted = fast.accepted();
+    let delivering = fixture.spawn_roles(
+        binary,
+        "dispatcher",
+        &common.log_level,
+        args.processes,
+        &log,
+    )?;
+    let mut watched = procs::named("dispatcher", &delivering);
+    watched.push(("bench (receiver)".to_owned(), "self".to_owned()));
+    watched.extend(common.servers());
+    let redis_before = redis_commands(&common.redis).await;
+    let watch = procs::Watch::start(&watched);
+    wait_count(|| fast.accepted() - accepted, n, args.timeout).await;
+    let usage = watch.finish(ticks);
+    let commands = commands_between(&redis_before, &redis_commands(&common.redis).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive = stop_all(delivering).await;
+    anyhow::ensure!(alive, "a dispatcher exited during the run");
+    let this_round = fast.received().into_iter().skip(already).map(|r| r.at);
+    let delivered = offsets(this_round.collect());
+    Ok(DispatcherRun {
+        rate: stats::steady_rate(&delivered, 0.1, 0.9).unwrap_or(0.0),
+        usage,
+        commands,
+    })
+}
+
 /// What the ceiling did with one batch.
 struct CeilingRun {
     rate: f64,
@@ -471,6 +599,7 @@ async fn post_ceiling_part(
     fixture: &Fixture,
     queue: &str,
     ticks: u64,
+    round: usize,
 ) -> anyhow::Result<CeilingRun> {
     let n = args.jobs;
     let receiver = Receiver::start(Some(OUT_SECRET)).await?;
@@ -490,7 +619,10 @@ async fn post_ceiling_part(
     let (ceiling, _) = procs::spawn_self(
         "post ceiling",
         &ceiling_args,
-        fixture.file("post-ceiling.log"),
+        fixture.file(&match round {
+            1 => "post-ceiling.log".to_owned(),
+            r => format!("post-ceiling-round{r}.log"),
+        }),
         Duration::from_secs(20),
     )
     .await?;

@@ -255,6 +255,27 @@ impl Fixture {
         self.out.join(format!("{}-{name}", self.prefix))
     }
 
+    /// `n` (at least one) processes of `role` on this fixture's config, the first logging to
+    /// `<log>.log`, the others to `<log>-<i>.log`.
+    pub fn spawn_roles(
+        &self,
+        binary: &std::path::Path,
+        role: &str,
+        log_level: &str,
+        n: usize,
+        log: &str,
+    ) -> anyhow::Result<Vec<super::procs::ChildProcess>> {
+        (0..n.max(1))
+            .map(|i| {
+                let log = match i {
+                    0 => self.file(&format!("{log}.log")),
+                    _ => self.file(&format!("{log}-{i}.log")),
+                };
+                super::procs::spawn_role(binary, &self.config_path, role, log_level, log)
+            })
+            .collect()
+    }
+
     /// Deletes `queue` too at cleanup.
     pub fn own_queue(&mut self, queue: String) {
         self.extra_queues.push(queue);

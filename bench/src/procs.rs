@@ -63,6 +63,18 @@ pub fn switchboard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Processes of one role as `Watch` names them: `role`, `role 2`, `role 3`, …
+pub fn named(role: &str, processes: &[ChildProcess]) -> Vec<(String, String)> {
+    processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match i {
+            0 => (role.to_owned(), p.pid().to_string()),
+            _ => (format!("{role} {}", i + 1), p.pid().to_string()),
+        })
+        .collect()
+}
+
 /// Starts `switchboard --config <config> <role>`; admin listeners on port 0 so several roles
 /// and scenarios never collide; stderr (the logs) to `log`.
 pub fn spawn_role(

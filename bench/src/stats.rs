@@ -146,6 +146,15 @@ impl PerItem {
     pub fn exactly_once(&self) -> bool {
         self.seen == self.expected && self.repeated == 0 && self.total == self.expected as u64
     }
+
+    /// Adds the counts of another batch of other items (rounds of one scenario).
+    pub fn add(&mut self, other: &PerItem) {
+        self.expected += other.expected;
+        self.seen += other.seen;
+        self.total += other.total;
+        self.repeated += other.repeated;
+        self.max = self.max.max(other.max);
+    }
 }
 
 /// Tallies the counts of the items seen against the number expected.
@@ -195,6 +204,17 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn rounds_add_up_to_once_each_only_if_every_round_was() {
+        let mut all = per_item(3, [1, 1, 1]);
+        all.add(&per_item(2, [1, 1]));
+        assert!(all.exactly_once());
+        assert_eq!((all.expected, all.seen, all.total), (5, 5, 5));
+        all.add(&per_item(2, [1, 2]));
+        assert!(!all.exactly_once());
+        assert_eq!((all.repeated, all.max), (1, 2));
     }
 
     #[test]

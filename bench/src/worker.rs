@@ -153,29 +153,15 @@ async fn measure(
         probe_stop.clone(),
     );
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for i in 0..args.processes.max(1) {
-        let log = match i {
-            0 => fixture.file("worker.log"),
-            _ => fixture.file(&format!("worker-{i}.log")),
-        };
-        workers.push(procs::spawn_role(
-            binary,
-            &fixture.config_path,
-            "worker",
-            &common.log_level,
-            log,
-        )?);
-    }
+    let mut workers = fixture.spawn_roles(
+        binary,
+        "worker",
+        &common.log_level,
+        args.processes,
+        "worker",
+    )?;
     let ticks_per_sec = procs::ticks_per_sec();
-    let mut watched: Vec<(String, String)> = workers
-        .iter()
-        .enumerate()
-        .map(|(i, w)| match i {
-            0 => ("worker".to_owned(), w.pid().to_string()),
-            _ => (format!("worker {}", i + 1), w.pid().to_string()),
-        })
-        .collect();
+    let mut watched = procs::named("worker", &workers);
     watched.push((
         "bench (Dify stand-in, job reader)".to_owned(),
         "self".to_owned(),
