@@ -225,9 +225,9 @@ async fn measure(
         );
         rounds.push(Round {
             ceiling_rate: ceiling.rate,
-            ceiling_cpu: cpu_of(&ceiling.usage[..1.min(ceiling.usage.len())]),
+            ceiling_cpu: cpu_of(ceiling.usage.iter().take(1)),
             rate: one.rate,
-            cpu: cpu_of(&one.usage[..procs_n.min(one.usage.len())]),
+            cpu: cpu_of(one.usage.iter().take(procs_n)),
         });
         ceiling_usage_last = ceiling.usage;
         one_usage = one.usage;
@@ -488,11 +488,16 @@ fn cpu_per(cpu_percent: Option<f64>, rate: f64) -> Option<f64> {
 }
 
 /// The CPU of these processes together (none if any was not measured).
-fn cpu_of(processes: &[(String, Option<Usage>)]) -> Option<f64> {
-    processes
-        .iter()
-        .map(|(_, u)| u.map(|u| u.cpu_percent))
-        .sum()
+fn cpu_of<'a>(processes: impl Iterator<Item = &'a (String, Option<Usage>)>) -> Option<f64> {
+    processes.map(|(_, u)| u.map(|u| u.cpu_percent)).sum()
+}
+
+/// A round's log name: `name` for the first, `name-round2`, … after it.
+fn round_log(name: &str, round: usize) -> String {
+    match round {
+        1 => name.to_owned(),
+        r => format!("{name}-round{r}"),
+    }
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -550,11 +555,6 @@ async fn dispatcher_part(
     round: usize,
 ) -> anyhow::Result<DispatcherRun> {
     let n = args.jobs;
-    // Each round's logs of its own: `dispatcher.log` for the first, `dispatcher-round2.log`, …
-    let log = match round {
-        1 => "dispatcher".to_owned(),
-        r => format!("dispatcher-round{r}"),
-    };
     let already = fast.received().len();
     let accepted = fast.accepted();
     let delivering = fixture.spawn_roles(
@@ -562,7 +562,7 @@ async fn dispatcher_part(
         "dispatcher",
         &common.log_level,
         args.processes,
-        &log,
+        &round_log("dispatcher", round),
     )?;
     let mut watched = procs::named("dispatcher", &delivering);
     watched.push(("bench (receiver)".to_owned(), "self".to_owned()));
@@ -619,10 +619,7 @@ async fn post_ceiling_part(
     let (ceiling, _) = procs::spawn_self(
         "post ceiling",
         &ceiling_args,
-        fixture.file(&match round {
-            1 => "post-ceiling.log".to_owned(),
-            r => format!("post-ceiling-round{r}.log"),
-        }),
+        fixture.file(&format!("{}.log", round_log("post-ceiling", round))),
         Duration::from_secs(20),
     )
     .await?;
