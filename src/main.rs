@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// on a few threads; mimalloc serves that faster than glibc's malloc. Measured side by side with
 /// the same code (docs/PERFORMANCE.md, Findings 7): the pipeline's overhead p99 at 600 events/s
 /// 92–104 ms against 155–435 ms, one worker 1,366 events/s against 924–1,015, a dispatcher 0.60
-/// of its ceiling against 0.46, for 15–40 MB more resident memory per process.
+/// of its ceiling against 0.46 (a ceiling then on glibc's malloc; `bench` uses mimalloc too since
+/// Findings 10), for 15–40 MB more resident memory per process.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

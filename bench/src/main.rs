@@ -24,6 +24,13 @@ mod worker;
 
 use clap::{Parser, Subcommand};
 
+/// The same allocator as the `switchboard` binary: the ceilings (`ceiling-server`,
+/// `post-ceiling`) are compared with the roles, so they must not be handicapped by glibc's malloc
+/// where the roles have mimalloc (on mimalloc the POST-and-ack ceiling served a fifth more at a
+/// fifth less CPU per delivery; docs/PERFORMANCE.md, "Issue 18, fifth round").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The command line: common options, then a scenario (all six without one).
 #[derive(Debug, Parser)]
 #[command(

@@ -44,6 +44,43 @@ impl Sink {
             let _ = tx.send(Bytes::from(format!("data: {event}\n\n")));
         }
     }
+
+    /// One `message` event of a streamed chat or completion run, written straight from the
+    /// run's fields: the same JSON as [`message_event`], without a JSON tree per chunk (the
+    /// benchmarks stream 20 chunks an answer, thousands of answers a second, on the same two
+    /// cores as what they measure).
+    fn message_chunk(&self, run: &Run, piece: &str) {
+        if let Sink::Stream(tx) = self {
+            let chunk = MessageChunk {
+                event: "message",
+                task_id: &run.task_id,
+                id: run.message_id.as_deref(),
+                message_id: run.message_id.as_deref(),
+                conversation_id: run.conversation_id.as_deref(),
+                answer: piece,
+                created_at: run.created_at,
+            };
+            let mut line = Vec::with_capacity(200 + piece.len());
+            line.extend_from_slice(b"data: ");
+            // Strings and numbers only: nothing here can fail to serialize.
+            let _ = serde_json::to_writer(&mut line, &chunk);
+            line.extend_from_slice(b"\n\n");
+            let _ = tx.send(Bytes::from(line));
+        }
+    }
+}
+
+/// A streamed `message` event's fields, in Dify's order.
+#[derive(serde::Serialize)]
+struct MessageChunk<'a> {
+    event: &'a str,
+    task_id: &'a str,
+    id: Option<&'a str>,
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<&'a str>,
+    answer: &'a str,
+    created_at: i64,
 }
 
 /// What a call asks for, checked.
@@ -199,7 +236,7 @@ pub(super) async fn execute(shared: Arc<Shared>, run: Run, sink: Sink, in_flight
                 "text_chunk",
                 json!({"text": piece, "from_variable_selector": ["llm", "text"]}),
             )),
-            _ => sink.event(&message_event(&run, "message", piece)),
+            _ => sink.message_chunk(&run, piece),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -367,7 +404,41 @@ pub(super) fn workflow_run_json(id: &str, wf: &WorkflowRun) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::*;
+
+    fn run(conversation_id: Option<&str>) -> Run {
+        Run {
+            endpoint: Endpoint::Chat,
+            task_id: "task-1".into(),
+            message_id: Some("msg-1".into()),
+            conversation_id: conversation_id.map(str::to_owned),
+            message_index: 0,
+            workflow_run_id: None,
+            query: "q".into(),
+            answer: "a".into(),
+            error_mid_stream: false,
+            stop: Arc::default(),
+            created_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn a_streamed_chunk_is_the_message_event_written_directly() {
+        for conversation in [Some("conv-1"), None] {
+            let run = run(conversation);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let piece = "é \"quoted\"\n";
+            Sink::Stream(tx).message_chunk(&run, piece);
+            let line = rx.try_recv().expect("one chunk");
+            let text = std::str::from_utf8(&line).expect("utf-8");
+            let json = text
+                .strip_prefix("data: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .expect("one server-sent event");
+            let written: Value = serde_json::from_str(json).expect("JSON");
+            assert_eq!(written, message_event(&run, "message", piece));
+        }
+    }
 
     #[test]
     fn split_gives_n_pieces_that_join_to_the_text() {
