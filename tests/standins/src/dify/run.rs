@@ -51,15 +51,7 @@ impl Sink {
     /// cores as what they measure).
     fn message_chunk(&self, run: &Run, piece: &str) {
         if let Sink::Stream(tx) = self {
-            let chunk = MessageChunk {
-                event: "message",
-                task_id: &run.task_id,
-                id: run.message_id.as_deref(),
-                message_id: run.message_id.as_deref(),
-                conversation_id: run.conversation_id.as_deref(),
-                answer: piece,
-                created_at: run.created_at,
-            };
+            let chunk = MessageEvent::of(run, "message", piece);
             let mut line = Vec::with_capacity(200 + piece.len());
             line.extend_from_slice(b"data: ");
             // Strings and numbers only: nothing here can fail to serialize.
@@ -70,9 +62,10 @@ impl Sink {
     }
 }
 
-/// A streamed `message` event's fields, in Dify's order.
+/// A chat or completion run's message event (`message`, `message_end`, the blocking answer): its
+/// fields, in Dify's order.
 #[derive(serde::Serialize)]
-struct MessageChunk<'a> {
+struct MessageEvent<'a> {
     event: &'a str,
     task_id: &'a str,
     id: Option<&'a str>,
@@ -81,6 +74,20 @@ struct MessageChunk<'a> {
     conversation_id: Option<&'a str>,
     answer: &'a str,
     created_at: i64,
+}
+
+impl<'a> MessageEvent<'a> {
+    fn of(run: &'a Run, event: &'a str, answer: &'a str) -> Self {
+        Self {
+            event,
+            task_id: &run.task_id,
+            id: run.message_id.as_deref(),
+            message_id: run.message_id.as_deref(),
+            conversation_id: run.conversation_id.as_deref(),
+            answer,
+            created_at: run.created_at,
+        }
+    }
 }
 
 /// What a call asks for, checked.
@@ -333,13 +340,10 @@ fn record_end(shared: &Shared, run: &Run, end: &End, text: &str, elapsed: f64) {
     }
 }
 
+/// A message event as a JSON tree, for the events that add to it or take from it.
 fn message_event(run: &Run, event: &str, answer: &str) -> Value {
-    let mut v = json!({"event": event, "task_id": run.task_id, "id": run.message_id,
-        "message_id": run.message_id, "answer": answer, "created_at": run.created_at});
-    if let (Some(c), Some(map)) = (&run.conversation_id, v.as_object_mut()) {
-        map.insert("conversation_id".into(), json!(c));
-    }
-    v
+    // Strings and numbers only: nothing here can fail to serialize.
+    serde_json::to_value(MessageEvent::of(run, event, answer)).unwrap_or_default()
 }
 
 fn workflow_event(run: &Run, event: &str, data: Value) -> Value {
