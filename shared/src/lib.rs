@@ -25,6 +25,7 @@ pub mod signing;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod timestamp;
 pub mod topology;
 pub mod units;
 pub mod vault;
