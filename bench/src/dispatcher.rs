@@ -84,6 +84,7 @@ pub async fn run(common: &Common, args: &DispatcherArgs) -> anyhow::Result<Repor
 
 /// `n` jobs for target `target`, each its own event.
 fn jobs(prefix: &str, target: &str, n: usize) -> Vec<Vec<u8>> {
+    let now = chrono::Utc::now();
     (0..n)
         .map(|i| {
             let key = format!("{prefix}-{target}-{i}");
@@ -112,7 +113,13 @@ fn jobs(prefix: &str, target: &str, n: usize) -> Vec<Vec<u8>> {
                         task_id: Some(uuid::Uuid::now_v7().to_string()),
                         ..Default::default()
                     },
-                    timings: Timings::default(),
+                    // As a worker fills them: each job carries its event's moments.
+                    timings: Timings {
+                        received_at: Some(now - chrono::Duration::milliseconds(1_200)),
+                        dify_started_at: Some(now - chrono::Duration::milliseconds(1_150)),
+                        dify_ms: Some(1_100),
+                        answered_at: Some(now),
+                    },
                 },
                 attempts: Vec::new(),
                 replay_of: None,
