@@ -39,7 +39,8 @@ pub struct DifyClient {
 
 pub(super) struct Inner {
     pub(super) http: reqwest::Client,
-    /// Per app id: the permits bounding calls in flight to that app from this process.
+    /// Per app id: the permits bounding calls in flight to that app from this process, and its
+    /// run endpoint once parsed.
     limits: Mutex<HashMap<String, Limit>>,
 }
 
@@ -591,6 +592,21 @@ mod tests {
         let client = DifyClient::new(reqwest::Client::new(), &[chat.clone()]);
         let first = client.run_endpoint(&chat, "chat-messages");
         assert_eq!(first, endpoint(&chat, "chat-messages"));
+        // Kept with what it was parsed from, and handed out from there.
+        let kept = |client: &DifyClient| {
+            let limits = client
+                .inner
+                .limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            limits.get("a").and_then(|l| l.run.clone())
+        };
+        let url = first.clone().ok();
+        assert_eq!(
+            kept(&client),
+            url.clone()
+                .map(|u| ("http://dify.test/v1/".to_owned(), "chat-messages", u))
+        );
         assert_eq!(client.run_endpoint(&chat, "chat-messages"), first);
         // Another path or another base URL under the same app id is parsed anew.
         assert_eq!(
