@@ -190,10 +190,7 @@ pub struct InboundEvent {
     pub dedup_key: String,
     /// What happened (`message`, a GitHub event name, …).
     pub kind: String,
-    #[serde(
-        serialize_with = "crate::timestamp::rfc3339",
-        deserialize_with = "crate::timestamp::read"
-    )]
+    #[serde(with = "crate::timestamp")]
     pub received_at: DateTime<Utc>,
     pub conversation: Conversation,
     /// The user's text, extracted from the platform's message.
@@ -218,10 +215,7 @@ impl Envelope for InboundEvent {
 /// One try at a stage: calling Dify for an event, or delivering a job to a target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attempt {
-    #[serde(
-        serialize_with = "crate::timestamp::rfc3339",
-        deserialize_with = "crate::timestamp::read"
-    )]
+    #[serde(with = "crate::timestamp")]
     pub at: DateTime<Utc>,
     pub outcome: AttemptOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,24 +364,12 @@ pub struct AnswerPayload {
 /// When things happened, so receivers can see where time went.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Timings {
-    #[serde(
-        default,
-        serialize_with = "crate::timestamp::rfc3339_opt",
-        deserialize_with = "crate::timestamp::read_opt"
-    )]
+    #[serde(default, with = "crate::timestamp::option")]
     pub received_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        serialize_with = "crate::timestamp::rfc3339_opt",
-        deserialize_with = "crate::timestamp::read_opt"
-    )]
+    #[serde(default, with = "crate::timestamp::option")]
     pub dify_started_at: Option<DateTime<Utc>>,
     pub dify_ms: Option<u64>,
-    #[serde(
-        default,
-        serialize_with = "crate::timestamp::rfc3339_opt",
-        deserialize_with = "crate::timestamp::read_opt"
-    )]
+    #[serde(default, with = "crate::timestamp::option")]
     pub answered_at: Option<DateTime<Utc>>,
 }
 

@@ -18,38 +18,44 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Serializer;
 use std::fmt;
 
-/// `#[serde(serialize_with = "crate::timestamp::rfc3339")]` on a `DateTime<Utc>`.
-pub fn rfc3339<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+/// Writes a `DateTime<Utc>`: `#[serde(with = "crate::timestamp")]` on the field.
+pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
-/// The same for an `Option<DateTime<Utc>>` (`null` when absent, as chrono's own).
-pub fn rfc3339_opt<S: Serializer>(
-    at: &Option<DateTime<Utc>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => rfc3339(at, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// `#[serde(deserialize_with = "crate::timestamp::read")]` on a `DateTime<Utc>`.
-pub fn read<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+/// Reads a `DateTime<Utc>`: `#[serde(with = "crate::timestamp")]` on the field.
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
     deserializer.deserialize_str(MomentVisitor)
 }
 
-/// The same for an `Option<DateTime<Utc>>` (`null` is `None`). With `deserialize_with`, serde no
-/// longer treats a missing field as `None` by itself: give the field `#[serde(default)]` too.
-pub fn read_opt<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<DateTime<Utc>>, D::Error> {
-    deserializer.deserialize_option(MaybeMomentVisitor)
+/// The same for an `Option<DateTime<Utc>>` (`null` when absent, as chrono's own):
+/// `#[serde(default, with = "crate::timestamp::option")]`. With `with`, serde no longer treats
+/// a missing field as `None` by itself: hence the `default`.
+pub mod option {
+    use super::MaybeMomentVisitor;
+    use chrono::{DateTime, Utc};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => super::serialize(at, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        deserializer.deserialize_option(MaybeMomentVisitor)
+    }
 }
 
 /// A moment from its text (pure): strict RFC 3339 first, then whatever else chrono's `FromStr`
 /// (what its `Deserialize` uses) takes.
-pub fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(text)
         .or_else(|_| text.parse::<DateTime<FixedOffset>>())
         .map(|at| at.with_timezone(&Utc))
@@ -87,7 +93,7 @@ impl<'de> Visitor<'de> for MaybeMomentVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        read(deserializer).map(Some)
+        deserialize(deserializer).map(Some)
     }
 }
 
@@ -99,9 +105,9 @@ mod tests {
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
     struct Ours {
-        #[serde(serialize_with = "rfc3339", deserialize_with = "read")]
+        #[serde(with = "super")]
         at: DateTime<Utc>,
-        #[serde(default, serialize_with = "rfc3339_opt", deserialize_with = "read_opt")]
+        #[serde(default, with = "super::option")]
         maybe: Option<DateTime<Utc>>,
     }
 
@@ -207,7 +213,7 @@ mod tests {
 
     #[derive(serde::Deserialize, Debug)]
     struct Wrapped {
-        #[serde(deserialize_with = "read")]
+        #[serde(deserialize_with = "super::deserialize")]
         at: DateTime<Utc>,
     }
 }

@@ -63,6 +63,13 @@ impl Limit {
     }
 }
 
+/// The state of `app` in `limits`, made on first use for an app the client was not built with.
+fn limit_of<'m>(limits: &'m mut HashMap<String, Limit>, app: &AppConfig) -> &'m mut Limit {
+    limits
+        .entry(app.id.clone())
+        .or_insert_with(|| Limit::new(app.concurrency))
+}
+
 impl fmt::Debug for DifyClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let apps: Vec<String> = match self.inner.limits.lock() {
@@ -99,20 +106,14 @@ impl DifyClient {
     fn permits_of(&self, app: &AppConfig) -> Arc<Semaphore> {
         // A poisoned lock only means another task panicked while holding it; the map is intact.
         let mut limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits
-            .entry(app.id.clone())
-            .or_insert_with(|| Limit::new(app.concurrency))
-            .permits
-            .clone()
+        limit_of(&mut limits, app).permits.clone()
     }
 
     /// `endpoint(app, path)` for the run endpoints, parsed once per app (again only if the app's
     /// base URL is not the one it was parsed from).
     fn run_endpoint(&self, app: &AppConfig, path: &'static str) -> Result<reqwest::Url, DifyError> {
         let mut limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner());
-        let limit = limits
-            .entry(app.id.clone())
-            .or_insert_with(|| Limit::new(app.concurrency));
+        let limit = limit_of(&mut limits, app);
         match &limit.run {
             Some((base, p, url)) if *base == app.base_url && *p == path => Ok(url.clone()),
             _ => {
