@@ -351,18 +351,19 @@ async fn measure(
         format!("{} events/s", report::count(steady)),
         steady >= 1000.0 && jobs == args.events,
     );
+    // Overall, as the bound is: a backlog drained in bursts can read high over its middle.
     report.check(
-        "one worker's sustained rate (issue 18)",
+        "one worker's rate overall (issue 18)",
         "≥ 2,000 events/s",
         match &bound {
             Some(b) => format!(
                 "{} events/s (this machine's bound: {}/s)",
-                report::count(steady),
+                report::count(overall),
                 report::count(b.bound_per_sec)
             ),
-            None => format!("{} events/s", report::count(steady)),
+            None => format!("{} events/s", report::count(overall)),
         },
-        steady >= 2000.0 && jobs == args.events,
+        overall >= 2000.0 && jobs == args.events,
     );
     if let Some(b) = bound.as_ref().filter(|b| b.bound_per_sec < 2000.0) {
         report.note(format!(

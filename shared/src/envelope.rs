@@ -50,7 +50,7 @@ const ENCODE_CAPACITY: usize = 1024;
 /// Encodes an envelope with its kind and version: `{"envelope":KIND,"v":VERSION,` and then the
 /// message's own fields. The bytes are those of a struct with the message flattened into it
 /// (tested), written without serde's `flatten`, which sends every field through a map
-/// serializer (about a third of the ingress's `encode`).
+/// serializer (with the buffer's growth, a tenth of the ingress's `encode`).
 pub fn encode<T: Envelope>(msg: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(ENCODE_CAPACITY);
     out.extend_from_slice(br#"{"envelope":"#);
@@ -720,6 +720,13 @@ mod tests {
         same(&continued);
         same(&DeadLetter::from_job(&job, Reason::Permanent, "gone"));
         same(&DeadLetter::from_event(&e, Reason::Poison, "crashed"));
+        same(&crate::progress::ReplyProgress {
+            job_id: job.id,
+            destination: job.destination.clone(),
+            payload: job.payload.clone(),
+            epoch: 3,
+            seq: 7,
+        });
     }
 
     /// A message without fields still makes a whole object.
