@@ -359,24 +359,25 @@ async fn measure(
             Some(b) => format!(
                 "{} events/s (this machine's bound: {}/s)",
                 report::count(overall),
-                report::count(b.bound_per_sec)
+                report::count(b.bound_per_sec())
             ),
             None => format!("{} events/s", report::count(overall)),
         },
         overall >= 2000.0 && jobs == args.events,
     );
-    if let Some(b) = bound.as_ref().filter(|b| b.bound_per_sec < 2000.0) {
+    if let Some(b) = bound.as_ref().filter(|b| b.bound_per_sec() < 2000.0) {
         report.note(format!(
             "2,000 events/s cannot be shown on this machine: the processes beside the worker \
              (the Dify stand-in streaming {} chunks an answer, the job reader, the broker, Redis) \
-             used {:.0} µs of CPU per event, so at that cost its {cores} cores would serve about \
+             used {:.0} µs of CPU per event, so at that cost its {} cores would serve about \
              {}/s at most with a worker that cost nothing; the worker used {:.0} µs per event, \
              {}/s per core of its own",
             args.chunks,
             b.others_us,
-            report::count(b.bound_per_sec),
+            b.cores,
+            report::count(b.bound_per_sec()),
             b.worker_us,
-            report::count(b.worker_per_core),
+            report::count(b.worker_per_core()),
         ));
     }
     report.check(
@@ -429,9 +430,9 @@ async fn measure(
         "machine_bound": bound.as_ref().map(|b| serde_json::json!({
             "worker_cpu_us_per_event": b.worker_us,
             "others_cpu_us_per_event": b.others_us,
-            "bound_events_per_sec": b.bound_per_sec,
-            "worker_events_per_core_sec": b.worker_per_core,
-            "cores": cores,
+            "bound_events_per_sec": b.bound_per_sec(),
+            "worker_events_per_core_sec": b.worker_per_core(),
+            "cores": b.cores,
         })),
         "redis_ping_from_bench": ping,
         "broker_confirm_from_bench": confirm,
@@ -450,10 +451,8 @@ struct MachineBound {
     worker_us: f64,
     /// CPU µs per event of every other measured process.
     others_us: f64,
-    /// The most events per second `cores` could serve if the worker cost nothing.
-    bound_per_sec: f64,
-    /// Events per second per core of CPU the worker uses (1 s / its CPU per event).
-    worker_per_core: f64,
+    /// The machine's cores.
+    cores: usize,
 }
 
 impl MachineBound {
@@ -484,9 +483,18 @@ impl MachineBound {
         Some(Self {
             worker_us,
             others_us,
-            bound_per_sec: cores as f64 * 1e6 / others_us,
-            worker_per_core: 1e6 / worker_us,
+            cores,
         })
+    }
+
+    /// The most events per second the cores could serve if the worker cost nothing.
+    fn bound_per_sec(&self) -> f64 {
+        self.cores as f64 * 1e6 / self.others_us
+    }
+
+    /// Events per second per core of CPU the worker uses (1 s / its CPU per event).
+    fn worker_per_core(&self) -> f64 {
+        1e6 / self.worker_us
     }
 
     fn section(&self) -> Section {
@@ -505,11 +513,11 @@ impl MachineBound {
             ),
             (
                 "the most these cores could serve with a worker that cost nothing",
-                format!("{} events/s", report::count(self.bound_per_sec)),
+                format!("{} events/s", report::count(self.bound_per_sec())),
             ),
             (
                 "the worker's rate per core of its own (1 s / its CPU per event)",
-                format!("{} events/s", report::count(self.worker_per_core)),
+                format!("{} events/s", report::count(self.worker_per_core())),
             ),
         ] {
             t.row(vec![what.to_owned(), value]);
@@ -547,8 +555,8 @@ mod tests {
         assert!((b.worker_us - 600.0).abs() < 1e-9, "{b:?}");
         assert!((b.others_us - 1000.0).abs() < 1e-9, "{b:?}");
         // Two cores, 1 ms of the others' CPU per event: 2,000/s at most.
-        assert!((b.bound_per_sec - 2000.0).abs() < 1e-6, "{b:?}");
-        assert!((b.worker_per_core - 1e6 / 600.0).abs() < 1e-6, "{b:?}");
+        assert!((b.bound_per_sec() - 2000.0).abs() < 1e-6, "{b:?}");
+        assert!((b.worker_per_core() - 1e6 / 600.0).abs() < 1e-6, "{b:?}");
         // Two worker processes: both are the worker's.
         let b = MachineBound::of(&rows, 2, 1000.0, 2).unwrap();
         assert!((b.worker_us - 1000.0).abs() < 1e-9, "{b:?}");
