@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auditors;
+pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod consumer;

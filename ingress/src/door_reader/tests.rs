@@ -150,20 +150,3 @@ async fn each_read_is_answered_from_its_own_keys_in_a_batch_of_one_and_two_key_r
     keys.extend((0..60).map(|i| store.key(&["event", &format!("e-{i}")])));
     delete(&store, keys).await;
 }
-
-#[tokio::test]
-async fn a_full_queue_turns_reads_into_direct_ones() {
-    let store = store("redis://127.0.0.1:1", "test-door-reader-full");
-    let reader = DoorReader::new(store.clone());
-    // On this current-thread runtime the reader's task does not run before this loop yields.
-    let mut waiting = Vec::new();
-    let mut direct = 0;
-    for i in 0..QUEUE + 5 {
-        match reader.ask(&seen(&store, i)) {
-            Some(w) => waiting.push(w),
-            None => direct += 1,
-        }
-    }
-    assert_eq!(direct, 5);
-    assert_eq!(waiting.len(), QUEUE);
-}
