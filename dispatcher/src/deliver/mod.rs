@@ -36,7 +36,7 @@ use crate::target::{Context, Outcome, Verdict};
 use crate::STORE_WAIT;
 use lapin::message::Delivery;
 use lapin::options::BasicRejectOptions;
-use marks::{Entry, Marks};
+use marks::{Entry, MarkRounds, Marks};
 use shared::config::Config;
 use shared::envelope::{decode, DeadLetter, Destination, DispatchJob, Reason};
 use shared::progress::ReplyProgress;
@@ -57,6 +57,8 @@ pub struct Dispatcher {
     replies: HashMap<String, Route>,
     limiter: RateLimiter,
     breaker: Breaker,
+    /// The jobs' marks, entered and set in round trips shared by concurrent jobs.
+    marks: MarkRounds,
     delivered_ttl: Duration,
     lock_ttl: Duration,
     wait_budget: Duration,
@@ -76,6 +78,7 @@ impl Dispatcher {
             },
             limiter: RateLimiter::new(services.store.clone()),
             breaker: Breaker::new(services.store.clone(), Default::default()),
+            marks: MarkRounds::new(services.store.clone()),
             delivered_ttl: d.delivered_ttl,
             wait_budget: d.wait_budget,
             // Longer than any one delivery can take, so two dispatchers never post the same
@@ -140,7 +143,7 @@ impl Dispatcher {
 
     /// One job, step by step; a step that does not let the job through settles it.
     async fn process(&self, job: DispatchJob) -> Settle {
-        let marks = Marks::of(&self.services.store, &job);
+        let marks = Marks::of(&self.marks, &job);
         let target = admit::target_name(&job);
         // This attempt's own: a lock that failed to answer is released only if it is ours.
         let token = format!("{:016x}", rand::random::<u64>());
