@@ -12,11 +12,17 @@
 //! or the batch's error (the connection, the pool, Redis refusing the command), which it would
 //! have got alone too. What an error means is the caller's business.
 //!
-//! Bounded: at most `queue` asks wait; past that an ask runs alone, at once. The task starts on
-//! the first ask and ends when the batcher is dropped and every batch in flight was answered;
-//! nothing waits for it at a stop.
+//! An ask may also be told rather than asked ([`Batcher::tell`]): it goes in the next batch like
+//! any other, and nobody waits for its answer (the ingress's door markers, written behind the
+//! answer to the platform); [`Batcher::settle`] waits until everything queued before it was
+//! sent and answered, for a graceful stop.
+//!
+//! Bounded: at most `queue` asks wait and `in_flight` batches are out; past that an ask runs
+//! alone, at once, and a told one is handed back. The task starts on the first ask and ends when the batcher is dropped and every
+//! batch in flight was answered; nothing else waits for it at a stop.
 use crate::store::StoreError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -45,6 +51,9 @@ pub struct Limits {
     pub batch: usize,
     /// How long asks queued behind a batch in flight wait for it before they go on their own.
     pub patience: Duration,
+    /// Batches in flight at most: past that, asks wait for an answer however long it takes
+    /// (and the queue, filling, sends new asks to round trips of their own).
+    pub in_flight: usize,
 }
 
 impl Default for Limits {
@@ -53,23 +62,31 @@ impl Default for Limits {
             queue: 4_096,
             batch: 256,
             patience: Duration::from_millis(2),
+            in_flight: 4,
         }
     }
 }
 
 type Answer<R> = Result<<R as Round>::Answer, StoreError>;
 
-/// One ask and where its answer goes.
+/// One ask and where its answer goes (nowhere for an ask told).
 struct Queued<R: Round> {
     ask: R::Ask,
-    answer: oneshot::Sender<Answer<R>>,
+    answer: Option<oneshot::Sender<Answer<R>>>,
+}
+
+/// What reaches the batching task.
+enum Message<R: Round> {
+    Ask(Queued<R>),
+    /// Answered once every ask queued before it was sent and answered.
+    Settle(oneshot::Sender<()>),
 }
 
 /// The queue of asks and the task that batches them (started on the first ask).
 pub struct Batcher<R: Round> {
     round: Arc<R>,
     limits: Limits,
-    queue: OnceLock<mpsc::Sender<Queued<R>>>,
+    queue: OnceLock<mpsc::Sender<Message<R>>>,
 }
 
 impl<R: Round> std::fmt::Debug for Batcher<R> {
@@ -88,6 +105,7 @@ impl<R: Round> Batcher<R> {
                 queue: limits.queue.max(1),
                 batch: limits.batch.max(1),
                 patience: limits.patience,
+                in_flight: limits.in_flight.max(1),
             },
             queue: OnceLock::new(),
         }
@@ -98,19 +116,54 @@ impl<R: Round> Batcher<R> {
     /// it answered (the runtime stopping).
     pub async fn ask(&self, ask: R::Ask) -> Answer<R> {
         let (answer, answered) = oneshot::channel();
-        match self.sender().try_send(Queued { ask, answer }) {
+        let queued = Queued {
+            ask,
+            answer: Some(answer),
+        };
+        match self.sender().try_send(Message::Ask(queued)) {
             Ok(()) => answered.await.unwrap_or_else(|_| {
                 Err(StoreError::Pool(
                     "the batch was dropped before it was answered".into(),
                 ))
             }),
-            Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => {
-                one(&*self.round, q.ask).await
+            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
+                match m {
+                    Message::Ask(q) => one(&*self.round, q.ask).await,
+                    Message::Settle(_) => unreachable!("an ask was sent"),
+                }
             }
         }
     }
 
-    fn sender(&self) -> &mpsc::Sender<Queued<R>> {
+    /// Queues `ask` for the next batch without waiting for its answer (what the round trip
+    /// says of it, an error too, is the `Round`'s to record); hands it back when the queue is
+    /// full, for the caller to run it some other way.
+    pub fn tell(&self, ask: R::Ask) -> Result<(), R::Ask> {
+        let queued = Queued { ask, answer: None };
+        match self.sender().try_send(Message::Ask(queued)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
+                match m {
+                    Message::Ask(q) => Err(q.ask),
+                    Message::Settle(_) => unreachable!("an ask was sent"),
+                }
+            }
+        }
+    }
+
+    /// Waits until every ask queued so far was sent and answered (or its round trip failed),
+    /// for at most `limit`: whether it was.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let Some(queue) = self.queue.get() else {
+            return true;
+        };
+        let (done, settled) = oneshot::channel();
+        let asked =
+            async { queue.send(Message::Settle(done)).await.is_ok() && settled.await.is_ok() };
+        tokio::time::timeout(limit, asked).await.unwrap_or(false)
+    }
+
+    fn sender(&self) -> &mpsc::Sender<Message<R>> {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.limits.queue);
             tokio::spawn(batch(self.round.clone(), self.limits, rx));
@@ -131,9 +184,15 @@ fn short() -> StoreError {
 
 /// Sends the queued asks in batches (see the module's paragraph) until the batcher is dropped
 /// and every batch in flight was answered.
-async fn batch<R: Round>(round: Arc<R>, limits: Limits, mut rx: mpsc::Receiver<Queued<R>>) {
+async fn batch<R: Round>(round: Arc<R>, limits: Limits, mut rx: mpsc::Receiver<Message<R>>) {
     let mut in_flight = FuturesUnordered::new();
     let mut queued: Vec<Queued<R>> = Vec::with_capacity(limits.batch);
+    let mut received: Vec<Message<R>> = Vec::with_capacity(limits.batch);
+    // Batches are numbered from 1 as they go; those not yet answered, and the settles waiting,
+    // each for the batch that holds the last ask queued before it.
+    let mut sent = 0_u64;
+    let mut out = BTreeSet::new();
+    let mut settles: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     // When the last batch went, and the timer that ends the patience of the asks behind it (set
     // only when asks do wait behind one: an idle ask never touches it).
     let mut sent_at = Instant::now();
@@ -141,19 +200,42 @@ async fn batch<R: Round>(round: Arc<R>, limits: Limits, mut rx: mpsc::Receiver<Q
     tokio::pin!(patience);
     let mut open = true;
     loop {
+        for message in received.drain(..) {
+            match message {
+                Message::Ask(q) => queued.push(q),
+                Message::Settle(done) => {
+                    settles.push((sent + u64::from(!queued.is_empty()), done));
+                }
+            }
+        }
         if !queued.is_empty()
+            && in_flight.len() < limits.in_flight
             && (in_flight.is_empty() || sent_at + limits.patience <= Instant::now())
         {
             // Sized to the batch; the queue keeps its room for the next one.
             let mut batch = Vec::with_capacity(queued.len());
             batch.append(&mut queued);
-            in_flight.push(answer(round.clone(), batch));
+            sent += 1;
+            out.insert(sent);
+            in_flight.push(answer(round.clone(), sent, batch));
             sent_at = Instant::now();
+        }
+        if !settles.is_empty() {
+            // Settled: its batch went, and neither it nor any before it is still out.
+            let oldest_out = out.first().copied().unwrap_or(u64::MAX);
+            let (settled, still): (Vec<_>, Vec<_>) = settles
+                .drain(..)
+                .partition(|(last, _)| *last <= sent && *last < oldest_out);
+            settles = still;
+            for (_, done) in settled {
+                let _ = done.send(());
+            }
         }
         if !open && queued.is_empty() && in_flight.is_empty() {
             break;
         }
-        let waiting = !queued.is_empty() && !in_flight.is_empty();
+        let waiting =
+            !queued.is_empty() && !in_flight.is_empty() && in_flight.len() < limits.in_flight;
         if waiting && patience.deadline() != sent_at + limits.patience {
             patience.as_mut().reset(sent_at + limits.patience);
         }
@@ -161,8 +243,10 @@ async fn batch<R: Round>(round: Arc<R>, limits: Limits, mut rx: mpsc::Receiver<Q
         tokio::select! {
             // Answers first: they free the asks that waited longest.
             biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            n = rx.recv_many(&mut queued, room), if open && room > 0 => open = n > 0,
+            Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
+                out.remove(&answered);
+            }
+            n = rx.recv_many(&mut received, room), if open && room > 0 => open = n > 0,
             () = &mut patience, if waiting => {}
             // Never: with nothing to wait for, the loop has ended above.
             else => break,
@@ -171,21 +255,26 @@ async fn batch<R: Round>(round: Arc<R>, limits: Limits, mut rx: mpsc::Receiver<Q
 }
 
 /// One batch's round trip: every ask gets its own answer, in order, or the round trip's error.
-async fn answer<R: Round>(round: Arc<R>, queued: Vec<Queued<R>>) {
+/// Says which batch (`number`) was answered.
+async fn answer<R: Round>(round: Arc<R>, number: u64, queued: Vec<Queued<R>>) -> u64 {
     let (asks, answers): (Vec<_>, Vec<_>) = queued.into_iter().map(|q| (q.ask, q.answer)).unzip();
     match round.run(asks).await {
         Ok(got) => {
             let mut got = got.into_iter();
             for answer in answers {
-                let _ = answer.send(got.next().ok_or_else(short));
+                let got = got.next().ok_or_else(short);
+                if let Some(answer) = answer {
+                    let _ = answer.send(got);
+                }
             }
         }
         Err(e) => {
-            for answer in answers {
+            for answer in answers.into_iter().flatten() {
                 let _ = answer.send(Err(e.clone()));
             }
         }
     }
+    number
 }
 
 #[cfg(test)]
@@ -296,5 +385,78 @@ mod tests {
         let mut sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         sizes.sort_unstable();
         assert_eq!(sizes, vec![1, 1, 1, 2], "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_told_ask_goes_in_the_next_batch_and_settle_waits_for_it() {
+        let double = Arc::new(Double::default());
+        let batcher = Batcher::new(double.clone(), Limits::default());
+        // Nothing queued yet: settled at once.
+        assert!(batcher.settle(T).await);
+        for i in 0..5 {
+            batcher.tell(i).expect("room");
+        }
+        assert_eq!(batcher.ask(5).await.unwrap(), 10);
+        batcher.tell(6).expect("room");
+        assert!(batcher.settle(T).await);
+        let batches = double.batches.lock().unwrap().clone();
+        // The told asks went like the asked one, in the order queued.
+        assert_eq!(batches.concat(), (0..7).collect::<Vec<_>>(), "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_told_ask_is_handed_back_when_the_queue_is_full() {
+        let limits = Limits {
+            queue: 2,
+            ..Limits::default()
+        };
+        let batcher = Batcher::new(Arc::new(Double::default()), limits);
+        // On this current-thread runtime the batching task does not run before this loop yields.
+        let handed_back: Vec<u32> = (0..5).filter_map(|i| batcher.tell(i).err()).collect();
+        assert_eq!(handed_back, vec![2, 3, 4]);
+        assert!(batcher.settle(T).await);
+    }
+
+    /// Answers once let through (`open`), recording what it was sent.
+    struct Gated {
+        open: tokio::sync::Semaphore,
+        sent: Mutex<Vec<u32>>,
+    }
+
+    impl Round for Arc<Gated> {
+        type Ask = u32;
+        type Answer = u32;
+        async fn run(&self, asks: Vec<u32>) -> Result<Vec<u32>, StoreError> {
+            self.sent.lock().unwrap().extend(&asks);
+            self.open.acquire().await.expect("open").forget();
+            Ok(asks)
+        }
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_a_batch_still_out_and_not_for_asks_queued_after_it() {
+        let gated = Arc::new(Gated {
+            open: tokio::sync::Semaphore::new(0),
+            sent: Mutex::new(Vec::new()),
+        });
+        let batcher = Arc::new(Batcher::new(gated.clone(), Limits::default()));
+        batcher.tell(1).expect("room");
+        // Until the first batch is answered, nothing settles it.
+        assert!(!batcher.settle(Duration::from_millis(50)).await);
+        let settling = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.settle(T).await }
+        });
+        // The settle queued (this runtime has one thread: the spawned task runs when this one
+        // yields), then an ask behind it, which goes in a batch of its own, held up too.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        batcher.tell(2).expect("room");
+        gated.open.add_permits(1);
+        assert!(settling.await.unwrap(), "settled by the first batch alone");
+        gated.open.add_permits(1);
+        assert!(batcher.settle(T).await);
+        assert_eq!(*gated.sent.lock().unwrap(), vec![1, 2]);
     }
 }
