@@ -42,7 +42,7 @@ impl SeenKeys {
     }
 
     /// The id of the event first kept under any of these keys (one round trip of its own;
-    /// `crate::door_reader` shares one among many requests).
+    /// `crate::door_rounds` shares one among many requests).
     pub async fn first(&self, store: &Store) -> Result<Option<String>, StoreError> {
         let mut conn = store.conn().await?;
         let found: Vec<Option<String>> = redis::cmd("MGET")
@@ -57,37 +57,38 @@ impl SeenKeys {
         &self.0
     }
 
-    /// Remembers the event under every key for `ttl`, and its origin under its id.
+    /// Remembers the event under every key for `ttl`, and its origin under its id: one
+    /// pipeline of its own (`crate::door_rounds` shares one among many events).
     pub async fn remember(
         &self,
         store: &Store,
         event_id: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        remember_all(store, [(self, event_id)], ttl).await
+        let mut pipe = redis::pipe();
+        add_remember(&mut pipe, store, self, event_id, ttl.as_secs().max(1));
+        let mut conn = store.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
     }
 }
 
-/// Remembers many kept events (each its door keys and its `event:{id}` record, as
-/// [`SeenKeys::remember`]) in one pipeline of `SET … EX`, one round trip for them all (the door
-/// writer's batches). Not one script: Redis spent about a fifth more CPU per request running
-/// the same SETs from Lua than from a pipeline (docs/PERFORMANCE.md, "Issue 18, fourth round").
-pub async fn remember_all<'a>(
+/// Adds one kept event's markers to `pipe`, their replies ignored: `SET … EX secs` of its door
+/// keys and of its `event:{id}` record. Pipelined SETs, not a script: Redis spent about a fifth
+/// more CPU per request running the same SETs from Lua (docs/PERFORMANCE.md, "Issue 18, fourth
+/// round").
+pub fn add_remember(
+    pipe: &mut redis::Pipeline,
     store: &Store,
-    events: impl IntoIterator<Item = (&'a SeenKeys, &'a str)>,
-    ttl: Duration,
-) -> Result<(), StoreError> {
-    let secs = ttl.as_secs().max(1);
-    let mut pipe = redis::pipe();
-    for (seen, event_id) in events {
-        for key in &seen.0 {
-            pipe.add_command(set_ex(key, event_id, secs));
-        }
-        pipe.add_command(set_ex(&store.key(&["event", event_id]), &seen.1, secs));
+    seen: &SeenKeys,
+    event_id: &str,
+    secs: u64,
+) {
+    for key in &seen.0 {
+        pipe.add_command(set_ex(key, event_id, secs)).ignore();
     }
-    let mut conn = store.conn().await?;
-    pipe.query_async::<()>(&mut conn).await?;
-    Ok(())
+    pipe.add_command(set_ex(&store.key(&["event", event_id]), &seen.1, secs))
+        .ignore();
 }
 
 /// `SET key value EX secs`, sized once. Its reply (`OK`) is read and dropped with the pipeline's.

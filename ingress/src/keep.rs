@@ -2,15 +2,14 @@
 //! the connector's pushed events): credentials taken out of the event (`shared::reply_credentials`:
 //! the reply URL kept aside in Redis, verification tokens dropped), door dedup (has the platform
 //! sent this before? this process's `Recent` first, then Redis, in one pipeline with other
-//! requests' reads: `DoorReader`), publish with the broker's confirm, then remember it as kept:
-//! in `Recent` at once, in Redis behind the answer (`DoorWriter`), except for a source whose
-//! captured requests stay valid forever, whose markers are a defence against replays and are
-//! written before the answer. Nothing here answers the platform: the outcome says what happened,
+//! requests' reads and markers: `DoorRounds`), publish with the broker's confirm, then remember
+//! it as kept: in `Recent` at once, in Redis behind the answer (`DoorRounds` again), except for a
+//! source whose captured requests stay valid forever, whose markers are a defence against
+//! replays and are written before the answer. Nothing here answers the platform: the outcome says what happened,
 //! and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack frame); `NotKept` must not
 //! be, so that the platform delivers the event again.
 use crate::door::SeenKeys;
-use crate::door_reader::DoorReader;
-use crate::door_writer::{DoorWriter, Marker};
+use crate::door_rounds::{DoorRounds, Marker};
 use crate::platform::NewEvent;
 use crate::recent::{self, Recent};
 use shared::envelope::{encode, InboundEvent};
@@ -77,8 +76,7 @@ pub struct Keeper {
     dedup_ttl: Duration,
     door: Door,
     recent: Arc<Mutex<Recent>>,
-    reader: Arc<DoorReader>,
-    writer: Arc<DoorWriter>,
+    rounds: Arc<DoorRounds>,
 }
 
 impl Keeper {
@@ -86,8 +84,7 @@ impl Keeper {
         Self {
             work_queue: services.broker.topology().stage_queue(Stage::Work),
             recent: Arc::new(Mutex::new(Recent::new(recent::CAPACITY, dedup_ttl))),
-            reader: Arc::new(DoorReader::new(services.store.clone())),
-            writer: Arc::new(DoorWriter::new(
+            rounds: Arc::new(DoorRounds::new(
                 services.store.clone(),
                 dedup_ttl,
                 door.markers_lost(),
@@ -100,7 +97,7 @@ impl Keeper {
 
     /// Waits (a few seconds at most) for the door markers still queued: for a graceful stop.
     pub async fn settle(&self) {
-        self.writer.settle(SETTLE_LIMIT).await;
+        self.rounds.settle(SETTLE_LIMIT).await;
     }
 
     pub fn services(&self) -> &Services {
@@ -186,14 +183,14 @@ impl Keeper {
 
     /// The id of the event first kept under any of `seen`'s keys: this process's memory first,
     /// then Redis (a retry may come back to another process), in a batch with other requests'
-    /// reads (`DoorReader`). A Redis failure here only loses the door dedup; the worker's
+    /// reads and markers (`DoorRounds`). A Redis failure here only loses the door dedup; the worker's
     /// idempotency still holds.
     async fn kept_before(&self, seen: &SeenKeys) -> Option<String> {
         let here = self.recent().first(seen.keys(), Instant::now());
         if here.is_some() {
             return here;
         }
-        let first = self.reader.first(seen).await.ok().flatten()?;
+        let first = self.rounds.first(seen).await.ok().flatten()?;
         self.recent().remember(seen.keys(), &first, Instant::now());
         Some(first)
     }
@@ -207,7 +204,7 @@ impl Keeper {
         let marker = if replayable {
             marker
         } else {
-            match self.writer.queue(marker) {
+            match self.rounds.remember(marker) {
                 Ok(()) => return,
                 Err(full) => full,
             }

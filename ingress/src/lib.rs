@@ -4,8 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod door;
-pub mod door_reader;
-pub mod door_writer;
+pub mod door_rounds;
 pub mod keep;
 pub mod platform;
 pub mod recent;

@@ -1,7 +1,7 @@
 //! What this process remembers of the events it kept lately: door keys (as `crate::door` names
 //! them) and the id each was kept under, so that a platform's retry that comes back to the same
 //! process is answered as a duplicate without asking Redis, and is so even before the door's
-//! marker reached Redis (it is written behind the answer: `crate::door_writer`).
+//! marker reached Redis (it is written behind the answer: `crate::door_rounds`).
 //!
 //! Bounded in both ways: at most `capacity` keys (the oldest kept is forgotten first) and none
 //! older than the door's `dedup_ttl`. A key it does not hold says nothing: the caller asks Redis,
@@ -9,8 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// How many keys an ingress or a connector remembers. It exceeds what the door writer may hold
-/// unwritten (its queue and one batch), so a key whose marker is not yet in Redis is still here.
+/// How many keys an ingress or a connector remembers. It exceeds what the door's rounds may hold
+/// unwritten (their queue and a batch or two), so a key whose marker is not yet in Redis is
+/// still here.
 pub const CAPACITY: usize = 16_384;
 
 /// Recently kept door keys, oldest first.

@@ -1,5 +1,5 @@
 //! Issue 18: the door answers once the broker confirmed and writes its markers behind the answer
-//! (`ingress::door_writer`); the process remembers what it kept (`ingress::recent`). So a retry
+//! (`ingress::door_rounds`); the process remembers what it kept (`ingress::recent`). So a retry
 //! at the process that kept the event is a duplicate at once, one at another process is once the
 //! marker landed, a marker that cannot be written fails no request, and a source whose captured
 //! requests stay valid forever (GitHub) still has its markers written before the answer.
