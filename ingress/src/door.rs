@@ -73,8 +73,9 @@ impl SeenKeys {
     }
 }
 
-/// Adds one kept event's markers to `pipe`, their replies ignored: `SET … EX secs` of its door
-/// keys and of its `event:{id}` record. Pipelined SETs, not a script: Redis spent about a fifth
+/// Adds one kept event's markers to `pipe`: `SET … EX secs` of its door keys and of its
+/// `event:{id}` record (one `OK` each, for the caller to pass over: marking them ignored costs
+/// the pipeline a hash-set insert each). Pipelined SETs, not a script: Redis spent about a fifth
 /// more CPU per request running the same SETs from Lua (docs/PERFORMANCE.md, "Issue 18, fourth
 /// round").
 pub fn add_remember(
@@ -85,13 +86,12 @@ pub fn add_remember(
     secs: u64,
 ) {
     for key in &seen.0 {
-        pipe.add_command(set_ex(key, event_id, secs)).ignore();
+        pipe.add_command(set_ex(key, event_id, secs));
     }
-    pipe.add_command(set_ex(&store.key(&["event", event_id]), &seen.1, secs))
-        .ignore();
+    pipe.add_command(set_ex(&store.key(&["event", event_id]), &seen.1, secs));
 }
 
-/// `SET key value EX secs`, sized once. Its reply (`OK`) is read and dropped with the pipeline's.
+/// `SET key value EX secs`, sized once.
 fn set_ex(key: &str, value: &str, secs: u64) -> redis::Cmd {
     // "SET", "EX" and up to 20 digits.
     let mut set = redis::Cmd::with_capacity(5, key.len() + value.len() + 25);

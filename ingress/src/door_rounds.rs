@@ -103,20 +103,20 @@ impl Round for DoorRound {
 }
 
 impl DoorRound {
-    /// The markers (ignored replies) and the reads' MGET, if any, in one pipeline: the MGET's
-    /// reply, a value or nil per key, in order.
+    /// The markers and the reads' MGET, if any, in one pipeline: the MGET's reply (the last), a
+    /// value or nil per key, in order; the markers' `OK`s are passed over.
     async fn round_trip(
         &self,
-        pipe: redis::Pipeline,
+        mut pipe: redis::Pipeline,
         mget: Option<redis::Cmd>,
     ) -> Result<Vec<Option<String>>, StoreError> {
-        let mut pipe = pipe;
         let mut conn = self.store.conn().await?;
         match mget {
             Some(mget) => {
                 pipe.add_command(mget);
-                let (found,): (Vec<Option<String>>,) = pipe.query_async(&mut conn).await?;
-                Ok(found)
+                let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let found = replies.pop().unwrap_or(redis::Value::Nil);
+                Ok(redis::from_redis_value(found).map_err(redis::RedisError::from)?)
             }
             None => {
                 pipe.query_async::<()>(&mut conn).await?;

@@ -267,7 +267,8 @@ impl Store {
 /// Dify `user`), encoded so that it holds no `:` and no `*`: `%` → `%25`, `:` → `%3A`,
 /// `*` → `%2A`. Injective, and the identity on parts without those characters.
 pub fn key_part(part: &str) -> Cow<'_, str> {
-    if !part.contains([':', '%', '*']) {
+    // Bytes, not chars: the three are ASCII, which never occurs inside a multi-byte character.
+    if memchr::memchr3(b':', b'%', b'*', part.as_bytes()).is_none() {
         return Cow::Borrowed(part);
     }
     let mut out = String::with_capacity(part.len() + 8);
@@ -376,6 +377,9 @@ mod tests {
         assert_ne!(s.key(&["x", "%3A"]), s.key(&["x", ":"]));
         assert_ne!(s.key(&["x", "*"]), s.key(&["x", "%2A"]));
         assert_eq!(key_part("*"), "%2A");
+        // Multi-byte characters pass as they are, beside an escape or not.
+        assert_eq!(key_part("群聊ü😀"), "群聊ü😀");
+        assert_eq!(key_part("群:聊%😀*"), "群%3A聊%25😀%2A");
         // Exhaustively over short strings of the characters that matter: the encoding is
         // injective and its output never holds a separator.
         let alphabet = ['a', ':', '%', '*', '3', 'A'];

@@ -108,10 +108,8 @@ impl Round for Marking {
                 .arg("1")
                 .arg("EX")
                 .arg(ask.ttl_secs)
-                .ignore()
                 .cmd("DEL")
-                .arg(&ask.lock)
-                .ignore();
+                .arg(&ask.lock);
         }
         let mut conn = self.0.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
