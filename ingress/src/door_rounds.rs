@@ -16,9 +16,10 @@
 //! another process before the marker did is enqueued again and the worker's idempotency record
 //! answers it, and this process still knows the event (`crate::recent`).
 //!
-//! Bounded: at most `QUEUE` reads and markers wait; past that a read goes alone, at once, and a
-//! marker is handed back to the caller, who writes it itself (the answer waits, as it did before
-//! markers went behind it). `settle` waits for what is queued, for a graceful stop.
+//! Bounded: at most `QUEUE` reads and markers wait and four batches are out (`shared::batch`'s
+//! default); past that a read goes alone, at once, and a marker is handed back to the caller,
+//! who writes it itself (the answer waits, as it did before markers went behind it). `settle`
+//! waits for what is queued, for a graceful stop.
 use crate::door::{self, SeenKeys};
 use deadpool_redis::redis;
 use shared::batch::{Batcher, Limits, Round};

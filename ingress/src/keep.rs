@@ -5,9 +5,9 @@
 //! requests' reads and markers: `DoorRounds`), publish with the broker's confirm, then remember
 //! it as kept: in `Recent` at once, in Redis behind the answer (`DoorRounds` again), except for a
 //! source whose captured requests stay valid forever, whose markers are a defence against
-//! replays and are written before the answer. Nothing here answers the platform: the outcome says what happened,
-//! and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack frame); `NotKept` must not
-//! be, so that the platform delivers the event again.
+//! replays and are written before the answer. Nothing here answers the platform: the outcome
+//! says what happened, and only `New` or `Duplicate` may be acknowledged (a 2xx, an ack frame);
+//! `NotKept` must not be, so that the platform delivers the event again.
 use crate::door::SeenKeys;
 use crate::door_rounds::{DoorRounds, Marker};
 use crate::platform::NewEvent;
@@ -183,8 +183,8 @@ impl Keeper {
 
     /// The id of the event first kept under any of `seen`'s keys: this process's memory first,
     /// then Redis (a retry may come back to another process), in a batch with other requests'
-    /// reads and markers (`DoorRounds`). A Redis failure here only loses the door dedup; the worker's
-    /// idempotency still holds.
+    /// reads and markers (`DoorRounds`). A Redis failure here only loses the door dedup; the
+    /// worker's idempotency still holds.
     async fn kept_before(&self, seen: &SeenKeys) -> Option<String> {
         let here = self.recent().first(seen.keys(), Instant::now());
         if here.is_some() {
