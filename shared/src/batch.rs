@@ -18,8 +18,9 @@
 //! sent and answered, for a graceful stop.
 //!
 //! Bounded: at most `queue` asks wait and `in_flight` batches are out; past that an ask runs
-//! alone, at once, and a told one is handed back. The task starts on the first ask and ends when the batcher is dropped and every
-//! batch in flight was answered; nothing else waits for it at a stop.
+//! alone, at once, and a told one is handed back. The task starts on the first ask and ends
+//! when the batcher is dropped and every batch in flight was answered; nothing else waits for
+//! it at a stop.
 use crate::store::StoreError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeSet;
@@ -116,22 +117,13 @@ impl<R: Round> Batcher<R> {
     /// it answered (the runtime stopping).
     pub async fn ask(&self, ask: R::Ask) -> Answer<R> {
         let (answer, answered) = oneshot::channel();
-        let queued = Queued {
-            ask,
-            answer: Some(answer),
-        };
-        match self.sender().try_send(Message::Ask(queued)) {
+        match self.enqueue(ask, Some(answer)) {
             Ok(()) => answered.await.unwrap_or_else(|_| {
                 Err(StoreError::Pool(
                     "the batch was dropped before it was answered".into(),
                 ))
             }),
-            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
-                match m {
-                    Message::Ask(q) => one(&*self.round, q.ask).await,
-                    Message::Settle(_) => unreachable!("an ask was sent"),
-                }
-            }
+            Err(ask) => one(&*self.round, ask).await,
         }
     }
 
@@ -139,8 +131,17 @@ impl<R: Round> Batcher<R> {
     /// says of it, an error too, is the `Round`'s to record); hands it back when the queue is
     /// full, for the caller to run it some other way.
     pub fn tell(&self, ask: R::Ask) -> Result<(), R::Ask> {
-        let queued = Queued { ask, answer: None };
-        match self.sender().try_send(Message::Ask(queued)) {
+        self.enqueue(ask, None)
+    }
+
+    /// Queues `ask` with where its answer goes; hands it back when the queue is full (or the
+    /// task is gone).
+    fn enqueue(
+        &self,
+        ask: R::Ask,
+        answer: Option<oneshot::Sender<Answer<R>>>,
+    ) -> Result<(), R::Ask> {
+        match self.sender().try_send(Message::Ask(Queued { ask, answer })) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
                 match m {
