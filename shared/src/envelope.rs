@@ -105,7 +105,7 @@ pub fn decode<T: Envelope>(bytes: &[u8]) -> Result<T, DecodeError> {
             v,
         });
     }
-    serde_json::from_slice(bytes).map_err(DecodeError::Body)
+    crate::json::from_bytes(bytes).map_err(DecodeError::Body)
 }
 
 /// The kind and version a message starts with when [`encode`] wrote it:

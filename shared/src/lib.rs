@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod depth;
 pub mod envelope;
 pub mod gcra;
+pub mod json;
 pub mod jsonpath;
 pub mod keys;
 pub mod nodes;

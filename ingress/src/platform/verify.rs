@@ -40,7 +40,8 @@ pub fn check_window_text(
 
 /// Parses a body as JSON, or says it is malformed.
 pub fn json_body(body: &[u8]) -> Result<serde_json::Value, Rejection> {
-    serde_json::from_slice(body).map_err(|e| Rejection::malformed(format!("body is not JSON: {e}")))
+    shared::json::from_bytes(body)
+        .map_err(|e| Rejection::malformed(format!("body is not JSON: {e}")))
 }
 
 /// HMAC-SHA256 over the concatenation of `parts`.

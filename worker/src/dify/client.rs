@@ -215,7 +215,7 @@ impl DifyClient {
                 "the answer is larger than {MAX_BODY_BYTES} bytes"
             )));
         }
-        let value: Value = serde_json::from_slice(&bytes)
+        let value: Value = shared::json::from_bytes(&bytes)
             .map_err(|e| DifyError::Protocol(format!("the answer is not JSON: {e}")))?;
         let answer = blocking_answer(app.kind, &value, app.answer_output.as_deref())?;
         if let Some(tx) = ids {
