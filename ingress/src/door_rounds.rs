@@ -16,10 +16,10 @@
 //! another process before the marker did is enqueued again and the worker's idempotency record
 //! answers it, and this process still knows the event (`crate::recent`).
 //!
-//! Bounded: at most `QUEUE` reads and markers wait and four batches are out (`shared::batch`'s
-//! default); past that a read goes alone, at once, and a marker is handed back to the caller,
-//! who writes it itself (the answer waits, as it did before markers went behind it). `settle`
-//! waits for what is queued, for a graceful stop.
+//! Bounded: at most `QUEUE` reads and markers wait and `IN_FLIGHT` batches are out; past that a
+//! read goes alone, at once, and a marker is handed back to the caller, who writes it itself
+//! (the answer waits, as it did before markers went behind it). `settle` waits for what is
+//! queued, for a graceful stop.
 use crate::door::{self, SeenKeys};
 use deadpool_redis::redis;
 use shared::batch::{Batcher, Limits, Round};
@@ -32,6 +32,11 @@ pub const QUEUE: usize = 4_096;
 pub const BATCH: usize = 512;
 /// How long what is queued behind a batch in flight waits for it before going on its own.
 pub const PATIENCE: Duration = Duration::from_millis(2);
+/// Batches out at once at most.
+pub const IN_FLIGHT: usize = 4;
+/// The most markers this process may hold unwritten: the queue and the batches out.
+/// `crate::recent::CAPACITY` exceeds it, so a key whose marker is not yet in Redis is still known.
+pub const UNWRITTEN_AT_MOST: usize = QUEUE + IN_FLIGHT * BATCH;
 
 /// The answer of one read: the id of the event first kept under its keys.
 pub type Answer = Result<Option<String>, StoreError>;
@@ -140,7 +145,7 @@ impl DoorRounds {
             queue: QUEUE,
             batch: BATCH,
             patience: PATIENCE,
-            ..Limits::default()
+            in_flight: IN_FLIGHT,
         };
         Self {
             rounds: Batcher::new(DoorRound { store, ttl, lost }, limits),

@@ -10,9 +10,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How many keys an ingress or a connector remembers. It exceeds what the door's rounds may hold
-/// unwritten (their queue of 4,096 and at most four batches of 512 out), so a key whose marker
-/// is not yet in Redis is still here.
+/// unwritten (`crate::door_rounds::UNWRITTEN_AT_MOST`, checked at compile time), so a key whose
+/// marker is not yet in Redis is still here.
 pub const CAPACITY: usize = 16_384;
+const _: () = assert!(CAPACITY > crate::door_rounds::UNWRITTEN_AT_MOST);
 
 /// Recently kept door keys, oldest first.
 #[derive(Debug)]
